@@ -59,6 +59,83 @@ def _export(args: argparse.Namespace) -> None:
     print(f"merged model: {out}")
 
 
+def _annotate(args: argparse.Namespace) -> None:
+    from lexalign.reward.annotate import run_annotate
+
+    run_annotate(args.config, args.overrides)
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    from lexalign.data.store import DEFAULT_URL
+
+    return args.store or DEFAULT_URL
+
+
+def _annotators_add(args: argparse.Namespace) -> None:
+    import getpass
+
+    from lexalign.data.store import StoreError, open_store
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("repeat the password: ") != password:
+            raise StoreError("the two passwords differ; nothing was created")
+    with open_store(_store_url(args)) as store:
+        annotator = store.add_annotator(args.username, password, args.role)
+    print(f"created {annotator.role} {annotator.username!r}")
+
+
+def _annotators_list(args: argparse.Namespace) -> None:
+    from lexalign.data.store import open_store
+
+    with open_store(_store_url(args)) as store:
+        progress = {p.username: p for p in store.admin_progress()}
+        print(f"{'username':<24} {'role':<10} {'active':<7} {'done':>5} {'skipped':>8} {'open':>5}")
+        for a in store.list_annotators():
+            p = progress.get(a.username)
+            print(f"{a.username:<24} {a.role:<10} {'yes' if a.active else 'no':<7} "
+                  f"{p.done if p else 0:>5} {p.skipped if p else 0:>8} {p.open if p else 0:>5}")
+
+
+def _prefs_export(args: argparse.Namespace) -> None:
+    from lexalign.data.store import open_store
+    from lexalign.reward.prefs import export_preferences
+
+    with open_store(_store_url(args)) as store:
+        summary = export_preferences(store, args.out, min_annotators=args.min_annotators,
+                                     none_acceptable=args.none_acceptable,
+                                     system_prompt=None if args.no_system_prompt else _default_system_prompt())
+    print(f"{summary.pairs} preference pairs from {summary.tasks} tasks ({summary.rankings} rankings; "
+          f"{summary.pairs_dropped_no_majority} pairs without a majority dropped) -> {summary.files['preferences']}")
+
+
+def _default_system_prompt() -> str:
+    from lexalign.data.prompts import SYSTEM_PROMPT
+
+    return SYSTEM_PROMPT
+
+
+def _prefs_import(args: argparse.Namespace) -> None:
+    from lexalign.data.store import open_store
+    from lexalign.reward.prefs import import_ranking_file
+
+    with open_store(_store_url(args)) as store:
+        result = import_ranking_file(store, args.file, source=args.source, k=args.k)
+    print(f"imported {args.file}: {result.tasks_created} tasks created, {result.tasks_reused} reused, "
+          f"{result.rankings_added} rankings added, {result.duplicates} already there")
+
+
+def _prefs_add_tasks(args: argparse.Namespace) -> None:
+    from lexalign.data.store import open_store
+    from lexalign.reward.prefs import add_tasks_file
+
+    with open_store(_store_url(args)) as store:
+        added, skipped = add_tasks_file(store, args.file, k=args.k, source=args.source)
+    print(f"{args.file}: {added} tasks added, {skipped} already in the store")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -97,6 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="weight dtype of the merged model (default: float32)")
     export.set_defaults(handler=_export)
+
+    store_help = "preference store URL (default: sqlite:///runs/prefs.db; postgresql+psycopg://... for a server)"
+    annotate = commands.add_parser("annotate", help="the ranking app: annotators rank candidate answers (Gradio)")
+    _add_config_args(annotate, "configs/annotate.yaml")
+    annotate.set_defaults(handler=_annotate)
+
+    annotators = commands.add_parser("annotators", help="accounts of the ranking app")
+    annotators_commands = annotators.add_subparsers(dest="annotators_command", metavar="ACTION", required=True)
+    annotators_add = annotators_commands.add_parser("add", help="create an account (asks for the password)")
+    annotators_add.add_argument("username")
+    annotators_add.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    annotators_add.add_argument("--store", default=None, help=store_help)
+    annotators_add.add_argument("--password-stdin", action="store_true",
+                                help="read the password from the first line of stdin instead of prompting")
+    annotators_add.set_defaults(handler=_annotators_add)
+    annotators_list = annotators_commands.add_parser("list", help="accounts with their progress")
+    annotators_list.add_argument("--store", default=None, help=store_help)
+    annotators_list.set_defaults(handler=_annotators_list)
+
+    prefs = commands.add_parser("prefs", help="preference data: export rankings as pairs, import rankings, add tasks")
+    prefs_commands = prefs.add_subparsers(dest="prefs_command", metavar="ACTION", required=True)
+    prefs_export = prefs_commands.add_parser("export", help="rankings -> preferences.jsonl + datasets folder (TRL format)")
+    prefs_export.add_argument("--store", default=None, help=store_help)
+    prefs_export.add_argument("--out", required=True, help="output folder")
+    prefs_export.add_argument("--min-annotators", type=int, default=1,
+                              help="only tasks ranked by at least this many annotators (default: 1)")
+    prefs_export.add_argument("--none-acceptable", choices=["keep", "drop"], default="keep",
+                              help="rankings marked 'none acceptable' still vote (keep, default) or give no pairs (drop)")
+    prefs_export.add_argument("--no-system-prompt", action="store_true",
+                              help="string prompts become [user] instead of [system, user] with the SFT system prompt")
+    prefs_export.set_defaults(handler=_prefs_export)
+    prefs_import = prefs_commands.add_parser("import", help="RankingRecords JSONL (e.g. shipped:acord_rankings_train.jsonl) -> store")
+    prefs_import.add_argument("file")
+    prefs_import.add_argument("--store", default=None, help=store_help)
+    prefs_import.add_argument("--source", default=None, help="source name for the tasks (default: the records' meta.source)")
+    prefs_import.add_argument("--k", type=int, default=0,
+                              help="annotators wanted per imported task in the app (default 0: reference data only)")
+    prefs_import.set_defaults(handler=_prefs_import)
+    prefs_tasks = prefs_commands.add_parser("add-tasks", help="tasks to rank (JSONL: prompt_id, prompt, responses, meta)")
+    prefs_tasks.add_argument("file")
+    prefs_tasks.add_argument("--store", default=None, help=store_help)
+    prefs_tasks.add_argument("--k", type=int, default=3, help="different annotators wanted per task (default: 3)")
+    prefs_tasks.add_argument("--source", default="app", help="source name for the tasks (default: app)")
+    prefs_tasks.set_defaults(handler=_prefs_add_tasks)
 
     return parser
 

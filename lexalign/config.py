@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ def problem_if(condition: bool, key: str, value: Any, message: str) -> list[Prob
 # --------------------------------------------------------------------------- YAML with line numbers
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-3`` as a string; configs mean the number (learning rates are written so)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -80,8 +96,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except FileNotFoundError:
         raise ConfigError([Problem("config", "file not found; pass an existing YAML file", str(path))]) from None
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = _load(text)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -107,7 +123,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError([Problem(text, "empty key in override", where="command line")])
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -235,12 +251,16 @@ def _check_trl_section(value: Any, class_path: str, key: str, problems: list[Pro
     module_name, _, class_name = class_path.rpartition(".")
     trl_cls = getattr(importlib.import_module(module_name), class_name)
     allowed = {f.name for f in dataclasses.fields(trl_cls)}
+    hints = typing.get_type_hints(trl_cls)
+    checked = {}
     for name, item in value.items():
         if name not in allowed:
             close = sorted(n for n in allowed if n.split("_")[0] == str(name).split("_")[0])[:5]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(Problem(f"{key}.{name}", f"not an argument of {class_path}{hint}", item))
-    return value
+            continue
+        checked[name] = _coerce(item, hints.get(name, Any), f"{key}.{name}", problems)
+    return checked
 
 
 def _locate(problems: list[Problem], lines: dict[str, int], path: Path | None, cli_keys: set[str]) -> list[Problem]:
@@ -265,16 +285,17 @@ def _locate(problems: list[Problem], lines: dict[str, int], path: Path | None, c
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from defaults, a YAML file and ``key=value`` overrides; validate everything.
 
-    Raises ConfigError listing every problem. A config may define ``problems(self) -> list[Problem]``
-    for cross-field rules; they run only when the types are right.
+    Raises ConfigError listing every problem. A config (or any nested section) may define
+    ``problems(self) -> list[Problem]`` for cross-field rules.
     """
     path = Path(path) if path is not None else None
     data, lines = read_yaml(path) if path is not None else ({}, {})
     cli_keys = apply_overrides(data, list(overrides or []))
     problems: list[Problem] = []
     config = _build(cls, data, "", problems)
-    if not problems and config is not None:
-        problems.extend(collect_problems(config))
+    if config is not None:
+        typed_keys = {p.key for p in problems}
+        problems.extend(p for p in collect_problems(config) if p.key not in typed_keys)
     if problems:
         raise ConfigError(_locate(problems, lines, path, cli_keys), source=str(path) if path else "")
     return config
@@ -288,7 +309,11 @@ def collect_problems(config: Any, prefix: str = "") -> list[Problem]:
         if dataclasses.is_dataclass(value):
             found.extend(collect_problems(value, f"{prefix}{f.name}."))
     if hasattr(config, "problems"):
-        for p in config.problems():
+        try:
+            own = config.problems()
+        except (TypeError, ValueError, AttributeError):
+            own = []  # a value of the wrong type, already reported, broke a cross-field rule
+        for p in own:
             found.append(dataclasses.replace(p, key=f"{prefix}{p.key}"))
     return found
 

@@ -154,7 +154,7 @@ def train_sft(config: SFTStageConfig) -> Path:
         peft_config = lora_config(config.model.lora)
 
     args = make_trl_args(SFTConfig, config.training, run, **mixed_precision(config.training, dtype),
-                         eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+                         eos_token=tokenizer.eos_token)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,0 +1,1131 @@
+"""The preference store: annotators, ranking tasks, assignments, rankings, chat feedback and an audit log
+in one SQL database (SQLAlchemy 2.0 Core). Open it by URL with ``open_store(url)``:
+
+    sqlite:///runs/prefs.db                      embedded default (a file; created on first use)
+    postgresql+psycopg://user:pw@host/lexalign   a shared server (install a driver, e.g. ``psycopg``)
+
+Tables: ``schema_version``, ``annotators``, ``tasks``, ``candidates``, ``assignments``, ``rankings``,
+``feedback`` (ratings from the lawyers' chat UI) and ``audit_events``. Opening a store written by another
+schema version fails with a ``StoreError`` instead of guessing.
+
+Durability (SQLite). The database runs in WAL mode with ``synchronous=FULL`` by default: a commit returns
+only after its WAL frames were fsynced, so an acknowledged submission survives ``kill -9`` of the server
+*and* an OS crash or power cut. ``synchronous=NORMAL`` in WAL mode already survives ``kill -9`` (the
+committed frames sit in the OS page cache, which outlives the process, and are recovered on the next
+open), but may lose the last commits on power loss; it is offered as an option (``synchronous=``) for
+write-heavy use. A lawyer's ranking is minutes of expert work: one fsync per submission (a few ms) is the
+right price. Foreign keys are enforced and a 30 s busy timeout lets other processes (the CLI) wait for
+the write lock instead of failing.
+
+Transactions. Every write (an assignment, a submission with its audit event, a skip, an import) is one
+transaction. On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (it takes the database's single
+write lock up front, so a transaction never fails half-way on a lock upgrade) and writers in one process
+queue on an in-process lock first (no busy-wait polling, so latency under load stays flat). Reads use a
+deferred ``BEGIN`` and see one consistent WAL snapshot without blocking writers.
+
+Assignment. ``next_task_for(annotator)`` first returns the annotator's open assignment, if any; otherwise
+it picks the oldest task that (a) has fewer than ``k`` live assignments and (b) was never assigned to this
+annotator, and inserts an assignment in a free *slot* ``0 <= slot < k``. Two unique constraints make the
+rules hold whatever the isolation level: (task, annotator) — a task never goes twice to the same person
+(a skipped assignment keeps its row) — and (task, slot) — never more than ``k`` live assignments (a skip
+sets the slot to NULL, freeing it). On PostgreSQL the task row is locked with ``FOR UPDATE SKIP LOCKED``
+so concurrent annotators take different tasks; a constraint violation from a race is retried.
+
+Submissions. ``submit_ranking`` validates everything server-side and raises ``SubmissionError`` (nothing
+stored) when the ranks are not a complete weak ordering of exactly the task's candidates (1 = best, ties
+share a rank, no gaps), a candidate id is unknown, the rationale is too long, holds control characters or
+HTML markup (rationales are plain text; they are also always rendered escaped), a flag is unknown, the
+task is not assigned to this annotator, or the form token is unknown, stale or already used (each
+assignment has one random token; a ranking stores it under a unique constraint, so a replayed form is
+refused even under a race).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from lexalign.errors import LexalignError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_URL = "sqlite:///runs/prefs.db"
+ROLES = ("annotator", "admin")
+FLAGS: dict[str, str] = {
+    "invented_clause": "invents a clause or quote not in the contract",
+    "wrong_law": "wrong law or jurisdiction",
+    "risky_advice": "risky or misleading advice",
+    "personal_data": "contains personal data",
+    "other": "other problem (say which in the rationale)",
+}
+DEFAULT_RATIONALE_MAX = 2000
+MIN_PASSWORD_CHARS = 8
+BUSY_TIMEOUT_S = 30.0
+MAX_RETRIES = 8
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Anything that looks like an HTML/XML tag, comment or declaration: "<b>", "</x>", "<!--", "<?xml", "<script".
+# "a < b" (a space after "<") is text to an HTML parser too, so it stays allowed.
+_MARKUP = re.compile(r"</?[A-Za-z!?][^<>]*>|</?(script|iframe|img|svg|style|object|embed|math)\b", re.IGNORECASE)
+_ALLOWED_CONTROLS = {"\n", "\t", "\r"}
+
+
+class StoreError(LexalignError):
+    """The store cannot be opened or used as asked (bad URL, schema version mismatch, unknown user...)."""
+
+
+class SubmissionError(StoreError):
+    """A ranking (or skip) was refused; nothing was stored. The message says what to fix."""
+
+
+# --------------------------------------------------------------------------- schema
+
+metadata = MetaData()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, default=_now)
+
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+annotators = Table(
+    "annotators", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=True),  # NULL: cannot log in (e.g. imported lawyers)
+    Column("role", String(16), nullable=False, default="annotator"),
+    Column("active", Boolean, nullable=False, default=True),
+    _ts(),
+    CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),
+)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", String(200), nullable=False, unique=True),
+    Column("prompt", JSON, nullable=False),          # a string or chat messages [{"role", "content"}]
+    Column("meta", JSON, nullable=True),             # excerpt, question, doc ids, generation settings...
+    Column("source", String(100), nullable=False, default="app"),
+    Column("k", Integer, nullable=False, default=3),  # annotations wanted (0: not offered to annotators)
+    _ts(),
+    CheckConstraint("k >= 0", name="ck_tasks_k"),
+)
+
+candidates = Table(
+    "candidates", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model", String(200), nullable=True),     # the model (or source) that wrote it
+    UniqueConstraint("task_id", "position", name="uq_candidates_task_position"),
+)
+
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("slot", Integer, nullable=True),          # 0..k-1 while live; NULL once skipped
+    Column("status", String(16), nullable=False, default="open"),
+    Column("form_token", String(64), nullable=False, unique=True),
+    Column("assigned_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("task_id", "annotator_id", name="uq_assignments_task_annotator"),
+    UniqueConstraint("task_id", "slot", name="uq_assignments_task_slot"),
+    CheckConstraint("status IN ('open', 'done', 'skipped')", name="ck_assignments_status"),
+    Index("ix_assignments_annotator_status", "annotator_id", "status"),
+)
+
+rankings = Table(
+    "rankings", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("ranks", JSON, nullable=False),           # one rank per candidate, in candidate position order
+    Column("none_acceptable", Boolean, nullable=False, default=False),
+    Column("rationale", Text, nullable=True),
+    Column("flags", JSON, nullable=False),
+    Column("form_token", String(64), nullable=True, unique=True),  # NULL for imported rankings
+    Column("submitted_at", DateTime(timezone=True), nullable=False, default=_now),
+    UniqueConstraint("task_id", "annotator_id", name="uq_rankings_task_annotator"),
+    Index("ix_rankings_annotator", "annotator_id"),
+)
+
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user", String(64), nullable=False),
+    Column("prompt", JSON, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("rating", Integer, nullable=False),
+    Column("better_answer", Text, nullable=True),
+    Column("meta", JSON, nullable=True),
+    _ts(),
+    CheckConstraint("rating IN (-1, 1)", name="ck_feedback_rating"),
+)
+
+audit_events = Table(
+    "audit_events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("detail", JSON, nullable=True),
+    Index("ix_audit_action", "action"),
+)
+
+
+# --------------------------------------------------------------------------- plain result objects
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    username: str
+    role: str
+    active: bool
+    created_at: datetime | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    position: int
+    text: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task as shown to one annotator: the prompt, its candidates and the form token to submit with."""
+
+    task_id: int
+    prompt_id: str
+    prompt: str | list[dict[str, str]]
+    meta: dict[str, Any]
+    source: str
+    candidates: tuple[Candidate, ...]
+    form_token: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    skipped: int
+    open: int
+    remaining: int  # tasks still available to this annotator, the open one included
+
+    @property
+    def total(self) -> int:
+        return self.done + self.remaining
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    username: str
+    role: str
+    active: bool
+    done: int
+    skipped: int
+    open: int
+    last_submitted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredRanking:
+    annotator: str
+    ranks: tuple[int, ...]  # aligned with TaskRankings.candidates (position order)
+    none_acceptable: bool
+    rationale: str | None
+    flags: tuple[str, ...]
+    submitted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TaskRankings:
+    task_id: int
+    prompt_id: str
+    prompt: str | list[dict[str, str]]
+    meta: dict[str, Any]
+    source: str
+    candidates: tuple[Candidate, ...]
+    rankings: tuple[StoredRanking, ...]
+
+
+@dataclass
+class ImportResult:
+    tasks_created: int = 0
+    tasks_reused: int = 0
+    rankings_added: int = 0
+    duplicates: int = 0
+    annotators_created: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _control_chars(text: str) -> list[str]:
+    return sorted({f"U+{ord(c):04X}" for c in text
+                   if c not in _ALLOWED_CONTROLS and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")
+                   and c not in ("\u200d", "\u200c")})  # zero-width (non-)joiners occur in real scripts
+
+
+def check_plain_text(value: str | None, what: str, max_chars: int) -> str | None:
+    """Plain text for free-text fields: stripped, None when empty; a ValueError saying what to fix otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text, got {type(value).__name__}")
+    stripped = value.strip()
+    if not stripped:
+        return None
+    if len(stripped) > max_chars:
+        raise ValueError(f"{what} is {len(stripped)} characters long; the limit is {max_chars}. Shorten it.")
+    bad = _control_chars(stripped)
+    if bad:
+        raise ValueError(f"{what} contains control characters ({', '.join(bad[:5])}); remove them (paste as plain text)")
+    match = _MARKUP.search(stripped)
+    if match:
+        raise ValueError(f"{what} must be plain text, without HTML or markup such as {match.group(0)[:40]!r}; "
+                         "describe it in words instead")
+    return stripped
+
+
+def check_ranks(ranks: Sequence[int], n: int) -> None:
+    """A complete weak ordering of n items: one rank each, 1 = best, ties share a rank, dense (no gaps)."""
+    from lexalign.data.schemas import check_ranks as _schema_check_ranks
+
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise ValueError(f"every rank must be a whole number (1 = best); got {r!r}")
+    _schema_check_ranks(list(ranks), n)
+
+
+def _check_prompt(prompt: Any) -> str | list[dict[str, str]]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise StoreError("prompt must not be empty")
+        return prompt
+    if isinstance(prompt, list):
+        from lexalign.data.schemas import Message, check_turn_order
+
+        try:
+            messages = [m if isinstance(m, Message) else Message.model_validate(m) for m in prompt]
+            check_turn_order(messages, must_end_with="user")
+        except ValueError as err:
+            raise StoreError(f"prompt: not valid chat messages ending with a user turn: {err}") from None
+        return [m.model_dump() for m in messages]
+    raise StoreError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
+
+
+def _candidate_fields(candidate: Any, index: int) -> tuple[str, str | None]:
+    if isinstance(candidate, str):
+        text_, model = candidate, None
+    elif isinstance(candidate, Mapping):
+        text_, model = candidate.get("text"), candidate.get("model")
+    elif isinstance(candidate, Candidate):
+        text_, model = candidate.text, candidate.model
+    else:
+        raise StoreError(f"candidates[{index}]: expected a string or {{'text': ..., 'model': ...}}")
+    if not isinstance(text_, str) or not text_.strip():
+        raise StoreError(f"candidates[{index}]: the text must be a non-empty string")
+    return text_, model
+
+
+def _lock_key(url: str) -> str:
+    return url
+
+
+_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(key: str) -> threading.Lock:
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(key, threading.Lock())
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """A connection pool to one preference database plus the operations the apps and the CLI need."""
+
+    def __init__(self, url: str, *, synchronous: str = "FULL", rationale_max_chars: int = DEFAULT_RATIONALE_MAX,
+                 pool_size: int = 8) -> None:
+        self.url = url
+        self.rationale_max_chars = rationale_max_chars
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(f"not a database URL: {url!r}; use e.g. sqlite:///runs/prefs.db or "
+                             "postgresql+psycopg://user:password@host/dbname") from None
+        self.safe_url = parsed.render_as_string(hide_password=True)
+        self.dialect = parsed.get_backend_name()
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS:
+            raise StoreError(f"synchronous={synchronous!r}: expected one of {', '.join(SYNCHRONOUS)}")
+        self.synchronous = synchronous
+        self._memory = False
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            self._memory = database in ("", ":memory:") or database.startswith("file::memory:")
+            kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}}
+            if self._memory:
+                kwargs["poolclass"] = StaticPool
+                lock_key = f"memory:{id(self)}"
+            else:
+                path = Path(database).expanduser()
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreError(f"{self.safe_url}: cannot create the folder {path.parent}: {err.strerror}") from None
+                kwargs.update(pool_size=pool_size, max_overflow=4 * pool_size, pool_timeout=BUSY_TIMEOUT_S)
+                lock_key = str(path.resolve())
+            try:
+                self.engine: Engine = create_engine(parsed, **kwargs)
+            except Exception as err:  # noqa: BLE001 - driver import errors etc.
+                raise StoreError(f"cannot open {self.safe_url}: {err}") from None
+            self._install_sqlite_hooks()
+            self._write_lock: Any = _process_lock(lock_key)
+        elif self.dialect == "postgresql":
+            try:
+                self.engine = create_engine(parsed, pool_size=pool_size, max_overflow=4 * pool_size, pool_pre_ping=True)
+            except Exception as err:  # noqa: BLE001 - a missing driver (psycopg) lands here
+                raise StoreError(f"cannot open {self.safe_url}: {err}; install a PostgreSQL driver "
+                                 "(pip install 'psycopg[binary]') and use postgresql+psycopg://...") from None
+            self._write_lock = nullcontext()  # PostgreSQL has row locks; no process-wide serialization
+        else:
+            raise StoreError(f"{self.safe_url}: unsupported database {self.dialect!r}; use sqlite:///FILE or postgresql://...")
+        self._read_guard: Any = self._write_lock if self._memory else nullcontext()
+        self._init_schema()
+
+    # ----------------------------------------------------------------------- connections
+
+    def _install_sqlite_hooks(self) -> None:
+        memory, synchronous = self._memory, self.synchronous
+
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # pysqlite must not BEGIN on its own; we emit BEGIN below
+            cursor = dbapi_connection.cursor()
+            if not memory:
+                mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    logger.warning("SQLite refused WAL mode (journal_mode=%s); durability still holds, "
+                                   "concurrency is lower", mode)
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("lexalign_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (committed on success, rolled back on any exception)."""
+        with self._write_lock:
+            with self.engine.connect() as conn:
+                conn.execution_options(lexalign_write=True)
+                with conn.begin():
+                    yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._read_guard:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+
+    def _retrying(self, what: str, fn: Any) -> Any:
+        """Run ``fn()`` (which opens its own transaction) again when the database reports a transient lock."""
+        delay = 0.01
+        for attempt in range(MAX_RETRIES):
+            try:
+                return fn()
+            except OperationalError as err:
+                message = str(err).lower()
+                transient = "locked" in message or "busy" in message or "deadlock" in message or "serializ" in message
+                if not transient or attempt == MAX_RETRIES - 1:
+                    raise StoreError(f"{self.safe_url}: {what} failed: {err.orig}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------- schema version
+
+    def _init_schema(self) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))  # first open by two processes at once
+                names = set(inspect(conn).get_table_names())
+                ours = set(metadata.tables)
+                if "schema_version" in names:
+                    versions = conn.execute(select(schema_version.c.version)).scalars().all()
+                    if not versions:
+                        raise StoreError(f"{self.safe_url}: the schema_version table is empty, so the schema is unknown; "
+                                         "this is not a lexalign preference store (or it was damaged)")
+                    version = max(versions)
+                    if version > SCHEMA_VERSION:
+                        raise StoreError(f"{self.safe_url}: the store has schema version {version}, newer than the "
+                                         f"version {SCHEMA_VERSION} this lexalign understands; upgrade lexalign "
+                                         "(or open another store)")
+                    if version < SCHEMA_VERSION:
+                        raise StoreError(f"{self.safe_url}: the store has schema version {version}, older than "
+                                         f"{SCHEMA_VERSION}, and no migration exists; export its rankings with the "
+                                         "lexalign that wrote it and import them into a new store")
+                    missing = sorted(ours - names)
+                    if missing:
+                        raise StoreError(f"{self.safe_url}: schema version {version} but tables {', '.join(missing)} "
+                                         "are missing; the store is damaged")
+                    return
+                present = sorted(ours & names)
+                if present:
+                    raise StoreError(f"{self.safe_url}: has tables {', '.join(present)} but no schema_version; "
+                                     "the schema is unknown, so it is not opened (use a new database)")
+                metadata.create_all(conn)
+                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied_at=_now()))
+                logger.info("created preference store %s (schema version %d)", self.safe_url, SCHEMA_VERSION)
+
+        try:
+            self._retrying("opening the store", run)
+        except OperationalError as err:
+            raise StoreError(f"cannot open {self.safe_url}: {err.orig}") from None
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(schema_version.c.version))).scalar_one())
+
+    # ----------------------------------------------------------------------- audit
+
+    @staticmethod
+    def _audit(conn: Connection, actor: str, action: str, detail: Mapping[str, Any] | None = None) -> None:
+        conn.execute(insert(audit_events).values(at=_now(), actor=actor[:64], action=action[:64],
+                                                 detail=dict(detail) if detail else None))
+
+    def audit(self, actor: str, action: str, detail: Mapping[str, Any] | None = None) -> None:
+        """Record one event (login, submission, skip, export, annotator creation, refused admin access...)."""
+        json.dumps(detail or {}, default=str)  # fail here, not in the driver, when the detail is not JSON
+
+        def run() -> None:
+            with self._write() as conn:
+                self._audit(conn, actor, action, json.loads(json.dumps(detail, default=str)) if detail else None)
+
+        self._retrying("writing an audit event", run)
+
+    def audit_events(self, action: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        query = select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if action:
+            query = query.where(audit_events.c.action == action)
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ----------------------------------------------------------------------- annotators
+
+    def add_annotator(self, username: str, password: str | None, role: Literal["annotator", "admin"] = "annotator", *,
+                      actor: str = "cli", active: bool = True) -> Annotator:
+        """Create an account. ``password=None`` creates one that cannot log in (imported annotators)."""
+        if not isinstance(username, str) or not _USERNAME.match(username):
+            raise StoreError(f"username {username!r}: use 1-64 letters, digits, '.', '_', '@' or '-', starting with "
+                             "a letter or digit")
+        if role not in ROLES:
+            raise StoreError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+        password_hash = None
+        if password is not None:
+            if len(password) < MIN_PASSWORD_CHARS:
+                raise StoreError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+            password_hash = _hasher().hash(password)
+
+        def run() -> Annotator:
+            with self._write() as conn:
+                try:
+                    row_id = conn.execute(insert(annotators).values(
+                        username=username, password_hash=password_hash, role=role, active=active,
+                        created_at=_now())).inserted_primary_key[0]
+                except IntegrityError:
+                    raise StoreError(f"annotator {username!r} already exists; choose another username") from None
+                self._audit(conn, actor, "annotator_created", {"username": username, "role": role,
+                                                               "can_login": password_hash is not None})
+            return Annotator(row_id, username, role, active)
+
+        return self._retrying("adding an annotator", run)
+
+    def set_password(self, username: str, password: str, *, actor: str = "cli") -> None:
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise StoreError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+        password_hash = _hasher().hash(password)
+        with self._write() as conn:
+            result = conn.execute(update(annotators).where(annotators.c.username == username)
+                                  .values(password_hash=password_hash))
+            if result.rowcount != 1:
+                raise StoreError(f"no annotator named {username!r}")
+            self._audit(conn, actor, "password_changed", {"username": username})
+
+    def set_active(self, username: str, active: bool, *, actor: str = "cli") -> None:
+        with self._write() as conn:
+            result = conn.execute(update(annotators).where(annotators.c.username == username).values(active=active))
+            if result.rowcount != 1:
+                raise StoreError(f"no annotator named {username!r}")
+            self._audit(conn, actor, "annotator_activated" if active else "annotator_deactivated", {"username": username})
+
+    def get_annotator(self, username: str) -> Annotator | None:
+        with self._read() as conn:
+            row = conn.execute(select(annotators).where(annotators.c.username == username)).first()
+        return _annotator(row) if row else None
+
+    def list_annotators(self) -> list[Annotator]:
+        with self._read() as conn:
+            return [_annotator(row) for row in conn.execute(select(annotators).order_by(annotators.c.username))]
+
+    def is_admin(self, username: str | None) -> bool:
+        if not username:
+            return False
+        annotator = self.get_annotator(username)
+        return bool(annotator and annotator.active and annotator.role == "admin")
+
+    def verify_login(self, username: str, password: str) -> Annotator | None:
+        """The active annotator for these credentials, or None. Records a ``login`` audit event either way."""
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        hasher = _hasher()
+        row = None
+        if isinstance(username, str) and _USERNAME.match(username or ""):
+            with self._read() as conn:
+                row = conn.execute(select(annotators).where(annotators.c.username == username)).first()
+        ok = False
+        if row is not None and row.active and row.password_hash:
+            try:
+                ok = hasher.verify(row.password_hash, password or "")
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                ok = False
+        else:
+            try:  # same work for unknown users, so response time does not reveal which usernames exist
+                hasher.verify(_dummy_hash(), password or "")
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                pass
+        self.audit(str(username)[:64], "login", {"ok": ok})
+        if not ok or row is None:
+            return None
+        if hasher.check_needs_rehash(row.password_hash):
+            with self._write() as conn:
+                conn.execute(update(annotators).where(annotators.c.id == row.id)
+                             .values(password_hash=hasher.hash(password)))
+        return _annotator(row)
+
+    def _active_annotator(self, conn: Connection, username: str, error: type[StoreError] = StoreError) -> Any:
+        row = conn.execute(select(annotators.c.id, annotators.c.role, annotators.c.active)
+                           .where(annotators.c.username == username)).first()
+        if row is None:
+            raise error(f"no annotator named {username!r}")
+        if not row.active:
+            raise error(f"annotator {username!r} is deactivated")
+        return row
+
+    # ----------------------------------------------------------------------- tasks
+
+    def add_task(self, prompt_id: str, prompt: str | list[dict[str, str]], candidates: Sequence[str | Mapping[str, Any]],
+                 meta: Mapping[str, Any] | None = None, k: int = 3, *, source: str = "app", exist_ok: bool = False) -> int:
+        """Add a ranking task with its candidate answers (kept in the given order); returns the task id.
+
+        ``meta`` holds what the UI shows besides the prompt (``excerpt``, ``question``) and anything worth
+        keeping (document ids, generation settings). ``k`` = how many different annotators should rank it.
+        """
+        prompt_value, candidate_rows = self._check_task(prompt_id, prompt, candidates, k)
+
+        def run() -> int:
+            with self._write() as conn:
+                existing = conn.execute(select(tasks.c.id).where(tasks.c.prompt_id == prompt_id)).scalar()
+                if existing is not None:
+                    if exist_ok:
+                        return int(existing)
+                    raise StoreError(f"a task with prompt_id {prompt_id!r} already exists (task {existing})")
+                return self._insert_task(conn, prompt_id, prompt_value, candidate_rows, meta, k, source)
+
+        return self._retrying("adding a task", run)
+
+    @staticmethod
+    def _check_task(prompt_id: str, prompt: Any, candidates: Sequence[Any], k: int
+                    ) -> tuple[str | list[dict[str, str]], list[tuple[str, str | None]]]:
+        if not isinstance(prompt_id, str) or not prompt_id.strip() or len(prompt_id) > 200:
+            raise StoreError(f"prompt_id {prompt_id!r}: expected a non-empty string of at most 200 characters")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise StoreError(f"k={k!r}: expected a whole number >= 0 (annotators wanted per task)")
+        if isinstance(candidates, (str, bytes)) or len(candidates) < 2:
+            raise StoreError(f"task {prompt_id!r}: needs at least 2 candidate answers to rank")
+        return _check_prompt(prompt), [_candidate_fields(c, i) for i, c in enumerate(candidates)]
+
+    @staticmethod
+    def _insert_task(conn: Connection, prompt_id: str, prompt: Any, candidate_rows: list[tuple[str, str | None]],
+                     meta: Mapping[str, Any] | None, k: int, source: str) -> int:
+        task_id = conn.execute(insert(tasks).values(
+            prompt_id=prompt_id, prompt=prompt, meta=dict(meta) if meta else None, source=source, k=k,
+            created_at=_now())).inserted_primary_key[0]
+        conn.execute(insert(candidates), [
+            {"task_id": task_id, "position": i, "text": text_, "model": model}
+            for i, (text_, model) in enumerate(candidate_rows)])
+        return int(task_id)
+
+    def task_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(tasks)).scalar_one())
+
+    def _task_view(self, conn: Connection, task_id: int, form_token: str) -> TaskView:
+        task = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+        cands = conn.execute(select(candidates).where(candidates.c.task_id == task_id)
+                             .order_by(candidates.c.position)).all()
+        return TaskView(task.id, task.prompt_id, task.prompt, task.meta or {}, task.source,
+                        tuple(Candidate(c.id, c.position, c.text, c.model) for c in cands), form_token)
+
+    def next_task_for(self, username: str) -> TaskView | None:
+        """The annotator's open task, else a newly assigned one (oldest first), else None when none is left."""
+        with self._read() as conn:
+            annotator = self._active_annotator(conn, username)
+            open_row = conn.execute(
+                select(assignments.c.task_id, assignments.c.form_token)
+                .where(assignments.c.annotator_id == annotator.id, assignments.c.status == "open")
+                .order_by(assignments.c.id).limit(1)).first()
+            if open_row is not None:
+                return self._task_view(conn, open_row.task_id, open_row.form_token)
+
+        live = (select(func.count()).select_from(assignments)
+                .where(assignments.c.task_id == tasks.c.id, assignments.c.slot.is_not(None))
+                .correlate(tasks).scalar_subquery())
+        mine = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == annotator.id)
+        pick = (select(tasks.c.id, tasks.c.k).where(tasks.c.k > live, ~mine).order_by(tasks.c.id).limit(1)
+                .with_for_update(skip_locked=True, of=tasks))
+
+        def run() -> TaskView | None:
+            with self._write() as conn:
+                # Another tab of the same annotator may have taken a task since the read above.
+                open_row = conn.execute(
+                    select(assignments.c.task_id, assignments.c.form_token)
+                    .where(assignments.c.annotator_id == annotator.id, assignments.c.status == "open")
+                    .order_by(assignments.c.id).limit(1)).first()
+                if open_row is not None:
+                    return self._task_view(conn, open_row.task_id, open_row.form_token)
+                chosen = conn.execute(pick).first()
+                if chosen is None:
+                    return None
+                used = set(conn.execute(select(assignments.c.slot).where(
+                    assignments.c.task_id == chosen.id, assignments.c.slot.is_not(None))).scalars())
+                slot = min(set(range(chosen.k)) - used)
+                token = secrets.token_urlsafe(24)
+                conn.execute(insert(assignments).values(
+                    task_id=chosen.id, annotator_id=annotator.id, slot=slot, status="open", form_token=token,
+                    assigned_at=_now()))
+                return self._task_view(conn, chosen.id, token)
+
+        for attempt in range(MAX_RETRIES):
+            try:
+                return self._retrying("assigning a task", run)
+            except IntegrityError:  # a concurrent assigner took the slot (PostgreSQL); pick again
+                logger.debug("assignment race for %s (attempt %d); retrying", username, attempt + 1)
+                time.sleep(0.005 * (attempt + 1))
+        raise StoreError(f"could not assign a task to {username!r} after {MAX_RETRIES} attempts (heavy contention); try again")
+
+    # ----------------------------------------------------------------------- submissions
+
+    def _prevalidate(self, ranks: Any, none_acceptable: Any, rationale: Any, flags: Any, form_token: Any
+                     ) -> tuple[dict[int, int], str | None, list[str]]:
+        if not isinstance(form_token, str) or not form_token:
+            raise SubmissionError("missing form token; reload the page to get the current task")
+        if not isinstance(none_acceptable, bool):
+            raise SubmissionError(f"none_acceptable must be true or false; got {none_acceptable!r}")
+        if not isinstance(ranks, Mapping) or not ranks:
+            raise SubmissionError("ranks must map each candidate id to its rank (1 = best, ties share a rank)")
+        clean: dict[int, int] = {}
+        for key, value in ranks.items():
+            try:
+                cid = int(key)
+            except (TypeError, ValueError):
+                raise SubmissionError(f"unknown candidate id {key!r}") from None
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SubmissionError(f"the rank of candidate {cid} must be a whole number (1 = best); got {value!r}")
+            clean[cid] = value
+        try:
+            rationale_text = check_plain_text(rationale, "the rationale", self.rationale_max_chars)
+        except ValueError as err:
+            raise SubmissionError(str(err)) from None
+        flag_list: list[str] = []
+        for flag in flags or []:
+            if flag not in FLAGS:
+                raise SubmissionError(f"unknown flag {str(flag)[:40]!r}; expected some of: {', '.join(FLAGS)}")
+            if flag not in flag_list:
+                flag_list.append(flag)
+        return clean, rationale_text, flag_list
+
+    def _check_assignment(self, conn: Connection, annotator_id: int, task_id: int, form_token: str) -> Any:
+        assignment = conn.execute(select(assignments).where(
+            assignments.c.task_id == task_id, assignments.c.annotator_id == annotator_id)).first()
+        if assignment is None:
+            raise SubmissionError(f"task {task_id} is not assigned to you; take the next task from your queue")
+        if not secrets.compare_digest(assignment.form_token, form_token):
+            raise SubmissionError(f"this form does not belong to task {task_id} (unknown or stale form token); "
+                                  "reload the page to get your current task")
+        if assignment.status == "done":
+            raise SubmissionError(f"task {task_id} was already submitted with this form (a form can be submitted "
+                                  "only once); reload the page for your next task")
+        if assignment.status == "skipped":
+            raise SubmissionError(f"you skipped task {task_id}; a skipped task cannot be submitted")
+        return assignment
+
+    def submit_ranking(self, username: str, task_id: int, ranks: Mapping[int, int], none_acceptable: bool = False,
+                       rationale: str | None = None, flags: Sequence[str] = (), *, form_token: str) -> int:
+        """Store one ranking in one transaction; returns its id. ``ranks`` maps candidate id -> rank (1 = best).
+
+        Raises SubmissionError (nothing stored) for anything invalid; see the module docstring.
+        """
+        clean_ranks, rationale_text, flag_list = self._prevalidate(ranks, none_acceptable, rationale, flags, form_token)
+
+        def run() -> int:
+            with self._write() as conn:
+                annotator = self._active_annotator(conn, username, SubmissionError)
+                self._check_assignment(conn, annotator.id, task_id, form_token)
+                ids = conn.execute(select(candidates.c.id).where(candidates.c.task_id == task_id)
+                                   .order_by(candidates.c.position)).scalars().all()
+                unknown = sorted(set(clean_ranks) - set(ids))
+                if unknown:
+                    raise SubmissionError(f"unknown candidate id{'s' * (len(unknown) > 1)} "
+                                          f"{', '.join(map(str, unknown))} for task {task_id}; rank only the answers shown")
+                missing = [cid for cid in ids if cid not in clean_ranks]
+                if missing:
+                    raise SubmissionError(f"no rank for candidate{'s' * (len(missing) > 1)} "
+                                          f"{', '.join(map(str, missing))}; give every answer a rank (ties allowed)")
+                ordered = [clean_ranks[cid] for cid in ids]
+                try:
+                    check_ranks(ordered, len(ids))
+                except ValueError as err:
+                    raise SubmissionError(f"ranks are not a complete weak ordering: {err}") from None
+                try:
+                    ranking_id = conn.execute(insert(rankings).values(
+                        task_id=task_id, annotator_id=annotator.id, ranks=ordered, none_acceptable=none_acceptable,
+                        rationale=rationale_text, flags=flag_list, form_token=form_token,
+                        submitted_at=_now())).inserted_primary_key[0]
+                except IntegrityError:
+                    raise SubmissionError(f"task {task_id} was already submitted (a form can be submitted only once)") from None
+                conn.execute(update(assignments)
+                             .where(assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id)
+                             .values(status="done", finished_at=_now()))
+                self._audit(conn, username, "submission", {"task_id": task_id, "ranking_id": int(ranking_id),
+                                                           "none_acceptable": none_acceptable, "flags": flag_list})
+            return int(ranking_id)
+
+        return self._retrying("storing the ranking", run)
+
+    def skip_task(self, username: str, task_id: int, *, form_token: str, reason: str | None = None) -> None:
+        """Give the task back: it is never shown to this annotator again and its slot goes to someone else."""
+        if not isinstance(form_token, str) or not form_token:
+            raise SubmissionError("missing form token; reload the page to get the current task")
+        try:
+            reason_text = check_plain_text(reason, "the skip reason", self.rationale_max_chars)
+        except ValueError as err:
+            raise SubmissionError(str(err)) from None
+
+        def run() -> None:
+            with self._write() as conn:
+                annotator = self._active_annotator(conn, username, SubmissionError)
+                self._check_assignment(conn, annotator.id, task_id, form_token)
+                conn.execute(update(assignments)
+                             .where(assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id)
+                             .values(status="skipped", slot=None, finished_at=_now()))
+                self._audit(conn, username, "skip", {"task_id": task_id, "reason": reason_text})
+
+        self._retrying("skipping the task", run)
+
+    # ----------------------------------------------------------------------- progress and views
+
+    def progress(self, username: str) -> Progress:
+        with self._read() as conn:
+            annotator = self._active_annotator(conn, username)
+            counts = dict(conn.execute(
+                select(assignments.c.status, func.count()).where(assignments.c.annotator_id == annotator.id)
+                .group_by(assignments.c.status)).all())
+            done = conn.execute(select(func.count()).select_from(rankings)
+                                .where(rankings.c.annotator_id == annotator.id)).scalar_one()
+            live = (select(func.count()).select_from(assignments)
+                    .where(assignments.c.task_id == tasks.c.id, assignments.c.slot.is_not(None))
+                    .correlate(tasks).scalar_subquery())
+            mine = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == annotator.id)
+            available = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.k > live, ~mine)).scalar_one()
+        open_ = int(counts.get("open", 0))
+        return Progress(done=int(done), skipped=int(counts.get("skipped", 0)), open=open_,
+                        remaining=open_ + int(available))
+
+    def my_rankings(self, username: str, limit: int = 20) -> list[dict[str, Any]]:
+        """This annotator's own latest rankings (never anyone else's)."""
+        with self._read() as conn:
+            annotator = self._active_annotator(conn, username)
+            rows = conn.execute(
+                select(tasks.c.prompt_id, rankings.c.ranks, rankings.c.none_acceptable, rankings.c.flags,
+                       rankings.c.rationale, rankings.c.submitted_at)
+                .join(tasks, tasks.c.id == rankings.c.task_id)
+                .where(rankings.c.annotator_id == annotator.id)
+                .order_by(rankings.c.id.desc()).limit(limit)).all()
+        return [dict(row._mapping) for row in rows]
+
+    def admin_progress(self) -> list[AnnotatorProgress]:
+        with self._read() as conn:
+            status_counts: dict[int, dict[str, int]] = {}
+            for annotator_id, status, count in conn.execute(
+                    select(assignments.c.annotator_id, assignments.c.status, func.count())
+                    .group_by(assignments.c.annotator_id, assignments.c.status)):
+                status_counts.setdefault(annotator_id, {})[status] = int(count)
+            done = {row[0]: (int(row[1]), row[2]) for row in conn.execute(
+                select(rankings.c.annotator_id, func.count(), func.max(rankings.c.submitted_at))
+                .group_by(rankings.c.annotator_id))}
+            people = conn.execute(select(annotators).order_by(annotators.c.username)).all()
+        result = []
+        for person in people:
+            counts = status_counts.get(person.id, {})
+            n_done, last = done.get(person.id, (0, None))
+            result.append(AnnotatorProgress(person.username, person.role, bool(person.active), n_done,
+                                            counts.get("skipped", 0), counts.get("open", 0), last))
+        return result
+
+    def task_rankings(self, min_annotators: int = 1, sources: Iterable[str] | None = None) -> list[TaskRankings]:
+        """Every task with at least ``min_annotators`` rankings, with its candidates and rankings (for export)."""
+        source_list = list(sources) if sources is not None else None
+        with self._read() as conn:
+            query = select(tasks).order_by(tasks.c.id)
+            if source_list is not None:
+                query = query.where(tasks.c.source.in_(source_list))
+            task_rows = {row.id: row for row in conn.execute(query)}
+            by_task: dict[int, list[StoredRanking]] = {}
+            for row in conn.execute(
+                    select(rankings, annotators.c.username).join(annotators, annotators.c.id == rankings.c.annotator_id)
+                    .order_by(rankings.c.task_id, annotators.c.username)):
+                if row.task_id in task_rows:
+                    by_task.setdefault(row.task_id, []).append(StoredRanking(
+                        row.username, tuple(row.ranks), bool(row.none_acceptable), row.rationale,
+                        tuple(row.flags or ()), row.submitted_at))
+            wanted = [tid for tid in task_rows if len(by_task.get(tid, ())) >= max(1, min_annotators)]
+            cands: dict[int, list[Candidate]] = {}
+            if wanted:
+                for c in conn.execute(select(candidates).where(candidates.c.task_id.in_(wanted))
+                                      .order_by(candidates.c.task_id, candidates.c.position)):
+                    cands.setdefault(c.task_id, []).append(Candidate(c.id, c.position, c.text, c.model))
+        return [TaskRankings(tid, task_rows[tid].prompt_id, task_rows[tid].prompt, task_rows[tid].meta or {},
+                             task_rows[tid].source, tuple(cands[tid]), tuple(by_task[tid])) for tid in wanted]
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                    for table in (annotators, tasks, candidates, assignments, rankings, feedback, audit_events)}
+
+    # ----------------------------------------------------------------------- feedback (chat UI)
+
+    def add_feedback(self, user: str, prompt: str | list[dict[str, str]], response: str, rating: int,
+                     better_answer: str | None = None, meta: Mapping[str, Any] | None = None) -> int:
+        """A thumbs up (+1) / down (-1) on one chat answer, optionally with a better answer written by the lawyer."""
+        if isinstance(rating, bool) or rating not in (1, -1):
+            raise SubmissionError(f"rating must be +1 or -1; got {rating!r}")
+        if not isinstance(response, str) or not response.strip():
+            raise SubmissionError("the rated response must not be empty")
+        try:
+            prompt_value = _check_prompt(prompt)
+        except StoreError as err:
+            raise SubmissionError(str(err)) from None
+        if better_answer is not None:
+            if not isinstance(better_answer, str):
+                raise SubmissionError("better_answer must be text")
+            bad = _control_chars(better_answer)
+            if bad:
+                raise SubmissionError(f"the better answer contains control characters ({', '.join(bad[:5])}); remove them")
+            if len(better_answer) > 20_000:
+                raise SubmissionError(f"the better answer is {len(better_answer)} characters long; the limit is 20000")
+            better_answer = better_answer.strip() or None
+
+        def run() -> int:
+            with self._write() as conn:
+                feedback_id = conn.execute(insert(feedback).values(
+                    user=str(user)[:64], prompt=prompt_value, response=response, rating=rating,
+                    better_answer=better_answer, meta=dict(meta) if meta else None,
+                    created_at=_now())).inserted_primary_key[0]
+                self._audit(conn, str(user), "feedback", {"feedback_id": int(feedback_id), "rating": rating})
+            return int(feedback_id)
+
+        return self._retrying("storing feedback", run)
+
+    def list_feedback(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(row._mapping) for row in
+                    conn.execute(select(feedback).order_by(feedback.c.id).limit(limit))]
+
+    # ----------------------------------------------------------------------- import of RankingRecords
+
+    def import_rankings(self, records: Iterable[Any], source: str, *, k: int = 0, actor: str = "cli") -> ImportResult:
+        """Import RankingRecords (e.g. ACORD's lawyer ratings) as tasks + candidates + rankings, in one transaction.
+
+        A record's annotator becomes an account that cannot log in. Tasks are matched by ``prompt_id``; a task
+        that exists must have the same responses in the same order. Re-importing the same file changes nothing
+        (identical rankings count as duplicates); a different ranking by the same annotator is an error.
+        ``k`` = annotations wanted from the app's annotators for the imported tasks (0: none, the default).
+        """
+        from lexalign.data.schemas import RankingRecord
+
+        checked: list[Any] = []
+        for i, record in enumerate(records):
+            if not isinstance(record, RankingRecord):
+                try:
+                    record = RankingRecord.model_validate(record)
+                except ValueError as err:
+                    raise StoreError(f"record {i + 1}: not a RankingRecord: {err}") from None
+            checked.append(record)
+        if not checked:
+            raise StoreError("nothing to import: no records")
+        result = ImportResult()
+
+        def run() -> ImportResult:
+            res = ImportResult()
+            with self._write() as conn:
+                annotator_ids: dict[str, int] = {}
+                for i, record in enumerate(checked, start=1):
+                    where = f"record {i} (prompt_id {record.prompt_id!r})"
+                    prompt_value = _check_prompt([m.model_dump() for m in record.prompt]
+                                                 if isinstance(record.prompt, list) else record.prompt)
+                    task = conn.execute(select(tasks.c.id).where(tasks.c.prompt_id == record.prompt_id)).first()
+                    if task is None:
+                        task_id = self._insert_task(conn, record.prompt_id, prompt_value,
+                                                    [(r, None) for r in record.responses], record.meta, k, source)
+                        res.tasks_created += 1
+                    else:
+                        task_id = task.id
+                        existing = conn.execute(select(candidates.c.text).where(candidates.c.task_id == task_id)
+                                                .order_by(candidates.c.position)).scalars().all()
+                        if list(existing) != list(record.responses):
+                            raise StoreError(f"{where}: the store already has this prompt_id with different responses "
+                                             f"({len(existing)} stored vs {len(record.responses)} here); give the "
+                                             "record its own prompt_id or keep the responses in the same order")
+                        res.tasks_reused += 1
+                    name = record.annotator
+                    if name not in annotator_ids:
+                        row = conn.execute(select(annotators.c.id).where(annotators.c.username == name)).first()
+                        if row is None:
+                            if not _USERNAME.match(name):
+                                raise StoreError(f"{where}: annotator {name!r} is not a valid username")
+                            row_id = conn.execute(insert(annotators).values(
+                                username=name, password_hash=None, role="annotator", active=False,
+                                created_at=_now())).inserted_primary_key[0]
+                            self._audit(conn, actor, "annotator_created",
+                                        {"username": name, "role": "annotator", "can_login": False, "source": source})
+                            res.annotators_created.append(name)
+                            annotator_ids[name] = int(row_id)
+                        else:
+                            annotator_ids[name] = int(row.id)
+                    previous = conn.execute(select(rankings.c.ranks).where(
+                        rankings.c.task_id == task_id, rankings.c.annotator_id == annotator_ids[name])).first()
+                    if previous is not None:
+                        if list(previous.ranks) == list(record.ranks):
+                            res.duplicates += 1
+                            continue
+                        raise StoreError(f"{where}: {name!r} already ranked this task differently "
+                                         f"({list(previous.ranks)} stored vs {record.ranks} here)")
+                    conn.execute(insert(rankings).values(
+                        task_id=task_id, annotator_id=annotator_ids[name], ranks=list(record.ranks),
+                        none_acceptable=record.none_acceptable, rationale=record.rationale, flags=list(record.flags),
+                        form_token=None, submitted_at=_now()))
+                    res.rankings_added += 1
+                self._audit(conn, actor, "import", {"source": source, "tasks_created": res.tasks_created,
+                                                    "rankings_added": res.rankings_added, "duplicates": res.duplicates})
+            return res
+
+        result = self._retrying("importing rankings", run)
+        return result
+
+
+def _annotator(row: Any) -> Annotator:
+    return Annotator(int(row.id), row.username, row.role, bool(row.active), row.created_at)
+
+
+_HASHER: Any = None
+_DUMMY: str | None = None
+
+
+def _hasher() -> Any:
+    global _HASHER
+    if _HASHER is None:
+        from argon2 import PasswordHasher
+
+        _HASHER = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
+    return _HASHER
+
+
+def _dummy_hash() -> str:
+    global _DUMMY
+    if _DUMMY is None:
+        _DUMMY = _hasher().hash(secrets.token_urlsafe(16))
+    return _DUMMY
+
+
+def open_store(url: str = DEFAULT_URL, *, synchronous: str = "FULL",
+               rationale_max_chars: int = DEFAULT_RATIONALE_MAX) -> Store:
+    """Open (creating if new) the preference store at ``url``; StoreError when it cannot be used."""
+    return Store(url, synchronous=synchronous, rationale_max_chars=rationale_max_chars)

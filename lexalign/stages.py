@@ -1,0 +1,27 @@
+"""The stages and their config classes, by name: one table for the CLI, the pipeline and the tests.
+
+A config file ``configs/<stage>.yaml`` or ``configs/<stage>-<variant>.yaml`` belongs to ``<stage>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+STAGE_CONFIGS: dict[str, str] = {
+    "data": "lexalign.data.build:DataBuildConfig",
+    "base": "lexalign.basemodel:BaseModelConfig",
+    "sft": "lexalign.sft.train:SFTStageConfig",
+}
+
+
+def config_class(stage: str) -> Any:
+    module_name, _, class_name = STAGE_CONFIGS[stage].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def stage_of_config_file(path: Path) -> str | None:
+    """``configs/sft-7b.yaml`` -> "sft"; None for files that are not stage configs."""
+    stem = Path(path).stem.split("-")[0]
+    return stem if stem in STAGE_CONFIGS else None

@@ -1,0 +1,240 @@
+"""The ranking app in headless Chromium (Debian's /usr/bin/chromium, never a downloaded browser).
+
+The app runs as `lexalign annotate` in a subprocess on a free port with a temporary SQLite store seeded
+with users and tasks; the tests log in through Gradio's login page, rank, submit, and check the database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from lexalign.data.store import open_store
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+USERS = {"alice": ("alice-password", "annotator"), "bob": ("bob-password", "annotator"),
+         "root": ("root-password", "admin")}
+GOOD = "**New York** law governs this agreement."
+XSS_SCRIPT = "<script>window.__xss = 1</script>Delaware law governs."
+XSS_IMG = '<img src=x onerror="window.__xss = 2"> Not present.'
+ALICE_RATIONALE = "Only answer NY quotes the excerpt; damages < fees. (alice-secret-note)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("annotate-app")
+    url = f"sqlite:///{root / 'prefs.db'}"
+    with open_store(url) as store:
+        for name, (password, role) in USERS.items():
+            store.add_annotator(name, password, role)
+        for i in range(4):
+            prompt = [{"role": "system", "content": "You review contracts."},
+                      {"role": "user", "content": f"Find the Governing Law clause.\n\nExcerpt:\n"
+                                                  f"{i}. This Agreement is governed by the laws of New York."}]
+            store.add_task(f"gl-{i}", prompt, [GOOD, XSS_SCRIPT, XSS_IMG], {"doc": i}, k=2)
+    port = free_port()
+    log = (root / "server.log").open("w")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lexalign.cli", "annotate", "--config", str(REPO / "configs" / "annotate.yaml"),
+         f"store={url}", f"port={port}", f"export_dir={root / 'exports'}"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if requests.get(base, timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the app did not answer within 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield SimpleNamespace(url=base, store_url=url, root=root)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def login(browser, server, user: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(USERS[user][0])
+    page.get_by_role("button", name="Login").click()
+    page.locator("#progress").get_by_text("done").wait_for(timeout=30_000)
+    return page
+
+
+def shown_answers(page) -> list[str]:
+    texts = []
+    for i in range(6):
+        answer = page.locator(f"#answer-{i}")
+        if not answer.is_visible():
+            break
+        texts.append(answer.inner_text().strip())
+    return texts
+
+
+def pick(page, slot: int, rank: int) -> None:
+    page.locator(f"#rank-{slot} [data-testid='{rank}-radio-label']").click()
+
+
+def message(page, contains: str) -> str:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    locator = page.locator("#message")
+    try:
+        locator.get_by_text(contains).wait_for(timeout=20_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "annotate-failure.png"), full_page=True)
+        pytest.fail(f"expected {contains!r} in the message box; it says {locator.inner_text()!r}")
+    return locator.inner_text()
+
+
+def stored_rankings(server) -> list[dict]:
+    with open_store(server.store_url) as store:
+        return [{"prompt_id": t.prompt_id, "annotator": r.annotator, "texts": [c.text for c in t.candidates],
+                 "ranks": list(r.ranks), "rationale": r.rationale, "flags": list(r.flags)}
+                for t in store.task_rankings() for r in t.rankings]
+
+
+def test_login_rank_submit_stores_the_row_and_model_text_stays_inert(browser, server) -> None:
+    page = login(browser, server, "alice")
+    assert page.evaluate("window.__xss") is None  # neither the <script> nor the onerror handler ran
+    answers = shown_answers(page)
+    assert len(answers) == 3
+    assert any("<script>window.__xss = 1</script>" in a for a in answers)  # shown as text
+    assert any('<img src=x onerror="window.__xss = 2">' in a for a in answers)
+    assert any(a.startswith("New York law governs") for a in answers)  # markdown still renders (bold)
+    assert page.locator("#answer-0 script, #answer-1 script, #answer-2 script, #answer-0 img, "
+                        "#answer-1 img, #answer-2 img").count() == 0
+    wanted = {GOOD: 1, XSS_SCRIPT: 2, XSS_IMG: 2}  # a tie between the two bad answers
+    text_of = {"New York law governs this agreement.": GOOD}
+    for slot, shown in enumerate(answers):
+        original = text_of.get(shown, XSS_SCRIPT if "script" in shown else XSS_IMG)
+        pick(page, slot, wanted[original])
+    page.locator("#rationale textarea").fill(ALICE_RATIONALE)
+    page.locator("#flags").get_by_text("wrong law or jurisdiction").click()
+    page.locator("#submit-btn").click()
+    message(page, "Saved")
+    assert page.locator("#progress").get_by_text("1 of").count() == 1
+    (row,) = [r for r in stored_rankings(server) if r["annotator"] == "alice"]
+    assert dict(zip(row["texts"], row["ranks"])) == wanted
+    assert row["rationale"] == ALICE_RATIONALE and row["flags"] == ["wrong_law"]
+    page.get_by_role("tab", name="My submissions").click()
+    page.locator("#my-table").get_by_text(row["prompt_id"]).first.wait_for(timeout=10_000)
+    assert ALICE_RATIONALE in page.locator("#my-table").inner_text()
+    page.context.close()
+
+
+def test_bad_submissions_show_a_clear_error_and_store_nothing(browser, server) -> None:
+    page = login(browser, server, "alice")
+    before = stored_rankings(server)
+    pick(page, 0, 1)
+    page.locator("#submit-btn").click()
+    assert "give answers B, C a rank" in message(page, "Not saved")
+    pick(page, 1, 3)
+    pick(page, 2, 3)  # 1, 3, 3: a gap, not a dense weak ordering
+    page.locator("#submit-btn").click()
+    assert "missing rank 2" in message(page, "missing rank 2")
+    pick(page, 1, 2)
+    pick(page, 2, 2)
+    page.locator("#rationale textarea").fill("<script>window.__xss = 3</script>")
+    page.locator("#submit-btn").click()
+    assert "plain text" in message(page, "plain text")
+    assert page.evaluate("window.__xss") is None
+    assert stored_rankings(server) == before  # nothing was stored by any of them
+    # Fix the rationale and submit from the keyboard: Ctrl+Enter in the rationale box.
+    box = page.locator("#rationale textarea")
+    box.fill("Ties between the two wrong answers.")
+    box.press("Control+Enter")
+    message(page, "Saved")
+    assert len(stored_rankings(server)) == len(before) + 1
+    page.context.close()
+
+
+def test_keyboard_tab_and_space_pick_ranks(browser, server) -> None:
+    page = login(browser, server, "root")  # root annotates too (admins are annotators as well)
+    first = page.locator("#rank-0 input[type=radio]").first
+    first.focus()
+    page.keyboard.press("Space")
+    assert first.is_checked()
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('[id^=rank-]')?.id + ':' + document.activeElement.value")
+    assert focused == "rank-0:2"
+    page.context.close()
+
+
+def test_annotator_cannot_see_others_work_or_reach_the_admin_view(browser, server) -> None:
+    from gradio_client import Client
+
+    page = login(browser, server, "bob")
+    assert page.get_by_role("tab", name="Admin").count() == 0
+    page.get_by_role("tab", name="My submissions").click()
+    assert "alice-secret-note" not in page.content()
+    assert page.locator("#my-table").get_by_text("gl-").count() == 0  # bob has submitted nothing
+    page.context.close()
+    # The hidden tab is not the protection: the admin handlers refuse bob's session on the server.
+    client = Client(server.url, auth=("bob", USERS["bob"][0]), verbose=False)
+    for endpoint in ("/admin_refresh", "/admin_export"):
+        with pytest.raises(Exception, match="Only admins"):
+            client.predict(api_name=endpoint)
+    with open_store(server.store_url) as store:
+        denied = store.audit_events("admin_denied")
+        assert {e["actor"] for e in denied} == {"bob"} and len(denied) >= 2
+        assert not (server.root / "exports").exists() or not any((server.root / "exports").iterdir())
+
+
+def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
+    page = login(browser, server, "root")
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#admin-refresh").click()
+    table = page.locator("#admin-table")
+    table.get_by_text("alice").wait_for(timeout=20_000)
+    assert page.locator("#admin-agreement").inner_text().strip() != ""
+    page.locator("#admin-export").click()
+    text = page.locator("#admin-export-text")
+    text.get_by_text("Exported").wait_for(timeout=30_000)
+    exports = list((server.root / "exports").glob("*/preferences.jsonl"))
+    assert len(exports) == 1 and exports[0].read_text().strip()
+    with open_store(server.store_url) as store:
+        assert store.audit_events("export")[0]["actor"] == "root"
+        assert {"login", "submission"} <= {e["action"] for e in store.audit_events()}
+    page.context.close()

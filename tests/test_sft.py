@@ -1,0 +1,276 @@
+"""SFT stage on the tiny model: learning, weights, stopping, packing, resume, export, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lexalign.config import ConfigError, load_config
+from lexalign.runs import is_complete, read_manifest, read_metrics
+from lexalign.sft.train import SFTStageConfig, train_sft
+
+SYSTEM = "You are a contract-review assistant. Quote clause text exactly; say 'Not present.' when absent."
+STATES = ["New York", "Delaware", "California", "Texas", "Ohio", "Nevada", "Florida"]
+
+
+def chat_records(n: int, seed: int) -> list[dict]:
+    """Training-style prompts with short answers that end the turn (the model must learn to stop)."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        state = rng.choice(STATES)
+        present = rng.random() < 0.5
+        clause = f"This Agreement shall be governed by the laws of the State of {state}."
+        excerpt = clause if present else f"Payment is due within {rng.randint(10, 90)} days of invoice."
+        answer = f'"{clause}"' if present else "Not present."
+        records.append({"messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Find the Governing Law clause in this excerpt.\n\nExcerpt: {excerpt}"},
+            {"role": "assistant", "content": answer},
+        ]})
+    return records
+
+
+@pytest.fixture(scope="module")
+def chat_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("chat")
+    train, valid = folder / "train.jsonl", folder / "valid.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in chat_records(256, seed=0)))
+    valid.write_text("".join(json.dumps(r) + "\n" for r in chat_records(32, seed=1)))
+    return train, valid
+
+
+SFT_YAML = Path(__file__).resolve().parent.parent / "configs" / "sft.yaml"
+
+
+def sft_config(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> SFTStageConfig:
+    overrides = [
+        f"model.path={model_dir}", f"data.train={data[0]}", f"data.valid={data[1]}", f"output_dir={out}",
+        "model.threads=1", "training.max_steps=40", "training.learning_rate=5e-3", "training.warmup_steps=0",
+        "training.eval_steps=20", "training.save_steps=20", "training.logging_steps=5",
+        "training.per_device_train_batch_size=8", "training.max_length=256", "data.max_valid_records=0",
+        *extra,
+    ]
+    return load_config(SFTStageConfig, SFT_YAML, overrides)
+
+
+def lora_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def base_logits(model_dir: Path, text: str) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train_sft(sft_config(tiny_model_dir, chat_data, out, "model.quantization.bits=null",
+                                "training.max_steps=80"))
+
+
+def test_lora_sft_learns_and_writes_a_complete_run(lora_run: Path, tiny_model_dir: Path) -> None:
+    metrics = read_metrics(lora_run)
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert losses[-1] < losses[0] * 0.7, losses
+    manifest = read_manifest(lora_run)
+    assert evals[-1] < manifest["results"]["initial_eval_loss"]
+    assert manifest["results"]["global_step"] == 80
+    assert manifest["outputs"]["lora_rank"] == 16
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "training.png", "COMPLETE",
+                 "adapter/adapter_model.safetensors", "adapter/tokenizer.json", "adapter/chat_template.jinja",
+                 "adapter/README.md"):
+        assert (lora_run / name).exists(), name
+    assert is_complete(lora_run)
+
+
+def test_lora_weights_change_and_base_weights_do_not(lora_run: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tensors = lora_tensors(lora_run / "adapter")
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero: non-zero means trained
+    # the base folder is untouched (same hash as when training started) ...
+    from lexalign.runs import hash_path
+
+    assert read_manifest(lora_run)["inputs"]["base_model"]["sha256"] == hash_path(tiny_model_dir)
+    # ... and with the adapter disabled the tuned model is exactly the base model
+    text = "Find the Governing Law clause."
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(lora_run / "adapter"))
+    model.eval()
+    with torch.no_grad():
+        tuned = model(**tokenizer(text, return_tensors="pt")).logits
+        with model.disable_adapter():
+            disabled = model(**tokenizer(text, return_tensors="pt")).logits
+    assert torch.allclose(disabled, base_logits(tiny_model_dir, text), atol=1e-5)
+    assert not torch.allclose(tuned, disabled, atol=1e-3)
+
+
+def stop_rate(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> float:
+    stops = 0
+    for record in records:
+        ids = tokenizer.apply_chat_template(record["messages"][:-1], add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        stops += int(tokenizer.eos_token_id in out[0, ids["input_ids"].shape[1]:].tolist())
+    return stops / len(records)
+
+
+def test_tuned_model_learns_to_stop(lora_run: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompts = chat_records(16, seed=7)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    base_rate = stop_rate(base, tokenizer, prompts)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                      str(lora_run / "adapter")).eval()
+    tuned_rate = stop_rate(tuned, tokenizer, prompts)
+    assert tuned_rate >= 0.8 and tuned_rate >= base_rate + 0.5, (base_rate, tuned_rate)
+
+
+def test_qlora_sft_trains_4bit_base(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
+    run = train_sft(sft_config(tiny_model_dir, chat_data, tmp_path, "training.max_steps=20",
+                               "training.eval_steps=10", "training.save_steps=10"))
+    manifest = read_manifest(run)
+    assert manifest["results"]["mode"] == "qlora"
+    assert manifest["results"]["eval_loss"] < manifest["results"]["initial_eval_loss"]
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    assert losses[-1] < losses[0]
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    adapted = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+    assert config["r"] == 16 and adapted >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert all(t.abs().sum() > 0 for n, t in lora_tensors(run / "adapter").items() if "lora_B" in n)
+
+
+def test_full_finetuning_changes_the_weights(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    run = train_sft(sft_config(tiny_model_dir, chat_data, tmp_path, "model.tuning=full",
+                               "model.quantization.bits=null", "training.max_steps=10",
+                               "training.learning_rate=1e-3", "training.eval_steps=10", "training.save_steps=10"))
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(run / "model" / "model.safetensors"))
+    changed = [name for name in before if name in after and not torch.equal(before[name], after[name])]
+    assert len(changed) >= len(before) // 2
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir: Path) -> None:
+    """TRL's padding-free packing: a sequence's logits are the same alone and packed after another one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa").eval()
+    first = tokenizer("Payment is due within thirty days of the invoice date.")["input_ids"]
+    second = tokenizer("This Agreement shall be governed by the laws of Delaware.")["input_ids"]
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    batch = collator([{"input_ids": first}, {"input_ids": second}])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    with torch.no_grad():
+        # use_cache=False as in training (TRL's compute_loss): a KV cache turns packed-sequence detection off
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       use_cache=False).logits[0, len(first):]
+        alone = model(input_ids=torch.tensor([second]), use_cache=False).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-4)
+
+
+def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
+    run = train_sft(sft_config(tiny_model_dir, chat_data, tmp_path, "model.quantization.bits=null",
+                               "training.packing=true", "training.max_steps=10", "training.eval_steps=10",
+                               "training.save_steps=10"))
+    assert is_complete(run)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.tuning=full"], "model.quantization.bits"),              # 4-bit with full fine-tuning
+    (["data.train=/no/such/file.jsonl"], "data.train"),              # missing dataset
+    (["model.lora.r=0"], "model.lora.r"),                            # rank <= 0
+    (["training.packing=true", "training.packing_strategy=wrapped"], "training.packing_strategy"),
+    (["training.max_stepz=3"], "training.max_stepz"),
+])
+def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(SFTStageConfig, SFT_YAML, overrides)
+    assert key in [p.key for p in info.value.problems]
+
+
+def test_missing_model_folder_is_a_clear_cli_error(tmp_path: Path, chat_data: tuple[Path, Path]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lexalign.cli", "sft", "--config", str(SFT_YAML), f"model.path={tmp_path / 'nope'}",
+         f"data.train={chat_data[0]}", f"data.valid={chat_data[1]}", f"output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not a Hugging Face model folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_merges_into_full_precision_and_matches_base_plus_adapter(lora_run: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lexalign.sft.export import export_merged
+
+    merged_dir = export_merged(lora_run)
+    assert json.loads((merged_dir / "lexalign_export.json").read_text())["lora_rank"] == 16
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
+    combined = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                         str(lora_run / "adapter")).eval()
+    for record in chat_records(4, seed=3):
+        ids = tokenizer.apply_chat_template(record["messages"][:-1], add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        with torch.no_grad():
+            a = merged.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            b = combined.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert a.tolist() == b.tolist()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_final_step(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """kill -9 after the first checkpoint; the same command resumes and finishes at max_steps."""
+    command = [
+        sys.executable, "-m", "lexalign.cli", "sft", "--config", str(SFT_YAML), f"model.path={tiny_model_dir}", f"data.train={chat_data[0]}",
+        f"data.valid={chat_data[1]}", f"output_dir={tmp_path}", "model.quantization.bits=null", "model.threads=1",
+        "training.max_steps=60", "training.save_steps=10", "training.eval_steps=30", "training.logging_steps=5",
+        "training.max_length=256",
+    ]
+    run_dir = tmp_path / "tiny" / "sft"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-20").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "checkpoints" / "checkpoint-20").exists(), "no checkpoint before the kill"
+    assert not is_complete(run_dir)
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert is_complete(run_dir)
+    assert read_manifest(run_dir)["results"]["global_step"] == 60
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no step logged twice after resume

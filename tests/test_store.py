@@ -1,0 +1,566 @@
+"""The preference store: schema versions, durability settings, assignment rules under concurrency,
+server-side validation of submissions (hypothesis for rank lists), kill -9 durability, import, feedback, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lexalign.data.schemas import RankingRecord
+from lexalign.data.store import (
+    FLAGS,
+    StoreError,
+    SubmissionError,
+    open_store,
+)
+from lexalign.errors import LexalignError
+
+REPO = Path(__file__).resolve().parent.parent
+CANDIDATES = ["Answer one.", "Answer two.", "Answer three.", "Answer four."]
+
+
+def url_for(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    with open_store(url_for(tmp_path / "prefs.db")) as s:
+        yield s
+
+
+def add_tasks(store, n: int, k: int = 3, prefix: str = "t", n_candidates: int = 3) -> list[int]:
+    return [store.add_task(f"{prefix}{i}", f"Question {i}?", CANDIDATES[:n_candidates], {"question": f"Q{i}"}, k=k)
+            for i in range(n)]
+
+
+def valid_ranks(view, rng: random.Random) -> dict[int, int]:
+    """A random complete weak ordering (dense, ties allowed) of the view's candidates."""
+    n = len(view.candidates)
+    levels = rng.randint(1, n)
+    ranks = [rng.randint(1, levels) for _ in range(n)]
+    order = sorted(set(ranks))
+    return {c.id: order.index(r) + 1 for c, r in zip(view.candidates, ranks)}
+
+
+def rankings_count(store) -> int:
+    return store.counts()["rankings"]
+
+
+# --------------------------------------------------------------------------- schema version and settings
+
+
+def test_new_store_records_schema_version_and_durability_pragmas(tmp_path: Path) -> None:
+    with open_store(url_for(tmp_path / "a.db")) as store:
+        assert store.schema_version() == 1
+        with store.engine.connect() as conn:
+            pragmas = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                       for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30000}
+    with open_store(url_for(tmp_path / "a.db"), synchronous="NORMAL") as store:  # reopening works
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+
+
+@pytest.mark.parametrize("version, words", [(2, "newer than the version 1"), (0, "older than 1")])
+def test_schema_version_mismatch_fails_clearly(tmp_path: Path, version: int, words: str) -> None:
+    path = tmp_path / "v.db"
+    open_store(url_for(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE schema_version SET version = ?", (version,))
+    with pytest.raises(StoreError, match=words) as info:
+        open_store(url_for(path))
+    assert isinstance(info.value, LexalignError)
+    assert f"schema version {version}" in str(info.value)
+
+
+def test_unknown_schema_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    open_store(url_for(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM schema_version")
+    with pytest.raises(StoreError, match="schema_version table is empty"):
+        open_store(url_for(path))
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE schema_version")
+    with pytest.raises(StoreError, match="no schema_version"):
+        open_store(url_for(path))
+
+
+def test_version_mismatch_through_the_cli_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    from lexalign.cli import main
+
+    path = tmp_path / "v.db"
+    open_store(url_for(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE schema_version SET version = 7")
+    assert main(["annotators", "list", "--store", url_for(path)]) == 2
+    err = capsys.readouterr().err
+    assert "schema version 7" in err and "upgrade lexalign" in err and "Traceback" not in err
+
+
+def test_bad_urls_are_clear() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        open_store("no-scheme-here")
+    with pytest.raises(StoreError, match="unsupported database"):
+        open_store("mysql://x@y/z")
+
+
+# --------------------------------------------------------------------------- annotators and login
+
+
+def test_annotators_passwords_and_login(store) -> None:
+    store.add_annotator("alice", "correct-horse", "annotator")
+    store.add_annotator("root", "battery-staple", "admin")
+    assert store.verify_login("alice", "correct-horse").username == "alice"
+    assert store.verify_login("alice", "wrong-password") is None
+    assert store.verify_login("nobody", "whatever-pass") is None
+    assert store.is_admin("root") and not store.is_admin("alice") and not store.is_admin(None)
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT password_hash FROM annotators WHERE username='alice'").scalar()
+    assert stored.startswith("$argon2id$") and "correct-horse" not in stored
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_annotator("alice", "another-pass", "annotator")
+    with pytest.raises(StoreError, match="at least 8"):
+        store.add_annotator("carol", "short", "annotator")
+    with pytest.raises(StoreError, match="role"):
+        store.add_annotator("carol", "long-enough", "boss")  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="username"):
+        store.add_annotator("<script>", "long-enough", "annotator")
+    store.set_active("alice", False)
+    assert store.verify_login("alice", "correct-horse") is None
+    logins = store.audit_events("login")
+    assert [e["detail"]["ok"] for e in reversed(logins)] == [True, False, False, False]
+    assert len(store.audit_events("annotator_created")) == 2
+
+
+def test_cli_annotators_add_and_list(tmp_path: Path, capsys, monkeypatch) -> None:
+    import io
+
+    from lexalign.cli import main
+
+    url = url_for(tmp_path / "cli.db")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-password\n"))
+    assert main(["annotators", "add", "dana", "--role", "admin", "--store", url, "--password-stdin"]) == 0
+    assert main(["annotators", "list", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "created admin 'dana'" in out and "dana" in out.splitlines()[-1]
+    with open_store(url) as store:
+        assert store.verify_login("dana", "s3cret-password") is not None
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert main(["annotators", "add", "erin", "--store", url, "--password-stdin"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+def test_each_task_goes_to_k_different_annotators_never_twice(store) -> None:
+    for name in ("a", "b", "c", "d"):
+        store.add_annotator(name, None)
+    (task,) = add_tasks(store, 1, k=2)
+    va = store.next_task_for("a")
+    assert va.task_id == task
+    assert store.next_task_for("a").form_token == va.form_token  # the open task comes back, same token
+    vb = store.next_task_for("b")
+    assert vb.task_id == task and vb.form_token != va.form_token
+    assert store.next_task_for("c") is None  # k = 2 reached
+    store.skip_task("b", task, form_token=vb.form_token)
+    assert store.next_task_for("b") is None  # never again to the one who skipped it
+    vc = store.next_task_for("c")  # ... but the freed slot goes to someone else
+    assert vc.task_id == task
+    store.submit_ranking("a", task, {c.id: i + 1 for i, c in enumerate(va.candidates)}, form_token=va.form_token)
+    assert store.next_task_for("a") is None  # never twice to the same annotator
+    assert store.next_task_for("d") is None
+    assert store.progress("a").done == 1 and store.progress("b").skipped == 1
+
+
+def test_imported_tasks_with_k0_are_not_offered(store) -> None:
+    store.add_annotator("a", None)
+    store.add_task("ref", "Q?", ["x", "y"], k=0)
+    assert store.next_task_for("a") is None
+    assert store.progress("a").total == 0
+
+
+def test_concurrent_assignment_of_one_task_gives_exactly_k(tmp_path: Path) -> None:
+    with open_store(url_for(tmp_path / "race.db")) as store:
+        names = [f"u{i}" for i in range(20)]
+        for name in names:
+            store.add_annotator(name, None)
+        (task,) = add_tasks(store, 1, k=3)
+        barrier = threading.Barrier(len(names))
+        got: dict[str, object] = {}
+
+        def grab(name: str) -> None:
+            barrier.wait()
+            got[name] = store.next_task_for(name)
+
+        threads = [threading.Thread(target=grab, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [n for n, v in got.items() if v is not None]
+        assert len(winners) == 3 and all(got[n].task_id == task for n in winners)
+        with store.engine.connect() as conn:
+            slots = sorted(r[0] for r in conn.exec_driver_sql("SELECT slot FROM assignments"))
+        assert slots == [0, 1, 2]
+
+
+def test_20_annotators_x_50_concurrent_submissions_each_stored_exactly_once(tmp_path: Path) -> None:
+    annotators, per_annotator, k = 20, 50, 3
+    with open_store(url_for(tmp_path / "load.db")) as store:
+        for i in range(annotators):
+            store.add_annotator(f"u{i:02d}", None)
+        add_tasks(store, annotators * per_annotator // k + 10, k=k)
+        barrier = threading.Barrier(annotators)
+        acks: list[tuple[str, int, str, int]] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def work(name: str, seed: int) -> None:
+            rng = random.Random(seed)
+            barrier.wait()
+            try:
+                for _ in range(per_annotator):
+                    view = store.next_task_for(name)
+                    assert view is not None
+                    ranking_id = store.submit_ranking(name, view.task_id, valid_ranks(view, rng),
+                                                      rng.random() < 0.1, "ok", [], form_token=view.form_token)
+                    with lock:
+                        acks.append((name, view.task_id, view.form_token, ranking_id))
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(f"u{i:02d}", i)) for i in range(annotators)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        assert not errors, errors[:3]
+        assert len(acks) == annotators * per_annotator
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT r.id, a.username, r.task_id, r.form_token FROM rankings r "
+                "JOIN annotators a ON a.id = r.annotator_id").all()
+            per_task = Counter(r[2] for r in rows)
+            done = conn.exec_driver_sql("SELECT count(*) FROM assignments WHERE status = 'done'").scalar()
+            audited = conn.exec_driver_sql("SELECT count(*) FROM audit_events WHERE action = 'submission'").scalar()
+        stored = {(r[1], r[2], r[3], r[0]) for r in rows}
+        assert len(rows) == len(acks) == len(stored)        # nothing lost, nothing doubled
+        assert stored == set(acks)                          # every ack is exactly the row stored
+        assert max(per_task.values()) <= k                  # never more than k annotators per task
+        assert done == audited == len(acks)                 # submission + assignment + audit: one transaction
+        print(f"\n{len(acks)} submissions by {annotators} threads in {elapsed:.1f} s")
+
+
+# --------------------------------------------------------------------------- submissions: validation
+
+
+@pytest.fixture()
+def one_task(store):
+    store.add_annotator("alice", None)
+    store.add_annotator("bob", None)
+    add_tasks(store, 2, k=2)
+    view = store.next_task_for("alice")
+    return store, view
+
+
+def ids(view) -> list[int]:
+    return [c.id for c in view.candidates]
+
+
+@pytest.mark.parametrize("make_ranks, words", [
+    (lambda i: {i[0]: 1, i[1]: 3, i[2]: 1}, "missing rank 2"),          # gap: not dense
+    (lambda i: {i[0]: 0, i[1]: 1, i[2]: 2}, "start at 1"),
+    (lambda i: {i[0]: 1, i[1]: 2}, "no rank for candidate"),           # incomplete
+    (lambda i: {i[0]: 1, i[1]: 2, i[2]: 3, 99999: 4}, "unknown candidate id 99999"),
+    (lambda i: {i[0]: 1, i[1]: 2, 424242: 3}, "unknown candidate id 424242"),
+    (lambda i: {i[0]: 1.5, i[1]: 1, i[2]: 2}, "whole number"),
+    (lambda i: {i[0]: True, i[1]: 1, i[2]: 2}, "whole number"),
+    (lambda i: [1, 2, 3], "ranks must map"),
+    (lambda i: {}, "ranks must map"),
+])
+def test_bad_ranks_are_refused_and_nothing_is_stored(one_task, make_ranks, words) -> None:
+    store, view = one_task
+    before = store.counts()
+    with pytest.raises(SubmissionError, match=words):
+        store.submit_ranking("alice", view.task_id, make_ranks(ids(view)), form_token=view.form_token)
+    assert store.counts() == before
+    assert store.next_task_for("alice").form_token == view.form_token  # the task is still open
+
+
+@pytest.mark.parametrize("rationale, words", [
+    ("x" * 2001, "2001 characters long; the limit is 2000"),
+    ("<script>alert('x')</script>", "plain text"),
+    ("fine <img src=x onerror=alert(1)>", "plain text"),
+    ("see <a href='javascript:alert(1)'>this</a>", "plain text"),
+    ("<!-- hidden -->", "plain text"),
+    ("<script", "plain text"),
+    ("null byte \x00 here", "control characters"),
+    ("escape \x1b[31m red", "control characters"),
+    ("bidi \u202e override", "control characters"),
+])
+def test_bad_rationales_are_refused_and_nothing_is_stored(one_task, rationale, words) -> None:
+    store, view = one_task
+    before = store.counts()
+    with pytest.raises(SubmissionError, match=words):
+        store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [1, 2, 3])), rationale=rationale,
+                             form_token=view.form_token)
+    assert store.counts() == before
+
+
+def test_plain_text_with_angle_brackets_is_fine_and_stored_verbatim(one_task) -> None:
+    store, view = one_task
+    text = "Damages cap < fees paid; B > C.\nSecond line\twith a tab. 5 <= 6"
+    store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [1, 2, 2])), rationale=text,
+                         flags=["wrong_law", "wrong_law", "other"], form_token=view.form_token)
+    (mine,) = store.my_rankings("alice")
+    assert mine["rationale"] == text and mine["flags"] == ["wrong_law", "other"] and mine["ranks"] == [1, 2, 2]
+
+
+def test_form_tokens_replay_and_ownership(one_task) -> None:
+    store, view = one_task
+    ranks = dict(zip(ids(view), [2, 1, 2]))
+    with pytest.raises(SubmissionError, match="unknown or stale form token"):
+        store.submit_ranking("alice", view.task_id, ranks, form_token="forged-token")
+    with pytest.raises(SubmissionError, match="missing form token"):
+        store.submit_ranking("alice", view.task_id, ranks, form_token="")
+    with pytest.raises(SubmissionError, match="not assigned to you"):
+        store.submit_ranking("bob", view.task_id, ranks, form_token=view.form_token)  # someone else's form
+    store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token)
+    before = store.counts()
+    with pytest.raises(SubmissionError, match="already submitted"):
+        store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token)  # replay
+    second = store.next_task_for("alice")
+    with pytest.raises(SubmissionError, match="unknown or stale form token"):  # old token, new task
+        store.submit_ranking("alice", second.task_id, dict(zip(ids(second), [1, 1, 1])), form_token=view.form_token)
+    store.skip_task("alice", second.task_id, form_token=second.form_token)
+    with pytest.raises(SubmissionError, match="skipped"):
+        store.submit_ranking("alice", second.task_id, dict(zip(ids(second), [1, 1, 1])), form_token=second.form_token)
+    assert store.counts()["rankings"] == before["rankings"]
+
+
+def test_unknown_flag_and_inactive_annotator_are_refused(one_task) -> None:
+    store, view = one_task
+    ranks = dict(zip(ids(view), [1, 2, 3]))
+    with pytest.raises(SubmissionError, match="unknown flag"):
+        store.submit_ranking("alice", view.task_id, ranks, flags=["<b>bold</b>"], form_token=view.form_token)
+    store.set_active("alice", False)
+    with pytest.raises(SubmissionError, match="deactivated"):
+        store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token)
+    assert rankings_count(store) == 0
+    assert set(FLAGS) == {"invented_clause", "wrong_law", "risky_advice", "personal_data", "other"}
+
+
+@pytest.fixture(scope="module")
+def hypothesis_store(tmp_path_factory):
+    with open_store(url_for(tmp_path_factory.mktemp("hyp") / "h.db"), synchronous="NORMAL") as store:
+        store.add_annotator("h", None)
+        yield store
+
+
+def _is_weak_ordering(ranks: list[int], n: int) -> bool:
+    return len(ranks) == n and all(r >= 1 for r in ranks) and set(ranks) == set(range(1, max(ranks) + 1))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(2, 5), ranks=st.lists(st.integers(-1, 6), min_size=0, max_size=7),
+       extra_id=st.booleans(), none_acceptable=st.booleans())
+def test_random_rank_lists_are_accepted_exactly_when_they_are_weak_orderings(hypothesis_store, n, ranks, extra_id,
+                                                                            none_acceptable) -> None:
+    store = hypothesis_store
+    prompt_id = f"h{store.task_count()}"
+    task = store.add_task(prompt_id, "Q?", [f"c{i}" for i in range(n)], k=1)
+    view = store.next_task_for("h")
+    assert view.task_id == task
+    cids = ids(view)
+    mapping = {cid: r for cid, r in zip(cids, ranks)}
+    if extra_id and ranks:
+        mapping[max(cids) + 1000] = ranks[-1]
+    before = rankings_count(store)
+    expected_ok = not (extra_id and ranks) and _is_weak_ordering(ranks, n)
+    try:
+        store.submit_ranking("h", task, mapping, none_acceptable, form_token=view.form_token)
+        accepted = True
+    except SubmissionError:
+        accepted = False
+        store.skip_task("h", task, form_token=view.form_token)
+    assert accepted == expected_ok, (ranks, n, extra_id)
+    assert rankings_count(store) == before + accepted
+    if accepted:
+        stored = store.my_rankings("h", limit=1)[0]
+        assert stored["ranks"] == ranks[:n]
+
+
+# --------------------------------------------------------------------------- kill -9 durability
+
+
+def _load_child(url: str, annotators: int, synchronous: str) -> None:
+    """Runs in a subprocess: annotators submit as fast as they can; one line per acknowledged submission."""
+    store = open_store(url, synchronous=synchronous)
+    out_lock = threading.Lock()
+
+    def work(name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        while True:
+            view = store.next_task_for(name)
+            if view is None:
+                return
+            ranking_id = store.submit_ranking(name, view.task_id, valid_ranks(view, rng), form_token=view.form_token)
+            with out_lock:  # printed only after submit_ranking returned: this is the acknowledgement
+                sys.stdout.write(json.dumps([name, view.task_id, view.form_token, ranking_id]) + "\n")
+                sys.stdout.flush()
+
+    threads = [threading.Thread(target=work, args=(f"u{i:02d}", i), daemon=True) for i in range(annotators)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_sigkill_mid_load_keeps_every_acknowledged_submission(tmp_path: Path, synchronous: str) -> None:
+    path = tmp_path / "kill.db"
+    url = url_for(path)
+    annotators = 20
+    with open_store(url) as store:
+        for i in range(annotators):
+            store.add_annotator(f"u{i:02d}", None)
+        add_tasks(store, 400, k=3)
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_store; "
+            f"test_store._load_child({url!r}, {annotators}, {synchronous!r})")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=REPO)
+    acks = []
+    deadline = time.monotonic() + 120
+    while len(acks) < 300 and time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        acks.append(json.loads(line))
+    assert len(acks) >= 300, child.stderr.read()[-3000:]
+    child.send_signal(signal.SIGKILL)  # mid-load: 20 threads are inside transactions right now
+    rest, _ = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    acks += [json.loads(line) for line in rest.splitlines() if line.strip().endswith("]")]
+    with sqlite3.connect(path) as raw:  # what a fresh process finds after the crash (WAL recovery)
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with open_store(url) as store:
+        with store.engine.connect() as conn:
+            rows = {(r[0], r[1], r[2], r[3]) for r in conn.exec_driver_sql(
+                "SELECT a.username, r.task_id, r.form_token, r.id FROM rankings r "
+                "JOIN annotators a ON a.id = r.annotator_id")}
+            done = conn.exec_driver_sql("SELECT count(*) FROM assignments WHERE status='done'").scalar()
+            audited = conn.exec_driver_sql("SELECT count(*) FROM audit_events WHERE action='submission'").scalar()
+    missing = [a for a in acks if tuple(a) not in rows]
+    assert not missing, f"{len(missing)} acknowledged submissions lost, e.g. {missing[:3]}"
+    assert len(rows) >= len(acks)
+    assert done == audited == len(rows)  # no half-applied submission survived the crash
+    assert len(rows) < 400 * 3  # it really was killed mid-load
+
+
+# --------------------------------------------------------------------------- import, feedback, audit
+
+
+def _record(prompt_id: str, ranks: list[int], annotator: str = "acord-lawyers", **kw) -> RankingRecord:
+    return RankingRecord(prompt_id=prompt_id, prompt=f"Request {prompt_id}", responses=["r1", "r2", "r3"][:len(ranks)],
+                         ranks=ranks, annotator=annotator, **kw)
+
+
+def test_import_rankings_is_atomic_and_idempotent(store) -> None:
+    records = [_record("p1", [1, 2, 2]), _record("p2", [2, 1, 3], meta={"source": "acord"})]
+    result = store.import_rankings(records, source="acord")
+    assert (result.tasks_created, result.rankings_added, result.annotators_created) == (2, 2, ["acord-lawyers"])
+    again = store.import_rankings(records, source="acord")
+    assert (again.tasks_created, again.tasks_reused, again.rankings_added, again.duplicates) == (0, 2, 0, 2)
+    lawyers = store.get_annotator("acord-lawyers")
+    assert lawyers is not None and not lawyers.active
+    assert store.verify_login("acord-lawyers", "") is None
+    before = store.counts()
+    with pytest.raises(StoreError, match="already ranked this task differently"):
+        store.import_rankings([_record("p3", [1, 2]), _record("p1", [1, 1, 2])], source="acord")
+    with pytest.raises(StoreError, match="different responses"):
+        store.import_rankings([RankingRecord(prompt_id="p1", prompt="x", responses=["other", "texts", "r3"],
+                                             ranks=[1, 2, 3], annotator="someone")], source="acord")
+    assert store.counts() == before  # the p3 of the failed batch was rolled back too
+    (t1, t2) = store.task_rankings()
+    assert t1.rankings[0].ranks == (1, 2, 2) and t2.source == "acord"
+
+
+def test_import_the_shipped_acord_rankings(tmp_path: Path, capsys) -> None:
+    from lexalign.cli import main
+    from lexalign.data.paths import shipped_dir
+
+    shipped = shipped_dir() / "acord_rankings_valid.jsonl"
+    if not shipped.is_file():  # the data engineer's file; fall back to a tiny file of the same format
+        shipped = tmp_path / "acord_rankings_valid.jsonl"
+        shipped.write_text("".join(_record(f"a{i}", [1, 2, 3]).model_dump_json() + "\n" for i in range(3)))
+    n_records = sum(1 for line in shipped.read_text().splitlines() if line.strip())
+    url = url_for(tmp_path / "acord.db")
+    assert main(["prefs", "import", str(shipped), "--store", url]) == 0
+    assert f"{n_records} rankings added" in capsys.readouterr().out
+    with open_store(url) as store:
+        tasks = store.task_rankings()
+        assert len(tasks) == n_records
+        assert {r.annotator for t in tasks for r in t.rankings} == {"acord-lawyers"}
+        assert store.audit_events("import")[0]["detail"]["rankings_added"] == n_records
+
+
+def test_feedback_is_validated_and_stored(store) -> None:
+    fid = store.add_feedback("lawyer1", [{"role": "user", "content": "Is clause 5 an indemnity?"}], "Yes.", -1,
+                             better_answer="No: clause 5 is a limitation of liability.")
+    (row,) = store.list_feedback()
+    assert row["id"] == fid and row["rating"] == -1 and row["prompt"][0]["role"] == "user"
+    for bad in (dict(rating=0), dict(rating=True), dict(response=" "), dict(prompt=[{"role": "assistant", "content": "x"}]),
+                dict(better_answer="a\x00b")):
+        kwargs = dict(user="lawyer1", prompt="Q?", response="A.", rating=1) | bad
+        with pytest.raises(SubmissionError):
+            store.add_feedback(**kwargs)
+    assert len(store.list_feedback()) == 1
+
+
+def test_audit_events_cover_the_actions(store, tmp_path: Path) -> None:
+    from lexalign.reward.prefs import export_preferences
+
+    store.add_annotator("alice", "password-1", "annotator")
+    store.verify_login("alice", "password-1")
+    add_tasks(store, 2, k=1)
+    view = store.next_task_for("alice")
+    store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [1, 2, 3])), form_token=view.form_token)
+    view = store.next_task_for("alice")
+    store.skip_task("alice", view.task_id, form_token=view.form_token, reason="outside my practice area")
+    export_preferences(store, tmp_path / "out", save_dataset=False, actor="alice")
+    actions = {e["action"] for e in store.audit_events()}
+    assert {"annotator_created", "login", "submission", "skip", "export"} <= actions
+    skip = store.audit_events("skip")[0]
+    assert skip["actor"] == "alice" and skip["detail"]["reason"] == "outside my practice area"
+
+
+def test_memory_store_works_for_quick_experiments() -> None:
+    with open_store("sqlite://") as store:
+        store.add_annotator("m", None)
+        add_tasks(store, 1, k=1)
+        view = store.next_task_for("m")
+        store.submit_ranking("m", view.task_id, dict(zip(ids(view), [1, 1, 2])), form_token=view.form_token)
+        assert store.progress("m").done == 1
+
+
+if __name__ == "__main__":  # pragma: no cover - the kill test runs _load_child through -c
+    _load_child(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    os._exit(0)
