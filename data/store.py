@@ -25,7 +25,9 @@ deferred ``BEGIN`` and see one consistent WAL snapshot without blocking writers.
 
 Assignment. ``next_task_for(annotator)`` first returns the annotator's open assignment, if any; otherwise
 it picks the oldest task that (a) has fewer than ``k`` live assignments and (b) was never assigned to this
-annotator, and inserts an assignment in a free *slot* ``0 <= slot < k``. Two unique constraints make the
+annotator (a partial index on ``assigned < k`` keeps this fast however many tasks are finished), raises the
+task's ``assigned`` counter (``UPDATE ... WHERE assigned < k``, which must touch one row) and inserts an
+assignment in a free *slot* ``0 <= slot < k``. Two unique constraints make the
 rules hold whatever the isolation level: (task, annotator) — a task never goes twice to the same person
 (a skipped assignment keeps its row) — and (task, slot) — never more than ``k`` live assignments (a skip
 sets the slot to NULL, freeing it). On PostgreSQL the task row is locked with ``FOR UPDATE SKIP LOCKED``
@@ -157,8 +159,12 @@ tasks = Table(
     Column("meta", JSON, nullable=True),             # excerpt, question, doc ids, generation settings...
     Column("source", String(100), nullable=False, default="app"),
     Column("k", Integer, nullable=False, default=3),  # annotations wanted (0: not offered to annotators)
+    Column("assigned", Integer, nullable=False, default=0),  # live (open or done) assignments, kept in step
     _ts(),
     CheckConstraint("k >= 0", name="ck_tasks_k"),
+    CheckConstraint("assigned >= 0 AND assigned <= k", name="ck_tasks_assigned"),
+    # Only tasks that still want annotators are indexed, so picking the next one does not scan finished tasks.
+    Index("ix_tasks_open", "id", sqlite_where=text("assigned < k"), postgresql_where=text("assigned < k")),
 )
 
 candidates = Table(
@@ -387,17 +393,37 @@ def _candidate_fields(candidate: Any, index: int) -> tuple[str, str | None]:
     return text_, model
 
 
-def _lock_key(url: str) -> str:
-    return url
+class FairLock:
+    """A FIFO lock: writers get SQLite's single write slot in arrival order, so no thread starves and the
+    tail latency under load is bounded by the queue length (threading.Lock makes no such promise)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> "FairLock":
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
 
 
-_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS: dict[str, FairLock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
 
-def _process_lock(key: str) -> threading.Lock:
+def _process_lock(key: str) -> FairLock:
+    """One write queue per database file in this process (shared by every Store opened on it)."""
     with _PROCESS_LOCKS_GUARD:
-        return _PROCESS_LOCKS.setdefault(key, threading.Lock())
+        return _PROCESS_LOCKS.setdefault(key, FairLock())
 
 
 # --------------------------------------------------------------------------- the store
@@ -453,6 +479,7 @@ class Store:
         else:
             raise StoreError(f"{self.safe_url}: unsupported database {self.dialect!r}; use sqlite:///FILE or postgresql://...")
         self._read_guard: Any = self._write_lock if self._memory else nullcontext()
+        self._task_cache: dict[int, tuple[Any, tuple[Candidate, ...]]] = {}
         self._init_schema()
 
     # ----------------------------------------------------------------------- connections
@@ -476,15 +503,27 @@ class Store:
 
         @event.listens_for(self.engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get("lexalign_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            options = conn.get_execution_options()
+            if not options.get("lexalign_write", False):
+                conn.exec_driver_sql("BEGIN")
+                return
+            # Durable writes (submissions, accounts, imports, feedback, skips) commit with the configured level;
+            # bookkeeping that is safe to lose on power loss (a task assignment, a login audit) commits with
+            # NORMAL and becomes durable with the next FULL commit's fsync of the WAL.
+            level = synchronous if options.get("lexalign_durable", True) else "NORMAL"
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction (committed on success, rolled back on any exception)."""
+    def _write(self, durable: bool = True) -> Iterator[Connection]:
+        """One write transaction (committed on success, rolled back on any exception).
+
+        ``durable=False`` (SQLite): the commit is not fsynced on its own; use it only for data that may be
+        lost on power loss (never for an acknowledged submission). kill -9 of the process loses nothing either way.
+        """
         with self._write_lock:
             with self.engine.connect() as conn:
-                conn.execution_options(lexalign_write=True)
+                conn.execution_options(lexalign_write=True, lexalign_durable=durable)
                 with conn.begin():
                     yield conn
 
@@ -571,12 +610,12 @@ class Store:
         conn.execute(insert(audit_events).values(at=_now(), actor=actor[:64], action=action[:64],
                                                  detail=dict(detail) if detail else None))
 
-    def audit(self, actor: str, action: str, detail: Mapping[str, Any] | None = None) -> None:
+    def audit(self, actor: str, action: str, detail: Mapping[str, Any] | None = None, *, durable: bool = True) -> None:
         """Record one event (login, submission, skip, export, annotator creation, refused admin access...)."""
         json.dumps(detail or {}, default=str)  # fail here, not in the driver, when the detail is not JSON
 
         def run() -> None:
-            with self._write() as conn:
+            with self._write(durable) as conn:
                 self._audit(conn, actor, action, json.loads(json.dumps(detail, default=str)) if detail else None)
 
         self._retrying("writing an audit event", run)
@@ -671,7 +710,7 @@ class Store:
                 hasher.verify(_dummy_hash(), password or "")
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 pass
-        self.audit(str(username)[:64], "login", {"ok": ok})
+        self.audit(str(username)[:64], "login", {"ok": ok}, durable=False)
         if not ok or row is None:
             return None
         if hasher.check_needs_rehash(row.password_hash):
@@ -726,7 +765,7 @@ class Store:
     def _insert_task(conn: Connection, prompt_id: str, prompt: Any, candidate_rows: list[tuple[str, str | None]],
                      meta: Mapping[str, Any] | None, k: int, source: str) -> int:
         task_id = conn.execute(insert(tasks).values(
-            prompt_id=prompt_id, prompt=prompt, meta=dict(meta) if meta else None, source=source, k=k,
+            prompt_id=prompt_id, prompt=prompt, meta=dict(meta) if meta else None, source=source, k=k, assigned=0,
             created_at=_now())).inserted_primary_key[0]
         conn.execute(insert(candidates), [
             {"task_id": task_id, "position": i, "text": text_, "model": model}
@@ -737,12 +776,22 @@ class Store:
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(tasks)).scalar_one())
 
+    def _task_parts(self, conn: Connection, task_id: int) -> tuple[Any, tuple[Candidate, ...]]:
+        """A task row and its candidates; both never change once written, so they are cached in-process."""
+        cached = self._task_cache.get(task_id)
+        if cached is None:
+            task = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+            cands = tuple(Candidate(c.id, c.position, c.text, c.model) for c in conn.execute(
+                select(candidates).where(candidates.c.task_id == task_id).order_by(candidates.c.position)))
+            cached = (task, cands)
+            if len(self._task_cache) > 50_000:
+                self._task_cache.clear()
+            self._task_cache[task_id] = cached
+        return cached
+
     def _task_view(self, conn: Connection, task_id: int, form_token: str) -> TaskView:
-        task = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
-        cands = conn.execute(select(candidates).where(candidates.c.task_id == task_id)
-                             .order_by(candidates.c.position)).all()
-        return TaskView(task.id, task.prompt_id, task.prompt, task.meta or {}, task.source,
-                        tuple(Candidate(c.id, c.position, c.text, c.model) for c in cands), form_token)
+        task, cands = self._task_parts(conn, task_id)
+        return TaskView(task.id, task.prompt_id, task.prompt, dict(task.meta or {}), task.source, cands, form_token)
 
     def next_task_for(self, username: str) -> TaskView | None:
         """The annotator's open task, else a newly assigned one (oldest first), else None when none is left."""
@@ -755,15 +804,12 @@ class Store:
             if open_row is not None:
                 return self._task_view(conn, open_row.task_id, open_row.form_token)
 
-        live = (select(func.count()).select_from(assignments)
-                .where(assignments.c.task_id == tasks.c.id, assignments.c.slot.is_not(None))
-                .correlate(tasks).scalar_subquery())
         mine = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == annotator.id)
-        pick = (select(tasks.c.id, tasks.c.k).where(tasks.c.k > live, ~mine).order_by(tasks.c.id).limit(1)
+        pick = (select(tasks.c.id, tasks.c.k).where(text("assigned < k"), ~mine).order_by(tasks.c.id).limit(1)
                 .with_for_update(skip_locked=True, of=tasks))
 
         def run() -> TaskView | None:
-            with self._write() as conn:
+            with self._write(durable=False) as conn:  # an assignment lost to a power cut is simply made again
                 # Another tab of the same annotator may have taken a task since the read above.
                 open_row = conn.execute(
                     select(assignments.c.task_id, assignments.c.form_token)
@@ -774,6 +820,10 @@ class Store:
                 chosen = conn.execute(pick).first()
                 if chosen is None:
                     return None
+                taken = conn.execute(update(tasks).where(tasks.c.id == chosen.id, text("assigned < k"))
+                                     .values(assigned=tasks.c.assigned + 1))
+                if taken.rowcount != 1:  # filled by a concurrent assigner since the pick (PostgreSQL)
+                    raise IntegrityError("task filled concurrently", None, Exception("race"))
                 used = set(conn.execute(select(assignments.c.slot).where(
                     assignments.c.task_id == chosen.id, assignments.c.slot.is_not(None))).scalars())
                 slot = min(set(range(chosen.k)) - used)
@@ -822,9 +872,19 @@ class Store:
                 flag_list.append(flag)
         return clean, rationale_text, flag_list
 
-    def _check_assignment(self, conn: Connection, annotator_id: int, task_id: int, form_token: str) -> Any:
-        assignment = conn.execute(select(assignments).where(
-            assignments.c.task_id == task_id, assignments.c.annotator_id == annotator_id)).first()
+    def _check_assignment(self, conn: Connection, username: str, task_id: int, form_token: str) -> Any:
+        """The annotator's (active) assignment of this task, checked against the form token; one query."""
+        row = conn.execute(
+            select(annotators.c.id.label("annotator_id"), annotators.c.active, assignments.c.form_token,
+                   assignments.c.status)
+            .select_from(annotators.outerjoin(assignments, (assignments.c.annotator_id == annotators.c.id)
+                                              & (assignments.c.task_id == task_id)))
+            .where(annotators.c.username == username)).first()
+        if row is None:
+            raise SubmissionError(f"no annotator named {username!r}")
+        if not row.active:
+            raise SubmissionError(f"annotator {username!r} is deactivated")
+        assignment = row if row.status is not None else None
         if assignment is None:
             raise SubmissionError(f"task {task_id} is not assigned to you; take the next task from your queue")
         if not secrets.compare_digest(assignment.form_token, form_token):
@@ -847,10 +907,8 @@ class Store:
 
         def run() -> int:
             with self._write() as conn:
-                annotator = self._active_annotator(conn, username, SubmissionError)
-                self._check_assignment(conn, annotator.id, task_id, form_token)
-                ids = conn.execute(select(candidates.c.id).where(candidates.c.task_id == task_id)
-                                   .order_by(candidates.c.position)).scalars().all()
+                assignment = self._check_assignment(conn, username, task_id, form_token)
+                ids = [c.id for c in self._task_parts(conn, task_id)[1]]
                 unknown = sorted(set(clean_ranks) - set(ids))
                 if unknown:
                     raise SubmissionError(f"unknown candidate id{'s' * (len(unknown) > 1)} "
@@ -866,13 +924,15 @@ class Store:
                     raise SubmissionError(f"ranks are not a complete weak ordering: {err}") from None
                 try:
                     ranking_id = conn.execute(insert(rankings).values(
-                        task_id=task_id, annotator_id=annotator.id, ranks=ordered, none_acceptable=none_acceptable,
+                        task_id=task_id, annotator_id=assignment.annotator_id, ranks=ordered,
+                        none_acceptable=none_acceptable,
                         rationale=rationale_text, flags=flag_list, form_token=form_token,
                         submitted_at=_now())).inserted_primary_key[0]
                 except IntegrityError:
                     raise SubmissionError(f"task {task_id} was already submitted (a form can be submitted only once)") from None
                 conn.execute(update(assignments)
-                             .where(assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id)
+                             .where(assignments.c.task_id == task_id,
+                                    assignments.c.annotator_id == assignment.annotator_id)
                              .values(status="done", finished_at=_now()))
                 self._audit(conn, username, "submission", {"task_id": task_id, "ranking_id": int(ranking_id),
                                                            "none_acceptable": none_acceptable, "flags": flag_list})
@@ -891,11 +951,12 @@ class Store:
 
         def run() -> None:
             with self._write() as conn:
-                annotator = self._active_annotator(conn, username, SubmissionError)
-                self._check_assignment(conn, annotator.id, task_id, form_token)
+                assignment = self._check_assignment(conn, username, task_id, form_token)
                 conn.execute(update(assignments)
-                             .where(assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id)
+                             .where(assignments.c.task_id == task_id,
+                                    assignments.c.annotator_id == assignment.annotator_id)
                              .values(status="skipped", slot=None, finished_at=_now()))
+                conn.execute(update(tasks).where(tasks.c.id == task_id).values(assigned=tasks.c.assigned - 1))
                 self._audit(conn, username, "skip", {"task_id": task_id, "reason": reason_text})
 
         self._retrying("skipping the task", run)
@@ -910,11 +971,9 @@ class Store:
                 .group_by(assignments.c.status)).all())
             done = conn.execute(select(func.count()).select_from(rankings)
                                 .where(rankings.c.annotator_id == annotator.id)).scalar_one()
-            live = (select(func.count()).select_from(assignments)
-                    .where(assignments.c.task_id == tasks.c.id, assignments.c.slot.is_not(None))
-                    .correlate(tasks).scalar_subquery())
             mine = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == annotator.id)
-            available = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.k > live, ~mine)).scalar_one()
+            available = conn.execute(select(func.count()).select_from(tasks)
+                                     .where(text("assigned < k"), ~mine)).scalar_one()
         open_ = int(counts.get("open", 0))
         return Progress(done=int(done), skipped=int(counts.get("skipped", 0)), open=open_,
                         remaining=open_ + int(available))

@@ -331,9 +331,8 @@ def pack_corpus(tokenizer: "PreTrainedTokenizerBase", text: str, seq_len: int) -
     """
     import torch
 
-    pieces = list(_line_batches(text))
-    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"]
-    stream = [token for piece in encoded for token in piece] + [tokenizer.pad_token_id]
+    encoded = tokenizer.backend_tokenizer.encode_batch(list(_line_batches(text)), add_special_tokens=False)
+    stream = [token for piece in encoded for token in piece.ids] + [tokenizer.pad_token_id]
     n_blocks = len(stream) // seq_len
     logger.info("corpus: %d characters -> %d tokens (%.2f chars/token) -> %d blocks of %d",
                 len(text), len(stream), len(text) / max(1, len(stream)), n_blocks, seq_len)
@@ -460,7 +459,7 @@ def pretrain(model: "LlamaForCausalLM", train_blocks: "torch.Tensor", eval_block
         (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.95), fused=False)
+                                  lr=cfg.learning_rate, betas=(0.9, 0.95))
 
     def lr_factor(step: int) -> float:  # step counts from 0
         if step < cfg.warmup_steps:

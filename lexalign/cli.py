@@ -136,6 +136,26 @@ def _prefs_add_tasks(args: argparse.Namespace) -> None:
     print(f"{args.file}: {added} tasks added, {skipped} already in the store")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from lexalign.serve.launch import run_serve
+
+    return run_serve(args.config, args.overrides, run=args.run, dry_run=args.dry_run)
+
+
+def _candidates(args: argparse.Namespace) -> None:
+    from lexalign.serve.candidates import run_candidates
+
+    summary = run_candidates(args.config, args.overrides, run=args.run, endpoint=args.endpoint,
+                             prompts=args.prompts, store=args.store)
+    print(summary.describe())
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from lexalign.serve.chat import run_chat
+
+    run_chat(args.config, args.overrides, endpoint=args.endpoint)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -218,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     prefs_tasks.add_argument("--k", type=int, default=3, help="different annotators wanted per task (default: 3)")
     prefs_tasks.add_argument("--source", default="app", help="source name for the tasks (default: app)")
     prefs_tasks.set_defaults(handler=_prefs_add_tasks)
+
+    serve = commands.add_parser("serve", help="serve a run with vLLM's OpenAI-compatible API (API key required)")
+    serve.add_argument("--run", default=None,
+                       help="run directory (e.g. runs/tiny/sft: base + LoRA adapter), merged export or model folder")
+    serve.add_argument("--dry-run", action="store_true", help="print the engine command and exit (starts nothing)")
+    _add_config_args(serve, "configs/serve.yaml")
+    serve.set_defaults(handler=_serve)
+
+    candidates = commands.add_parser("candidates", help="generate N answers per prompt and add them as ranking tasks")
+    candidates.add_argument("--run", default=None, help="serve this run with vLLM for the generation")
+    candidates.add_argument("--endpoint", default=None,
+                            help="or use a running OpenAI-compatible endpoint (URL ending in /v1; key from api_key_env)")
+    candidates.add_argument("--prompts", default=None,
+                            help="JSONL of prompts (chat records or {prompt: ...}); default from the config")
+    candidates.add_argument("--store", default=None, help=store_help)
+    _add_config_args(candidates, "configs/candidates.yaml")
+    candidates.set_defaults(handler=_candidates)
+
+    chat = commands.add_parser("chat", help="the lawyers' chat UI (Gradio) on an OpenAI-compatible endpoint")
+    chat.add_argument("--endpoint", default=None, help="OpenAI-compatible URL ending in /v1 (default: from the config)")
+    _add_config_args(chat, "configs/chat.yaml")
+    chat.set_defaults(handler=_chat)
 
     return parser
 

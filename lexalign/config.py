@@ -67,9 +67,16 @@ def problem_if(condition: bool, key: str, value: Any, message: str) -> list[Prob
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``5e-3`` as a string; configs mean the number (learning rates are written so)."""
+    """YAML 1.2 scalars: ``5e-3`` is a number (YAML 1.1 reads a string) and only true/false are booleans
+    (YAML 1.1 turns ``eval_strategy: no`` into False)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

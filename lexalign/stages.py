@@ -13,6 +13,9 @@ STAGE_CONFIGS: dict[str, str] = {
     "data": "lexalign.data.build:DataBuildConfig",
     "base": "lexalign.basemodel:BaseModelConfig",
     "sft": "lexalign.sft.train:SFTStageConfig",
+    "serve": "lexalign.serve.launch:ServeConfig",
+    "candidates": "lexalign.serve.candidates:CandidatesConfig",
+    "chat": "lexalign.serve.chat:ChatConfig",
 }
 
 

@@ -128,6 +128,18 @@ def message(page, contains: str) -> str:
     return locator.inner_text()
 
 
+def wait_text(locator, text: str, timeout: float = 20.0) -> str:
+    """Poll a locator's visible text (Gradio tables render each cell twice, so get_by_text is ambiguous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = locator.inner_text()
+        if text in seen:
+            return seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected {text!r} in {locator}; it shows {seen[:500]!r}")
+        time.sleep(0.2)
+
+
 def stored_rankings(server) -> list[dict]:
     with open_store(server.store_url) as store:
         return [{"prompt_id": t.prompt_id, "annotator": r.annotator, "texts": [c.text for c in t.candidates],
@@ -159,8 +171,7 @@ def test_login_rank_submit_stores_the_row_and_model_text_stays_inert(browser, se
     assert dict(zip(row["texts"], row["ranks"])) == wanted
     assert row["rationale"] == ALICE_RATIONALE and row["flags"] == ["wrong_law"]
     page.get_by_role("tab", name="My submissions").click()
-    page.locator("#my-table").get_by_text(row["prompt_id"]).first.wait_for(timeout=10_000)
-    assert ALICE_RATIONALE in page.locator("#my-table").inner_text()
+    assert ALICE_RATIONALE in wait_text(page.locator("#my-table"), row["prompt_id"])
     page.context.close()
 
 
@@ -226,8 +237,7 @@ def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
     page = login(browser, server, "root")
     page.get_by_role("tab", name="Admin").click()
     page.locator("#admin-refresh").click()
-    table = page.locator("#admin-table")
-    table.get_by_text("alice").wait_for(timeout=20_000)
+    wait_text(page.locator("#admin-table"), "alice")
     assert page.locator("#admin-agreement").inner_text().strip() != ""
     page.locator("#admin-export").click()
     text = page.locator("#admin-export-text")

@@ -204,6 +204,21 @@ def test_assistant_mask_covers_exactly_the_assistant_content_and_im_end(tokenize
     assert sum(mask) == sum(len(run) for run in runs)
 
 
+def test_trl_assistant_only_loss_trains_content_and_end_of_turn(tiny_model_dir, tokenizer, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    data = Dataset.from_list([{"messages": MESSAGES[1:3]}] * 2)
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_steps=1, report_to=[],
+                     use_cpu=True, save_strategy="no")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert tokenizer.decode(trained) == MESSAGES[2]["content"] + "<|im_end|>"
+
+
 # --------------------------------------------------------------------------- model
 
 

@@ -258,10 +258,12 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_model_dir: Path, chat_da
         "training.max_length=256",
     ]
     run_dir = tmp_path / "tiny" / "sft"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "first-run.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-20").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
+        assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -390,9 +390,10 @@ def test_random_rank_lists_are_accepted_exactly_when_they_are_weak_orderings(hyp
     view = store.next_task_for("h")
     assert view.task_id == task
     cids = ids(view)
-    mapping = {cid: r for cid, r in zip(cids, ranks)}
+    # ranks beyond the n candidates go to ids that do not exist (an unknown candidate must be refused)
+    mapping = {(cids[i] if i < n else max(cids) + 1000 + i): r for i, r in enumerate(ranks)}
     if extra_id and ranks:
-        mapping[max(cids) + 1000] = ranks[-1]
+        mapping[max(cids) + 999] = ranks[-1]
     before = rankings_count(store)
     expected_ok = not (extra_id and ranks) and _is_weak_ordering(ranks, n)
     try:

