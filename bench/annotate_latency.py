@@ -100,7 +100,7 @@ def submissions(folder: Path, synchronous: str, annotators: int, per: int, think
         store.add_annotator(f"u{i:02d}", None)
     k = 3
     with store._write() as conn:  # noqa: SLF001 - bulk seeding, not what is measured
-        for t in range(annotators * per // k + annotators):
+        for t in range(max(annotators * per // k, per) + annotators):
             task_id = conn.execute(text("INSERT INTO tasks (prompt_id, prompt, source, k, created_at) "
                                         "VALUES (:p, :q, 'bench', :k, CURRENT_TIMESTAMP)"),
                                    {"p": f"b{t}", "q": '"Which law governs?"', "k": k}).lastrowid
@@ -149,8 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     n, m = args.annotators, args.submissions
     rows: list[tuple[str, str, dict[str, float], dict[str, float] | None, float]] = []
     lines = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
+        (folder / "solo").mkdir()
+        solo_base, _ = baseline(folder / "solo", "FULL", 1, 200)
+        solo_sub, solo_next, _ = submissions(folder / "solo", "FULL", 1, 200)
+        lines.append("synchronous=FULL, 1 annotator x 200 (uncontended: the cost of one operation)")
+        lines.append(f"  {'ms':<26} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
+        lines.append(f"  {'baseline: 1-row INSERT txn':<26} {fmt(solo_base)}")
+        lines.append(f"  {'submit_ranking':<26} {fmt(solo_sub)}")
+        lines.append(f"  {'next_task_for':<26} {fmt(solo_next)}")
+        lines.append(f"  ratio submit/baseline: p50 {solo_sub['p50'] / solo_base['p50']:.2f}x, "
+                     f"p95 {solo_sub['p95'] / solo_base['p95']:.2f}x")
+        rows.append(("FULL", "uncontended", solo_base, solo_sub, 0.0))
         for sync in ("FULL", "NORMAL"):
             (folder / sync).mkdir()
             base, base_wall = baseline(folder / sync, sync, n, m)
@@ -165,14 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         paced, paced_next, paced_wall = submissions(folder / "FULL", "FULL", n, m, think_ms=400, name="paced")
         lines.append(f"synchronous=FULL, {n} annotators x {m}, 0-400 ms think time")
         lines.append(f"  {'submit_ranking (paced)':<26} {fmt(paced)}")
-        full_base = rows[0][2]
-        lines.append(f"  ratio paced submit/closed-loop baseline: p95 {paced['p95'] / full_base['p95']:.2f}x")
+        lines.append(f"  ratio paced submit/uncontended baseline: p50 {paced['p50'] / solo_base['p50']:.2f}x, "
+                     f"p95 {paced['p95'] / solo_base['p95']:.2f}x")
+    lines.append(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+                 f"on {os.cpu_count()} CPUs (other work on the machine inflates the closed-loop tails)")
     report = "\n".join(lines)
     print(report)
     goal = paced["p95"] <= 50
     print(f"goal p95 <= 50 ms at {n} concurrent annotators: paced FULL p95 = {paced['p95']:.1f} ms "
-          f"({'met' if goal else 'NOT met'}); closed-loop FULL p95 = {rows[0][3]['p95']:.1f} ms, "
-          f"NORMAL p95 = {rows[1][3]['p95']:.1f} ms")
+          f"({'met' if goal else 'NOT met'}); closed-loop FULL p95 = {rows[1][3]['p95']:.1f} ms, "
+          f"NORMAL p95 = {rows[2][3]['p95']:.1f} ms")
     if args.write_results:
         write_results(report, n, m, rows, paced)
     return 0
@@ -180,17 +194,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(report: str, n: int, m: int, rows, paced) -> None:
     command = f"python bench/annotate_latency.py --annotators {n} --submissions {m} --write-results"
-    (full_sync, _, full_base, full_sub, _), (_, _, normal_base, normal_sub, _) = rows
+    (_, _, solo_base, solo_sub, _), (_, _, full_base, full_sub, _), (_, _, normal_base, normal_sub, _) = rows
     table = [
         "| scenario | baseline p50 / p95 (ms) | submit_ranking p50 / p95 (ms) | ratio p50 / p95 |",
         "|---|---|---|---|",
-        f"| FULL, closed loop | {full_base['p50']:.2f} / {full_base['p95']:.2f} | {full_sub['p50']:.2f} / "
+        f"| FULL, 1 annotator (uncontended) | {solo_base['p50']:.2f} / {solo_base['p95']:.2f} | {solo_sub['p50']:.2f} / "
+        f"{solo_sub['p95']:.2f} | {solo_sub['p50'] / solo_base['p50']:.2f}x / {solo_sub['p95'] / solo_base['p95']:.2f}x |",
+        f"| FULL, 20 annotators, closed loop | {full_base['p50']:.2f} / {full_base['p95']:.2f} | {full_sub['p50']:.2f} / "
         f"{full_sub['p95']:.2f} | {full_sub['p50'] / full_base['p50']:.2f}x / {full_sub['p95'] / full_base['p95']:.2f}x |",
-        f"| NORMAL, closed loop | {normal_base['p50']:.2f} / {normal_base['p95']:.2f} | {normal_sub['p50']:.2f} / "
+        f"| NORMAL, 20 annotators, closed loop | {normal_base['p50']:.2f} / {normal_base['p95']:.2f} | {normal_sub['p50']:.2f} / "
         f"{normal_sub['p95']:.2f} | {normal_sub['p50'] / normal_base['p50']:.2f}x / "
         f"{normal_sub['p95'] / normal_base['p95']:.2f}x |",
-        f"| FULL, 0-400 ms think time | (closed-loop FULL above) | {paced['p50']:.2f} / {paced['p95']:.2f} | "
-        f"{paced['p50'] / full_base['p50']:.2f}x / {paced['p95'] / full_base['p95']:.2f}x |",
+        f"| FULL, 20 annotators, 0-400 ms think time | (uncontended, first row) | {paced['p50']:.2f} / "
+        f"{paced['p95']:.2f} | {paced['p50'] / solo_base['p50']:.2f}x / {paced['p95'] / solo_base['p95']:.2f}x |",
     ]
     section = "\n".join([
         HEADING, "",
@@ -199,7 +215,14 @@ def write_results(report: str, n: int, m: int, rows, paced) -> None:
         f"SQLite {sqlite3.sqlite_version}; run {time.strftime('%Y-%m-%d %H:%M')}.",
         f"{n} concurrent annotators x {m} submissions each; baseline = a bare single-row INSERT transaction on the "
         "same database through the same write path, measured in the same run.", "",
-        *table, "", "```", report, "```", "",
+        *table, "",
+        "Reading: SQLite has one writer, so with zero think time every thread is always queued and p95 is about "
+        "(queue length) x (one write transaction); the closed-loop baseline moves with the disk's fsync time, which "
+        "is noisy on this VM, and its submission threads queue twice per ranking (next_task_for + submit_ranking). "
+        "The paced row is what an annotator sees when 20 colleagues work at once (still ~100x faster than people "
+        "rank). `synchronous=FULL` (default) fsyncs every submission; assignments commit with NORMAL and ride on "
+        "the next fsync.", "",
+        "```", report, "```", "",
     ])
     text_now = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)

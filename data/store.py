@@ -14,21 +14,24 @@ only after its WAL frames were fsynced, so an acknowledged submission survives `
 committed frames sit in the OS page cache, which outlives the process, and are recovered on the next
 open), but may lose the last commits on power loss; it is offered as an option (``synchronous=``) for
 write-heavy use. A lawyer's ranking is minutes of expert work: one fsync per submission (a few ms) is the
-right price. Foreign keys are enforced and a 30 s busy timeout lets other processes (the CLI) wait for
-the write lock instead of failing.
+right price. Bookkeeping that is harmless to lose in a power cut (a task assignment, a login audit event)
+commits without its own fsync and becomes durable with the next submission's fsync of the WAL; kill -9
+loses none of it. Foreign keys are enforced and a 30 s busy timeout lets other processes (the CLI) wait
+for the write lock instead of failing.
 
 Transactions. Every write (an assignment, a submission with its audit event, a skip, an import) is one
 transaction. On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (it takes the database's single
 write lock up front, so a transaction never fails half-way on a lock upgrade) and writers in one process
-queue on an in-process lock first (no busy-wait polling, so latency under load stays flat). Reads use a
-deferred ``BEGIN`` and see one consistent WAL snapshot without blocking writers.
+queue first on an in-process FIFO lock (no busy-wait polling and no starvation, so the tail latency under
+load is bounded by the queue length). Reads use a deferred ``BEGIN`` and see one consistent WAL snapshot
+without blocking writers.
 
 Assignment. ``next_task_for(annotator)`` first returns the annotator's open assignment, if any; otherwise
 it picks the oldest task that (a) has fewer than ``k`` live assignments and (b) was never assigned to this
 annotator (a partial index on ``assigned < k`` keeps this fast however many tasks are finished), raises the
 task's ``assigned`` counter (``UPDATE ... WHERE assigned < k``, which must touch one row) and inserts an
-assignment in a free *slot* ``0 <= slot < k``. Two unique constraints make the
-rules hold whatever the isolation level: (task, annotator) — a task never goes twice to the same person
+assignment in a free *slot* ``0 <= slot < k``. Two unique constraints make the rules hold whatever the
+isolation level: (task, annotator) — a task never goes twice to the same person
 (a skipped assignment keeps its row) — and (task, slot) — never more than ``k`` live assignments (a skip
 sets the slot to NULL, freeing it). On PostgreSQL the task row is locked with ``FOR UPDATE SKIP LOCKED``
 so concurrent annotators take different tasks; a constraint violation from a race is retried.
@@ -159,7 +162,7 @@ tasks = Table(
     Column("meta", JSON, nullable=True),             # excerpt, question, doc ids, generation settings...
     Column("source", String(100), nullable=False, default="app"),
     Column("k", Integer, nullable=False, default=3),  # annotations wanted (0: not offered to annotators)
-    Column("assigned", Integer, nullable=False, default=0),  # live (open or done) assignments, kept in step
+    Column("assigned", Integer, nullable=False, default=0, server_default=text("0")),  # live (open/done) assignments
     _ts(),
     CheckConstraint("k >= 0", name="ck_tasks_k"),
     CheckConstraint("assigned >= 0 AND assigned <= k", name="ck_tasks_assigned"),
@@ -401,19 +404,33 @@ class FairLock:
         self._cond = threading.Condition(threading.Lock())
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()  # tickets whose waiter was interrupted (e.g. KeyboardInterrupt)
 
     def __enter__(self) -> "FairLock":
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
-            while ticket != self._serving:
-                self._cond.wait()
+            try:
+                while ticket != self._serving:
+                    self._cond.wait()
+            except BaseException:
+                if ticket == self._serving:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
+            self._advance()
+
+    def _advance(self) -> None:  # called with the condition held
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
             self._serving += 1
-            self._cond.notify_all()
+        self._cond.notify_all()
 
 
 _PROCESS_LOCKS: dict[str, FairLock] = {}

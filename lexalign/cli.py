@@ -156,6 +156,14 @@ def _chat(args: argparse.Namespace) -> None:
     run_chat(args.config, args.overrides, endpoint=args.endpoint)
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from lexalign.evaluation.run import run_eval
+
+    run_dir = run_eval(args.config, args.overrides, model=args.model, data=args.data, tasks=args.tasks,
+                       reward=args.reward, against=args.against)
+    print(f"eval results: {run_dir / 'results.md'}")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -260,6 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--endpoint", default=None, help="OpenAI-compatible URL ending in /v1 (default: from the config)")
     _add_config_args(chat, "configs/chat.yaml")
     chat.set_defaults(handler=_chat)
+
+    evaluation = commands.add_parser("eval", help="evaluate a model on contract-review tasks (vLLM; tables and plots)")
+    evaluation.add_argument("--model", default=None,
+                            help="run directory (e.g. runs/tiny/sft), merged export, model folder, or an "
+                                 "OpenAI-compatible URL ending in /v1 (key from api_key_env)")
+    evaluation.add_argument("--data", nargs="+", default=None, metavar="FILE",
+                            help="held-out JSONL files: chat records with gold meta, RankingRecords, PreferencePairs "
+                                 "(default: the shipped split of the config)")
+    evaluation.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                            help="extract presence normalize unfair ranking preferences winrate behaviour (default: all)")
+    evaluation.add_argument("--reward", default=None, help="reward run directory or model folder (RM accuracy, "
+                                                           "RM ranking, win rate)")
+    evaluation.add_argument("--against", default=None,
+                            help="the other policy for the win rate: base, a run directory, model folder or URL")
+    _add_config_args(evaluation, "configs/eval.yaml")
+    evaluation.set_defaults(handler=_eval)
 
     return parser
 

@@ -200,3 +200,117 @@ def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM") -> "LoraConf
         task_type=task_type,
         bias="none",
     )
+
+
+# --------------------------------------------------------------------------- models from run directories
+
+
+@dataclass
+class RunModelSection(ModelSection):
+    """``model:`` of a stage that starts from a trained run: ``path: ""`` = that run's base model (manifest)."""
+
+    path: str = ""
+
+    def problems(self) -> list[Problem]:
+        return [p for p in super().problems() if p.key != "path"]
+
+
+@dataclass
+class TrainedPolicy:
+    """What a completed sft/dpo/ppo run trained: a LoRA adapter on ``base``, or a full model (``base`` itself)."""
+
+    run: Path
+    base: Path
+    adapter: Path | None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.adapter or self.base
+
+
+def trained_policy(run_dir: str | Path, what: str, base_override: str = "") -> TrainedPolicy:
+    """Resolve a completed run's adapter/model from its manifest; clear errors, no model loaded."""
+    from lexalign.runs import read_manifest, require_complete
+
+    run = require_complete(run_dir, what)
+    outputs = read_manifest(run).get("outputs", {})
+    if outputs.get("adapter"):
+        adapter = run / outputs["adapter"]
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{what} = {str(run)!r}: {adapter} has no adapter_config.json; run the stage again")
+        base = Path(base_override or outputs.get("base_model") or "")
+        return TrainedPolicy(run, check_model_dir(base, f"{what}: base model of {adapter}"), adapter)
+    if outputs.get("model"):
+        return TrainedPolicy(run, check_model_dir(run / outputs["model"], what), None)
+    raise ModelLoadError(f"{what} = {str(run)!r}: the run wrote neither an adapter nor a model; "
+                         "give the run directory of an sft, dpo or ppo stage")
+
+
+def tokenizer_fingerprint(folder: str | Path) -> dict[str, str]:
+    """Hashes of what must agree between a policy and its reward model: vocabulary, special tokens, chat template."""
+    import hashlib
+    import json
+
+    tokenizer = load_tokenizer(folder)
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+    return {"vocabulary": digest(sorted(tokenizer.get_vocab().items())),
+            "special tokens": digest([tokenizer.eos_token, tokenizer.pad_token]),
+            "chat template": digest(tokenizer.chat_template)}
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def reward_input_ids(tokenizer: Any, prompt: Any, response: Any, max_length: int | None = None) -> list[int]:
+    """The one format a lexalign reward model scores: the chat-formatted prompt with the generation header,
+    then the response's tokens and the end-of-turn (eos) token, nothing after it. That is exactly what a
+    policy generates (PPO scores these tokens), so training and online scoring see the same sequences.
+
+    ``prompt``: a string (one user turn) or chat messages; ``response``: a string or assistant messages.
+    Too long: the response is cut (its eos kept); a prompt longer than the budget keeps its end.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    text = response if isinstance(response, str) else "\n\n".join(m["content"] for m in response)
+    prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False))
+    response_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_length:
+        prompt_ids = prompt_ids[-max(max_length // 2, max_length - len(response_ids) - 1):]
+        response_ids = response_ids[: max_length - len(prompt_ids) - 1]
+    return prompt_ids + response_ids + [tokenizer.eos_token_id]
+
+
+def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0) -> tuple[Any, Any]:
+    """A reward model folder (``<reward run>/model``: AutoModelForSequenceClassification, one label) + tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    folder = check_model_dir(folder, "reward model")
+    configure_threads(threads)
+    target = choose_device(device)
+    tokenizer = load_tokenizer(folder)
+    dtype = torch.float32 if target.type == "cpu" else choose_compute_dtype(target)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(target).eval(), tokenizer
+
+
+def reward_scores(model: Any, tokenizer: Any, prompts: list[Any], responses: list[Any],
+                  max_length: int | None = None, batch_size: int = 8) -> list[float]:
+    """Score (prompt, response) pairs in ``reward_input_ids`` format; right padding, batched, no gradients."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = [reward_input_ids(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
+    scores: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start:start + batch_size]
+            width = max(len(x) for x in batch)
+            input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in batch], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=device)
+            scores += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+    return scores

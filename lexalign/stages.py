@@ -13,9 +13,11 @@ STAGE_CONFIGS: dict[str, str] = {
     "data": "lexalign.data.build:DataBuildConfig",
     "base": "lexalign.basemodel:BaseModelConfig",
     "sft": "lexalign.sft.train:SFTStageConfig",
+    "annotate": "lexalign.reward.annotate:AnnotateConfig",
     "serve": "lexalign.serve.launch:ServeConfig",
     "candidates": "lexalign.serve.candidates:CandidatesConfig",
     "chat": "lexalign.serve.chat:ChatConfig",
+    "eval": "lexalign.evaluation.run:EvalConfig",
 }
 
 

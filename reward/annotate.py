@@ -307,7 +307,11 @@ class AnnotateApp:
         except (ValueError, TypeError):
             return {c["message"]: "<span class='error'>Not saved: every rank must be a number.</span>"}
         except SubmissionError as err:
-            return {c["message"]: f"<span class='error'>Not saved: {inert(_letter_ids(str(err), state))}</span>"}
+            text = f"<span class='error'>Not saved: {inert(_letter_ids(str(err), state))}</span>"
+            current = self.store.next_task_for(user)
+            if current is None or current.form_token != state.form_token:  # the form on screen is stale
+                return self._render(c, user, text + " Your current task was reloaded.")
+            return {c["message"]: text}  # keep what was entered so it can be fixed
         except StoreError as err:
             return {c["message"]: f"<span class='error'>Not saved: {inert(str(err))}</span>"}
         return self._render(c, user, "Saved. Here is your next task.")
@@ -479,9 +483,8 @@ def run_annotate(config_path: str | Path | None, overrides: list[str] | None = N
                        "`lexalign annotators add NAME --role admin --store %s`", config.store)
     app = AnnotateApp(store, config)
     demo = app.build()
-    logger.info("ranking app for %s on http://%s:%d (store %s, %d tasks)", config.title, config.host, config.port,
+    logger.info("ranking app on http://%s:%d (store %s, %d tasks); Ctrl+C stops", config.host, config.port,
                 store.safe_url, store.task_count())
-    print(f"ranking app: http://{config.host}:{config.port}  (store {store.safe_url}; Ctrl+C stops)", flush=True)
     try:
         demo.launch(**app.launch_kwargs())
     finally:

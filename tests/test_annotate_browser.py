@@ -37,6 +37,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_app(root: Path, url: str) -> tuple[subprocess.Popen, str]:
+    """`lexalign annotate` on a free port in a subprocess; returns (process, base URL) once it answers."""
+    port = free_port()
+    log = (root / "server.log").open("a")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lexalign.cli", "annotate", "--config", str(REPO / "configs" / "annotate.yaml"),
+         f"store={url}", f"port={port}", f"export_dir={root / 'exports'}"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if requests.get(base, timeout=2).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the app did not answer within 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("annotate-app")
@@ -49,34 +75,13 @@ def server(tmp_path_factory):
                       {"role": "user", "content": f"Find the Governing Law clause.\n\nExcerpt:\n"
                                                   f"{i}. This Agreement is governed by the laws of New York."}]
             store.add_task(f"gl-{i}", prompt, [GOOD, XSS_SCRIPT, XSS_IMG], {"doc": i}, k=2)
-    port = free_port()
-    log = (root / "server.log").open("w")
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lexalign.cli", "annotate", "--config", str(REPO / "configs" / "annotate.yaml"),
-         f"store={url}", f"port={port}", f"export_dir={root / 'exports'}"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(base, timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not answer within 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    proc, base = start_app(root, url)
     yield SimpleNamespace(url=base, store_url=url, root=root)
     proc.terminate()
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +253,101 @@ def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
         assert store.audit_events("export")[0]["actor"] == "root"
         assert {"login", "submission"} <= {e["action"] for e in store.audit_events()}
     page.context.close()
+
+
+def test_concurrent_http_submissions_against_the_running_app(server) -> None:
+    """10 annotators submit at once over HTTP (Gradio's queue API, as the page does): every ack stored once."""
+    import threading
+
+    from gradio_client import Client
+
+    names = [f"http{i}" for i in range(10)]
+    with open_store(server.store_url) as store:
+        for name in names:
+            store.add_annotator(name, f"{name}-password")
+        for i in range(30):
+            store.add_task(f"http-{i}", "Which law governs?\n\nExcerpt:\nNew York law governs.",
+                           [f"New York ({i}).", f"Delaware ({i}).", f"Not present ({i})."], k=1)
+        before = store.counts()["rankings"]
+    acks: dict[str, int] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(names))
+
+    def annotate(name: str) -> None:
+        try:
+            client = Client(server.url, auth=(name, f"{name}-password"), verbose=False)
+            client.predict(api_name="/load_task")
+            barrier.wait()
+            for _ in range(3):
+                result = client.predict(1, 2, 2, None, None, None, False, f"by {name}", [], api_name="/submit")
+                assert result[0].startswith("Saved"), result[0]
+                acks[name] = acks.get(name, 0) + 1
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=annotate, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    with open_store(server.store_url) as store:
+        assert store.counts()["rankings"] == before + 30
+        for name in names:
+            mine = store.my_rankings(name)
+            assert len(mine) == acks[name] == 3
+            assert all(r["rationale"] == f"by {name}" for r in mine)
+
+
+def test_sigkill_of_the_app_server_mid_load_keeps_every_acknowledged_submission(tmp_path: Path) -> None:
+    """HTTP clients record each "Saved" reply; the server is killed with SIGKILL while they submit."""
+    import re
+    import signal
+    import threading
+
+    from gradio_client import Client
+
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    names = [f"k{i}" for i in range(8)]
+    with open_store(url) as store:
+        for name in names:
+            store.add_annotator(name, f"{name}-password")
+        for i in range(400):
+            store.add_task(f"kill-{i}", "Which law governs?", [f"A{i}", f"B{i}", f"C{i}"], k=2)
+    proc, base = start_app(tmp_path, url)
+    acked: list[tuple[str, str]] = []  # (annotator, prompt_id) whose submission the server confirmed
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def annotate(name: str) -> None:
+        try:
+            client = Client(base, auth=(name, f"{name}-password"), verbose=False)
+            outputs = client.predict(api_name="/load_task")
+            while not stop.is_set():
+                prompt_id = re.search(r"Task `([^`]+)`", outputs[1]).group(1)
+                outputs = client.predict(1, 2, 3, None, None, None, False, "", [], api_name="/submit")
+                if not outputs[0].startswith("Saved"):
+                    return
+                with lock:
+                    acked.append((name, prompt_id))
+        except Exception:  # noqa: BLE001 - the server was killed under it: expected
+            return
+
+    threads = [threading.Thread(target=annotate, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(acked) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
+    proc.wait(timeout=30)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked) >= 60, (tmp_path / "server.log").read_text()[-3000:]
+    with open_store(url) as store:
+        stored = {(r.annotator, t.prompt_id) for t in store.task_rankings() for r in t.rankings}
+        counts = store.counts()
+    missing = [a for a in acked if a not in stored]
+    assert not missing, f"{len(missing)} acknowledged submissions lost: {missing[:5]}"
+    assert len(stored) >= len(acked) and counts["rankings"] < 400 * 2  # killed mid-load, nothing lost

@@ -379,7 +379,8 @@ def _is_weak_ordering(ranks: list[int], n: int) -> bool:
     return len(ranks) == n and all(r >= 1 for r in ranks) and set(ranks) == set(range(1, max(ranks) + 1))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(2, 5), ranks=st.lists(st.integers(-1, 6), min_size=0, max_size=7),
        extra_id=st.booleans(), none_acceptable=st.booleans())
 def test_random_rank_lists_are_accepted_exactly_when_they_are_weak_orderings(hypothesis_store, n, ranks, extra_id,
@@ -565,3 +566,31 @@ def test_memory_store_works_for_quick_experiments() -> None:
 if __name__ == "__main__":  # pragma: no cover - the kill test runs _load_child through -c
     _load_child(sys.argv[1], int(sys.argv[2]), sys.argv[3])
     os._exit(0)
+
+
+def test_fair_lock_serves_in_order_and_survives_an_interrupted_waiter() -> None:
+    from lexalign.data.store import FairLock
+
+    lock = FairLock()
+    order: list[int] = []
+    lock.__enter__()  # held, so the threads below queue up in start order
+    threads = []
+    for i in range(5):
+        def work(i: int = i) -> None:
+            with lock:
+                order.append(i)
+        t = threading.Thread(target=work)
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 5
+        while lock._next_ticket != i + 2 and time.monotonic() < deadline:  # wait until it holds a ticket
+            time.sleep(0.001)
+    with lock._cond:  # a waiter that gave up (an exception while waiting) must not block the queue
+        lock._abandoned.add(lock._next_ticket)
+        lock._next_ticket += 1
+    lock.__exit__(None, None, None)
+    for t in threads:
+        t.join(timeout=5)
+    assert order == [0, 1, 2, 3, 4]
+    with lock:  # the abandoned ticket was skipped: the lock is free again
+        pass

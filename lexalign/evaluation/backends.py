@@ -1,0 +1,398 @@
+"""Where answers and log-likelihoods come from: vLLM's OpenAI-compatible server, or transformers in-process.
+
+``open_policy(spec, config)`` gives a backend for what ``--model`` names:
+  * ``http(s)://HOST:PORT/v1``: a running OpenAI-compatible endpoint (key from ``$<api_key_env>``);
+  * a run directory / merged export / model folder: with ``backend: vllm`` (default) a private vLLM server is
+    started for it (``lexalign.serve.launch.start_server``, random API key) and stopped afterwards; with
+    ``backend: transformers`` the model (base + LoRA adapter, or a full model) is loaded here.
+
+Every backend decodes greedily (temperature 0) and answers ``generate`` (chat messages -> text, finish reason,
+token counts) and ``loglikelihood`` (sum of the log-probabilities of a response's tokens after the
+chat-formatted prompt). The vLLM backend sends requests concurrently with the official ``openai`` client and
+uses vLLM's ``/tokenize`` route to fit ``max_tokens`` into the context and ``prompt_logprobs`` for scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from lexalign.errors import LexalignError
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class EvalError(LexalignError):
+    """The evaluation cannot run as configured (endpoint unreachable, model missing, ...)."""
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str | None      # "stop" (end-of-turn token), "length" (max tokens), None when skipped
+    prompt_tokens: int | None
+    completion_tokens: int
+    skipped: str | None = None     # why there is no answer (e.g. the prompt does not fit the context)
+
+
+@dataclass
+class LogLikelihood:
+    total: float                   # sum of log p(token) over the response tokens
+    tokens: int                    # response tokens scored
+    truncated: bool = False        # the response was cut to fit the context
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.tokens if self.tokens else float("-inf")
+
+
+def is_url(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str) -> list[R]:
+    """``fn`` over ``items`` with a thread pool, results in input order, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(items), desc=desc, leave=False, disable=None) as bar:
+        futures = [pool.submit(fn, item) for item in items]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            bar.update(1)
+    return results
+
+
+# =========================================================================== OpenAI-compatible (vLLM)
+
+
+class OpenAIBackend:
+    """Greedy chat completions from an OpenAI-compatible server (vLLM: also /tokenize and prompt_logprobs)."""
+
+    kind = "vllm"
+
+    def __init__(self, base_url: str, api_key: str | None, model: str, *, base_model: str | None = None,
+                 concurrency: int = 8, timeout_s: float = 300.0, source: str = "") -> None:
+        from openai import OpenAI
+
+        self.base_url = base_url.rstrip("/")
+        self.root_url = self.base_url.removesuffix("/v1")
+        self.api_key = api_key
+        self.model = model
+        self.base_model = base_model
+        self.concurrency = concurrency
+        self.source = source or base_url
+        self.client = OpenAI(base_url=self.base_url, api_key=api_key or "no-key", timeout=timeout_s, max_retries=2)
+        self._tokenize_ok: bool | None = None
+        self.max_model_len: int | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.root_url + path, data=json.dumps(payload).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - the configured endpoint
+            return json.loads(response.read())
+
+    def tokenize_chat(self, messages: Messages, model: str) -> list[int] | None:
+        """Token ids of the chat-formatted prompt (with the generation prompt), or None without /tokenize."""
+        if self._tokenize_ok is False:
+            return None
+        try:
+            result = self._post("/tokenize", {"model": model, "messages": messages, "add_generation_prompt": True})
+        except urllib.error.HTTPError as err:
+            if err.code in (404, 405):
+                if self._tokenize_ok is None:
+                    logger.warning("%s has no /tokenize route (not vLLM?): prompts are not fitted to the context and "
+                                   "policy log-likelihoods are unavailable", self.root_url)
+                self._tokenize_ok = False
+                return None
+            raise EvalError(f"{self.root_url}/tokenize answered {err.code}: {err.read()[:300]!r}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise EvalError(f"cannot reach {self.root_url}: {err}") from None
+        self._tokenize_ok = True
+        self.max_model_len = result.get("max_model_len") or self.max_model_len
+        return list(result["tokens"])
+
+    def _tokenize_text(self, text: str, model: str) -> list[int]:
+        return list(self._post("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})["tokens"])
+
+    # ------------------------------------------------------------------ generation
+
+    def _generate_one(self, messages: Messages, max_new_tokens: int, model: str) -> Generation:
+        import openai
+
+        prompt_ids = self.tokenize_chat(messages, model)
+        max_tokens = max_new_tokens
+        if prompt_ids is not None and self.max_model_len:
+            room = self.max_model_len - len(prompt_ids)
+            if room < 1:
+                return Generation("", None, len(prompt_ids), 0,
+                                  skipped=f"prompt of {len(prompt_ids)} tokens does not fit the context of "
+                                          f"{self.max_model_len}")
+            max_tokens = min(max_new_tokens, room)
+        try:
+            response = self.client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                           temperature=0.0, top_p=1.0, n=1)
+        except openai.BadRequestError as err:  # e.g. the prompt is longer than the context
+            return Generation("", None, len(prompt_ids) if prompt_ids else None, 0, skipped=f"rejected: {err}"[:300])
+        except openai.APIConnectionError as err:
+            raise EvalError(f"cannot reach {self.base_url}: {err}") from None
+        except openai.AuthenticationError:
+            raise EvalError(f"{self.base_url} refused the API key (401); set the right key in the environment "
+                            "variable named by api_key_env") from None
+        except openai.NotFoundError:
+            raise EvalError(f"{self.base_url} does not serve a model named {model!r}") from None
+        choice = response.choices[0]
+        usage = response.usage
+        return Generation(text=(choice.message.content or ""), finish_reason=choice.finish_reason,
+                          prompt_tokens=usage.prompt_tokens if usage else None,
+                          completion_tokens=usage.completion_tokens if usage else 0)
+
+    def generate(self, prompts: Sequence[Messages], max_new_tokens: int, model: str | None = None,
+                 desc: str = "generating") -> list[Generation]:
+        model = model or self.model
+        return parallel_map(lambda m: self._generate_one(m, max_new_tokens, model), prompts, self.concurrency, desc)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _loglik_one(self, request: tuple[Messages, str], model: str) -> LogLikelihood:
+        messages, response = request
+        prompt_ids = self.tokenize_chat(messages, model)
+        if prompt_ids is None:
+            raise EvalError(f"{self.root_url}: ranking by policy log-likelihood needs vLLM's /tokenize route and "
+                            "prompt_logprobs; use a vLLM endpoint, backend: transformers, or ranking.scorers: [reward]")
+        answer_ids = self._tokenize_text(response, model)
+        truncated = False
+        if self.max_model_len and len(prompt_ids) + len(answer_ids) > self.max_model_len - 1:
+            keep = max(0, self.max_model_len - 1 - len(prompt_ids))
+            answer_ids, truncated = answer_ids[:keep], True
+        if not answer_ids:
+            return LogLikelihood(0.0, 0, truncated)
+        ids = prompt_ids + answer_ids
+        result = self.client.completions.create(model=model, prompt=ids, max_tokens=1, temperature=0.0,
+                                                extra_body={"prompt_logprobs": 0})
+        extra = result.choices[0].model_extra or {}
+        per_position = extra.get("prompt_logprobs")
+        if not per_position or len(per_position) != len(ids):
+            raise EvalError(f"{self.root_url} returned no prompt_logprobs for {len(ids)} tokens; it does not look "
+                            "like vLLM")
+        total = 0.0
+        for position in range(len(prompt_ids), len(ids)):
+            entry = per_position[position] or {}
+            item = entry.get(str(ids[position])) or entry.get(ids[position])
+            if item is None:
+                raise EvalError(f"{self.root_url}: prompt_logprobs lacks the log-probability of token {ids[position]}")
+            total += float(item["logprob"] if isinstance(item, dict) else item)
+        return LogLikelihood(total, len(answer_ids), truncated)
+
+    def loglikelihood(self, requests: Sequence[tuple[Messages, str]], model: str | None = None,
+                      desc: str = "scoring") -> list[LogLikelihood]:
+        model = model or self.model
+        return parallel_map(lambda r: self._loglik_one(r, model), requests, self.concurrency, desc)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind, "endpoint": self.base_url, "model": self.model, "base_model": self.base_model,
+                "source": self.source, "max_model_len": self.max_model_len}
+
+
+def list_models(base_url: str, api_key: str | None) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(base_url.rstrip("/") + "/models", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the configured endpoint
+            return list(json.loads(response.read()).get("data") or [])
+    except urllib.error.HTTPError as err:
+        hint = " (wrong or missing API key: set the variable named by api_key_env)" if err.code == 401 else ""
+        raise EvalError(f"{base_url}/models answered {err.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise EvalError(f"cannot reach {base_url}: {err}; is the server running? (URL must end in /v1)") from None
+
+
+def choose_endpoint_models(models: list[dict[str, Any]], wanted: str | None, url: str) -> tuple[str, str | None]:
+    """(model to evaluate, its base model if it is a LoRA adapter on the server)."""
+    ids = [m.get("id") for m in models]
+    if wanted:
+        if wanted not in ids:
+            raise EvalError(f"{url} serves {', '.join(map(str, ids)) or 'no models'}; endpoint_model = {wanted!r} is "
+                            "not one of them")
+        chosen = next(m for m in models if m.get("id") == wanted)
+    elif len(models) == 1:
+        chosen = models[0]
+    else:
+        adapters = [m for m in models if m.get("parent")]
+        if len(adapters) != 1:
+            raise EvalError(f"{url} serves several models ({', '.join(map(str, ids))}); choose one with "
+                            "endpoint_model=NAME")
+        chosen = adapters[0]
+    parent = chosen.get("parent")
+    return str(chosen["id"]), (str(parent) if parent and parent in ids else None)
+
+
+# =========================================================================== transformers (in-process)
+
+
+class TransformersBackend:
+    """The same prompts through ``transformers`` (greedy ``generate``), for machines without vLLM."""
+
+    kind = "transformers"
+
+    def __init__(self, spec: str, device: str = "auto", threads: int = 0) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from lexalign.modeling import choose_device, configure_threads, load_tokenizer
+        from lexalign.serve.launch import resolve_target
+
+        target = resolve_target(spec)
+        self.source = str(spec)
+        self.model = target.model_name
+        self.base_model = target.base_name
+        configure_threads(threads)
+        self.device = choose_device(device)
+        tokenizer_dir = target.adapter if target.adapter and (target.adapter / "tokenizer_config.json").is_file() \
+            else target.base_model
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        if target.chat_template is not None:
+            self.tokenizer.chat_template = Path(target.chat_template).read_text(encoding="utf-8")
+        dtype = torch.float32 if self.device.type == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(str(target.base_model), dtype=dtype)
+        if target.adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(target.adapter))
+        self.net = model.to(self.device).eval()
+        self.has_adapter = target.adapter is not None
+        config = getattr(model, "config", None)
+        self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = {e for e in eos if e is not None}
+        logger.info("transformers backend: %s on %s (adapter: %s)", target.base_model, self.device,
+                    target.adapter or "none")
+
+    def _context(self, model: str | None) -> Any:
+        if model and model == self.base_model and self.has_adapter:
+            return self.net.disable_adapter()
+        if model and model not in (self.model, self.base_model):
+            raise EvalError(f"the transformers backend holds {self.model}"
+                            f"{f' and {self.base_model}' if self.base_model else ''}, not {model!r}")
+        return contextlib.nullcontext()
+
+    def tokenize_chat(self, messages: Messages, model: str | None = None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: Sequence[Messages], max_new_tokens: int, model: str | None = None,
+                 desc: str = "generating") -> list[Generation]:
+        import torch
+        from tqdm.auto import tqdm
+
+        results = []
+        with self._context(model), torch.no_grad():
+            for messages in tqdm(prompts, desc=desc, leave=False, disable=None):
+                ids = self.tokenize_chat(messages)
+                room = (self.max_model_len - len(ids)) if self.max_model_len else max_new_tokens
+                if room < 1:
+                    results.append(Generation("", None, len(ids), 0, skipped=f"prompt of {len(ids)} tokens does not "
+                                              f"fit the context of {self.max_model_len}"))
+                    continue
+                input_ids = torch.tensor([ids], device=self.device)
+                output = self.net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                           max_new_tokens=min(max_new_tokens, room), do_sample=False,
+                                           eos_token_id=sorted(self.eos_ids),
+                                           pad_token_id=self.tokenizer.pad_token_id)
+                new = output[0, len(ids):].tolist()
+                stopped = bool(new) and new[-1] in self.eos_ids
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                results.append(Generation(text, "stop" if stopped else "length", len(ids), len(new)))
+        return results
+
+    def loglikelihood(self, requests: Sequence[tuple[Messages, str]], model: str | None = None,
+                      desc: str = "scoring") -> list[LogLikelihood]:
+        import torch
+        from tqdm.auto import tqdm
+
+        results = []
+        with self._context(model), torch.no_grad():
+            for messages, response in tqdm(requests, desc=desc, leave=False, disable=None):
+                prompt_ids = self.tokenize_chat(messages)
+                answer_ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+                truncated = False
+                if self.max_model_len and len(prompt_ids) + len(answer_ids) > self.max_model_len:
+                    answer_ids = answer_ids[:max(0, self.max_model_len - len(prompt_ids))]
+                    truncated = True
+                if not answer_ids:
+                    results.append(LogLikelihood(0.0, 0, truncated))
+                    continue
+                ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
+                logits = self.net(input_ids=ids).logits.float()
+                logprobs = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1], dim=-1)
+                targets = ids[0, len(prompt_ids):]
+                total = logprobs.gather(1, targets[:, None]).sum().item()
+                results.append(LogLikelihood(float(total), len(answer_ids), truncated))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind, "model": self.model, "base_model": self.base_model, "source": self.source,
+                "device": str(self.device), "max_model_len": self.max_model_len}
+
+    def close(self) -> None:
+        self.net = None
+
+
+# =========================================================================== opening
+
+
+@contextlib.contextmanager
+def open_policy(spec: str, config: Any) -> Iterator[Any]:
+    """A backend for ``spec`` (URL, run directory or model folder) as the eval config says; closed afterwards."""
+    import os
+
+    generation = config.generation
+    if is_url(spec):
+        api_key = os.environ.get(config.api_key_env, "").strip() or None
+        models = list_models(spec, api_key)
+        model, base = choose_endpoint_models(models, config.endpoint_model, spec)
+        logger.info("evaluating %s at %s", model, spec)
+        yield OpenAIBackend(spec, api_key, model, base_model=base, concurrency=generation.concurrency,
+                            timeout_s=generation.request_timeout_s, source=spec)
+        return
+    if not Path(spec).exists():
+        raise EvalError(f"model {spec}: does not exist; pass a run directory (e.g. runs/tiny/sft), a merged export, "
+                        "a model folder or an OpenAI-compatible URL ending in /v1")
+    if config.backend == "transformers":
+        backend = TransformersBackend(spec, device=config.device, threads=config.threads)
+        try:
+            yield backend
+        finally:
+            backend.close()
+        return
+    from dataclasses import replace
+
+    from lexalign.serve.launch import ServeConfig, start_server
+
+    serve_fields = {f: getattr(config.server, f) for f in ServeConfig.__dataclass_fields__}
+    serve_config = replace(ServeConfig(**serve_fields), run=str(spec))
+    with start_server(serve_config, ephemeral_key=True) as server:
+        base = server.model_names[0] if len(server.model_names) > 1 else None
+        yield OpenAIBackend(server.base_url, server.api_key, server.model, base_model=base,
+                            concurrency=generation.concurrency, timeout_s=generation.request_timeout_s,
+                            source=str(spec))

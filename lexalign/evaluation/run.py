@@ -1,0 +1,430 @@
+"""The ``lexalign eval`` stage: one model, every contract-review task, one run directory with the results.
+
+    lexalign eval --model runs/tiny/sft [--data FILE ...] [--tasks extract unfair ...] [--reward runs/tiny/reward]
+                  [--against base|RUN_DIR|URL] [--config configs/eval.yaml] [key=value ...]
+
+Reads top to bottom: config -> data (validated, before any model loads) -> policy answers and log-likelihoods
+(vLLM server or transformers) -> the other policy's answers (win rate) -> reward-model scores -> metrics ->
+results.json, results.md, eval.png, predictions.jsonl -> COMPLETE. Python API: ``evaluate(config) -> dict``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lexalign.config import Problem, load_config, problem_if, to_dict
+from lexalign.serve.launch import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+STAGE = "eval"
+TaskName = Literal["extract", "presence", "normalize", "unfair", "ranking", "preferences", "winrate", "behaviour"]
+ALL = ["extract", "presence", "normalize", "unfair", "ranking", "preferences", "winrate", "behaviour"]
+
+
+@dataclass
+class EvalDataSection:
+    # Which shipped held-out split to use when `files` is empty: sft_<split>, acord_rankings_<split>, acord_pairs_<split>.
+    split: Literal["valid", "test"] = "valid"
+    # Your own files (`--data`): chat records with gold `meta`, RankingRecords, PreferencePairs (any mix);
+    # "shipped:<file>" names a shipped file. Non-empty = replaces the shipped split.
+    files: list[str] = field(default_factory=list)
+    max_per_task: int = 8        # items per task, drawn with `seed` (0 = all)
+    seed: int = 0
+    system_prompt: bool = True   # string prompts (rankings, pairs) get the training system prompt first
+
+    def problems(self) -> list[Problem]:
+        from lexalign.data.paths import resolve_data_path
+
+        found = problem_if(self.max_per_task < 0, "max_per_task", self.max_per_task, "use 0 (all) or a positive count")
+        for i, value in enumerate(self.files):
+            if not resolve_data_path(value).is_file():
+                found.append(Problem(f"files[{i}]", "file not found; give a JSONL file of chat records, "
+                                     "RankingRecords or PreferencePairs (or shipped:<name>)", value))
+        return found
+
+
+@dataclass
+class GenerationSection:
+    max_new_tokens: int = 128    # per answer (fitted into the context: prompt + answer <= the model's length)
+    concurrency: int = 8         # requests in flight at once (vLLM batches them)
+    request_timeout_s: float = 300.0
+
+    def problems(self) -> list[Problem]:
+        return (problem_if(self.max_new_tokens < 1, "max_new_tokens", self.max_new_tokens, "expected >= 1")
+                + problem_if(self.concurrency < 1, "concurrency", self.concurrency, "expected >= 1")
+                + problem_if(self.request_timeout_s <= 0, "request_timeout_s", self.request_timeout_s, "expected > 0"))
+
+
+@dataclass
+class RankingSection:
+    # How the lawyers' star ratings are predicted: policy = log-likelihood of the clause given the drafting
+    # request; reward = the reward model's score (only with reward_model).
+    scorers: list[Literal["policy", "reward"]] = field(default_factory=lambda: ["policy", "reward"])
+    length_normalize: bool = True    # policy: mean log-probability per token (false: the sum)
+    k: int = 5                       # NDCG@k
+    gain: Literal["exponential", "linear"] = "exponential"   # 2^stars - 1, or stars
+
+    def problems(self) -> list[Problem]:
+        return (problem_if(self.k < 1, "k", self.k, "expected >= 1")
+                + problem_if(not self.scorers, "scorers", self.scorers, "name at least one of policy, reward"))
+
+
+@dataclass
+class WinrateSection:
+    # The other policy: "base" (the base model under the evaluated adapter, same server), a run directory, a
+    # model folder or an OpenAI-compatible URL; null = no win rate.
+    against: str | None = "base"
+    against_model: str | None = None   # model name at an `against` URL that serves several
+    max_prompts: int = 16              # held-out prompts (drawn from the generation tasks' items; 0 = all)
+
+    def problems(self) -> list[Problem]:
+        return problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
+
+
+@dataclass
+class EvalServerSection(ServeConfig):
+    """The private vLLM server started for a run directory or model folder (ServeConfig's keys; `run` is --model)."""
+
+    port: int = 0
+    max_num_seqs: int | None = 32
+    shutdown_timeout_s: float = 10.0
+
+    def problems(self) -> list[Problem]:
+        found = super().problems()
+        found += problem_if(self.run is not None, "run", self.run, "set by --model (or the eval config's model key)")
+        return found
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = None           # run directory, merged export, model folder, or http(s)://.../v1
+    reward_model: str | None = None    # reward run directory or sequence-classification model folder
+    tasks: list[TaskName] = field(default_factory=lambda: list(ALL))
+    backend: Literal["vllm", "transformers"] = "vllm"
+    output_dir: str = "runs"
+    name: str | None = None            # run name (default: from the model path: runs/<name>/<stage>)
+    label: str | None = None           # results go to <output_dir>/<name>/eval/<label> (default: the stage)
+    endpoint_model: str | None = None  # model name at a URL that serves several
+    api_key_env: str = "LEXALIGN_API_KEY"  # key for URLs (a private server gets a random key)
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # transformers backend and reward model
+    threads: int = 0                   # torch intra-op threads here (0 = torch's default)
+    data: EvalDataSection = field(default_factory=EvalDataSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    ranking: RankingSection = field(default_factory=RankingSection)
+    winrate: WinrateSection = field(default_factory=WinrateSection)
+    server: EvalServerSection = field(default_factory=EvalServerSection)
+
+    def problems(self) -> list[Problem]:
+        # Whether model / reward_model / winrate.against exist is checked when the evaluation starts
+        # (``preflight``), so that a config file validates before the runs it names are built.
+        found: list[Problem] = []
+        found += problem_if(not self.tasks, "tasks", self.tasks, f"name at least one of {', '.join(ALL)}")
+        found += problem_if(self.threads < 0, "threads", self.threads, "use 0 (torch default) or a positive count")
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.api_key_env or ""):
+            found.append(Problem("api_key_env", "expected the name of an environment variable", self.api_key_env))
+        for key in ("name", "label"):
+            value = getattr(self, key)
+            found += problem_if(value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value), key, value,
+                                "use letters, digits and . _ - (it names a folder)")
+        return found
+
+    def names(self) -> tuple[str, str]:
+        """(run name, label) of the eval directory, from the model path unless set."""
+        name, label = default_names(self.model or "model")
+        return self.name or name, self.label or label
+
+    @property
+    def run_dir(self) -> Path:
+        name, label = self.names()
+        return Path(self.output_dir) / name / STAGE / label
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+def default_names(spec: str) -> tuple[str, str]:
+    """runs/tiny/sft -> (tiny, sft); runs/tiny/sft/merged -> (tiny, sft-merged); runs/tiny/base/model -> (tiny, base);
+    a model folder -> (models, <folder>); a URL -> (endpoint, <host-port>)."""
+    if spec.startswith(("http://", "https://")):
+        from urllib.parse import urlparse
+
+        return "endpoint", _clean(urlparse(spec).netloc)
+    path = Path(spec).resolve()
+    if (path / "manifest.json").is_file():
+        return _clean(path.parent.name), _clean(path.name)
+    if (path.parent / "manifest.json").is_file():
+        suffix = "" if path.name == "model" else f"-{path.name}"
+        return _clean(path.parent.parent.name), _clean(path.parent.name + suffix)
+    if not path.exists() and path.parent.name:  # a run directory not built yet: <output_dir>/<name>/<stage>
+        return _clean(path.parent.name), _clean(path.name)
+    return "models", _clean(path.name)
+
+
+# =========================================================================== the stage
+
+
+def run_eval(config_path: str | Path | None, overrides: list[str], *, model: str | None = None,
+             data: list[str] | None = None, tasks: list[str] | None = None, reward: str | None = None,
+             against: str | None = None) -> Path:
+    """``lexalign eval``: command-line flags become overrides (they beat the YAML file).
+
+    ``--data``/``--tasks`` take several values, so argparse also gives them the ``key=value`` overrides written
+    after them; those are moved back to the overrides."""
+    overrides = list(overrides)
+    for values in (data, tasks):
+        for value in list(values or []):
+            if "=" in value and re.match(r"^[A-Za-z_][\w.]*=", value) and not Path(value).exists():
+                values.remove(value)
+                overrides.append(value)
+    extra = []
+    if model:
+        extra.append(f"model={json.dumps(model)}")
+    if data:
+        extra.append(f"data.files={json.dumps(list(data))}")
+    if tasks:
+        extra.append(f"tasks={json.dumps(list(tasks))}")
+    if reward:
+        extra.append(f"reward_model={json.dumps(reward)}")
+    if against:
+        extra.append(f"winrate.against={json.dumps(against)}")
+    config = load_config(EvalConfig, config_path, list(overrides) + extra)
+    results = evaluate(config)
+    return Path(results["run_dir"])
+
+
+def preflight(config: EvalConfig) -> list[Problem]:
+    """What must exist before anything loads: the model, the reward model, the other policy."""
+    found: list[Problem] = []
+    if not config.model:
+        found.append(Problem("model", "what to evaluate: pass --model RUN_DIR (e.g. runs/tiny/sft), a model "
+                             "folder or an OpenAI-compatible URL ending in /v1"))
+    elif not config.model.startswith(("http://", "https://")) and not Path(config.model).exists():
+        found.append(Problem("model", "does not exist; pass a run directory (e.g. runs/tiny/sft), a merged export, "
+                             "a model folder or an OpenAI-compatible URL ending in /v1", config.model))
+    if config.reward_model and not Path(config.reward_model).exists():
+        found.append(Problem("reward_model", "does not exist; train one with `lexalign reward` or give a "
+                             "sequence-classification model folder (or null)", config.reward_model))
+    against = config.winrate.against
+    if against and against != "base" and not against.startswith(("http://", "https://")) and not Path(against).exists():
+        found.append(Problem("winrate.against", "does not exist; use base, a run directory, a model folder or an "
+                             "OpenAI-compatible URL ending in /v1", against))
+    return found
+
+
+def _data_paths(config: EvalConfig) -> list[Path]:
+    from lexalign.data.paths import resolve_data_path
+    from lexalign.evaluation.tasks import default_files
+
+    return [resolve_data_path(f) for f in (config.data.files or default_files(config.data.split))]
+
+
+def _ranking_prompts(items: list[Any]) -> list[tuple[Any, str]]:
+    return [(item.messages, response) for item in items for response in item.responses]
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``config.model`` on every task in ``config.tasks``; write the eval run directory; return the results.
+
+    The returned dict is what ``results.json`` holds: ``metrics`` (flat ``task/metric`` -> value), ``tasks``
+    (per-task details and skip reasons), ``per_category``, ``model``, ``data``, ``timing_s`` and ``run_dir``.
+    """
+    from lexalign.config import collect_problems, ConfigError
+    from lexalign.evaluation import report
+    from lexalign.evaluation.backends import EvalError, is_url, open_policy
+    from lexalign.evaluation.tasks import load_eval_files, regroup, sample, select
+    from lexalign.runs import RunDir
+
+    problems = collect_problems(config) + preflight(config)
+    if problems:
+        raise ConfigError(problems, source="EvalConfig")
+    started = time.monotonic()
+    tasks = list(dict.fromkeys(config.tasks))
+
+    # ------------------------------------------------------------------ data (checked before any model loads)
+    paths = _data_paths(config)
+    all_data = load_eval_files(paths, None if not config.data.system_prompt else _system_prompt())
+    data = select(all_data, config.data.max_per_task, config.data.seed)
+    chat_items = [item for item in data.chat if item.task in tasks]
+    need_answers = bool(chat_items) or "behaviour" in tasks
+    if "behaviour" in tasks and not chat_items:
+        chat_items = list(data.chat)  # behaviour alone still needs answers
+    rank_items = data.rankings if "ranking" in tasks else []
+    pref_items = data.preferences if "preferences" in tasks else []
+    skipped: dict[str, str] = {}
+    use_reward = bool(config.reward_model)
+    if not use_reward:
+        for task in ("preferences", "winrate"):
+            if task in tasks:
+                skipped[task] = "no reward_model given (--reward RUN_DIR)"
+    against = config.winrate.against if "winrate" in tasks and use_reward else None
+    if "winrate" in tasks and use_reward and not config.winrate.against:
+        skipped["winrate"] = "winrate.against is null (no other policy to compare with)"
+    winrate_items = sample(data.chat, config.winrate.max_prompts, config.data.seed + 1) if against else []
+    if against and not winrate_items:
+        skipped["winrate"] = "no chat records with prompts in the evaluation data"
+        against = None
+    # the policy must answer the win-rate prompts too
+    chat_ids = {item.id for item in chat_items}
+    answer_items = chat_items + [item for item in winrate_items if item.id not in chat_ids] if need_answers or against \
+        else []
+
+    model_path = None if is_url(config.model or "") else Path(config.model or "")
+    inputs = {f"data:{Path(p).name}": Path(p) for p in paths}
+    if model_path is not None:
+        inputs["model"] = model_path
+    if config.reward_model:
+        inputs["reward_model"] = Path(config.reward_model)
+    parent = model_path if model_path is not None and (model_path / "manifest.json").is_file() else None
+    run = RunDir(config.run_dir, STAGE, config, inputs=inputs, parent=parent).start()
+    logger.info("evaluating %s on %s", config.model, ", ".join(f"{k}: {v}" for k, v in data.counts().items()))
+
+    timing: dict[str, float] = {}
+    answers: dict[str, Any] = {}
+    other_answers: dict[str, Any] = {}
+    loglik: list[Any] = []
+    model_info: dict[str, Any] = {"spec": config.model}
+    other_info: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ the policy: answers and log-likelihoods
+    t0 = time.monotonic()
+    with open_policy(config.model or "", config) as policy:
+        timing["policy_start"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        generations = policy.generate([item.messages for item in answer_items], config.generation.max_new_tokens,
+                                      desc="answers")
+        answers = {item.id: gen for item, gen in zip(answer_items, generations)}
+        timing["generation"] = time.monotonic() - t1
+        if rank_items and "policy" in config.ranking.scorers:
+            t1 = time.monotonic()
+            loglik = policy.loglikelihood(_ranking_prompts(rank_items), desc="clause log-likelihoods")
+            timing["ranking_loglik"] = time.monotonic() - t1
+        if against == "base":
+            if not policy.base_model:
+                skipped["winrate"] = (f"winrate.against = base, but {config.model} is not an adapter on a base model; "
+                                      "give another run, model folder or URL")
+                against = None
+            else:
+                t1 = time.monotonic()
+                gens = policy.generate([item.messages for item in winrate_items], config.generation.max_new_tokens,
+                                       model=policy.base_model, desc="base answers")
+                other_answers = {item.id: gen for item, gen in zip(winrate_items, gens)}
+                other_info = {"spec": "base", "model": policy.base_model}
+                timing["other_generation"] = time.monotonic() - t1
+        model_info.update(policy.describe())
+
+    # ------------------------------------------------------------------ the other policy (win rate)
+    if against and against != "base":
+        t1 = time.monotonic()
+        other_config = _other_config(config, against)
+        with open_policy(against, other_config) as other:
+            gens = other.generate([item.messages for item in winrate_items], config.generation.max_new_tokens,
+                                  desc="other answers")
+            other_answers = {item.id: gen for item, gen in zip(winrate_items, gens)}
+            other_info = {"spec": against, **other.describe()}
+        timing["other_policy"] = time.monotonic() - t1
+
+    # ------------------------------------------------------------------ reward model
+    rm_scores: dict[str, Any] = {}
+    rm_info = None
+    if use_reward and (pref_items or (rank_items and "reward" in config.ranking.scorers) or other_answers):
+        from lexalign.evaluation.rewards import load_reward_scorer
+
+        t1 = time.monotonic()
+        scorer = load_reward_scorer(config.reward_model, device=config.device, threads=config.threads)
+        if pref_items:
+            chosen = scorer.score([(p.messages, p.chosen) for p in pref_items], desc="RM: chosen")
+            rejected = scorer.score([(p.messages, p.rejected) for p in pref_items], desc="RM: rejected")
+            rm_scores["preferences"] = (chosen, rejected)
+        if rank_items and "reward" in config.ranking.scorers:
+            rm_scores["ranking"] = regroup(rank_items, scorer.score(_ranking_prompts(rank_items), desc="RM: clauses"))
+        if other_answers:
+            pairs = [item for item in winrate_items
+                     if not answers[item.id].skipped and not other_answers[item.id].skipped]
+            mine = scorer.score([(i.messages, answers[i.id].text) for i in pairs], desc="RM: policy answers")
+            theirs = scorer.score([(i.messages, other_answers[i.id].text) for i in pairs], desc="RM: other answers")
+            rm_scores["winrate"] = (pairs, mine, theirs)
+        rm_info = scorer.describe()
+        timing["reward_model"] = time.monotonic() - t1
+    elif use_reward:
+        rm_info = {"reward_model": config.reward_model, "note": "loaded for nothing: no task needed it"}
+
+    # ------------------------------------------------------------------ metrics
+    from lexalign.evaluation.scoring import score_all
+
+    scored = score_all(config, tasks, chat_items, answers, rank_items, loglik, rm_scores, skipped)
+    results: dict[str, Any] = {
+        "model": model_info,
+        "against": other_info,
+        "reward_model": rm_info,
+        "data": {
+            "files": {str(p): {"kind": all_data.files.get(str(p)), "sha256": _sha(p)} for p in paths},
+            "available": all_data.counts(),
+            "evaluated": {task: n for task, n in data.counts().items()},
+            "max_per_task": config.data.max_per_task, "seed": config.data.seed,
+        },
+        "tasks_requested": tasks,
+        **scored,
+        "timing_s": {k: round(v, 2) for k, v in {**timing, "total": time.monotonic() - started}.items()},
+        "run_dir": str(run.path),
+        "name": config.names()[0], "label": config.names()[1],
+        "config": to_dict(config),
+    }
+    predictions = _predictions(chat_items, answers, other_answers, winrate_items, rm_scores)
+    outputs = report.write_all(run.path, results, predictions)
+    run.log_metrics({"stage": STAGE, **{k: v for k, v in results["metrics"].items() if v is not None}})
+    run.complete(outputs=outputs, results=results["metrics"])
+    logger.info("eval results: %s", run.path / "results.md")
+    return results
+
+
+def _system_prompt() -> str:
+    from lexalign.data.prompts import SYSTEM_PROMPT
+
+    return SYSTEM_PROMPT
+
+
+def _sha(path: Path) -> str | None:
+    from lexalign.runs import hash_path
+
+    return hash_path(path) if Path(path).exists() else None
+
+
+def _other_config(config: EvalConfig, against: str) -> EvalConfig:
+    from dataclasses import replace
+
+    return replace(config, model=against, endpoint_model=config.winrate.against_model)
+
+
+def _predictions(chat_items: list[Any], answers: dict[str, Any], other_answers: dict[str, Any],
+                 winrate_items: list[Any], rm_scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per answered item: what the model said next to the gold labels (for lawyers to read)."""
+    win = {}
+    if "winrate" in rm_scores:
+        pairs, mine, theirs = rm_scores["winrate"]
+        win = {item.id: (a, b) for item, a, b in zip(pairs, mine, theirs)}
+    rows = []
+    seen = set()
+    for item in chat_items + winrate_items:
+        if item.id in seen or item.id not in answers:
+            continue
+        seen.add(item.id)
+        gen = answers[item.id]
+        row = {"id": item.id, "task": item.task, "answer": gen.text, "finish_reason": gen.finish_reason,
+               "completion_tokens": gen.completion_tokens, "gold": item.gold, "reference": item.reference}
+        if gen.skipped:
+            row["skipped"] = gen.skipped
+        if item.id in other_answers:
+            row["other_answer"] = other_answers[item.id].text
+        if item.id in win:
+            row["reward"], row["other_reward"] = win[item.id]
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,632 @@
+"""The lawyers' chat UI: review a contract with the served model, and rate its answers.
+
+    lexalign chat [--config configs/chat.yaml] [--endpoint URL] [key=value ...]
+
+The app talks ONLY to an OpenAI-compatible endpoint (``lexalign serve``, or any other server) through the
+official ``openai`` client, streaming every answer; the API key comes from the environment variable named
+by ``api_key_env``. Sign-in is Gradio's login page checked against the preference store's accounts (the
+same argon2 hashes as the ranking app); every handler takes the user from the server-side session.
+
+A lawyer uploads a contract (TXT, PDF or DOCX, bounded in size, pages and characters; ``documents.py``),
+picks a review task (find one of the 41 CUAD clause categories, flag potentially unfair clauses, summarize
+obligations and dates) or types a question. The contract is cut into chunks; the chunks that best match the
+task are chosen by BM25 to fit the model's context (``review.py``), sent with their location labels, and
+shown beside the answer. Quotes in the answer are located in the contract ("[chunk 3, chars 1200-2100]"),
+or marked as not found: a quote that is not in the contract is the first thing a reviewer must see.
+
+Thumbs up / down (with an optional better answer written by the lawyer) store one feedback row in the
+preference store (``Store.add_feedback``): the exact prompt messages sent, the answer, the rating, the
+better answer and what produced it (model, task, excerpts, document hash). The preference export turns
+them into training pairs, closing the loop. The conversation can be downloaded as JSON.
+
+All user, document and model text is HTML-escaped before it reaches a component that renders Markdown, so
+nothing in a contract or an answer can run in the browser.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from lexalign.config import Problem, load_config, problem_if
+from lexalign.data.store import DEFAULT_URL, Store, StoreError
+
+logger = logging.getLogger(__name__)
+
+CSS = """
+#sources .excerpt { white-space: pre-wrap; }
+#feedback-status .error, #status .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+"""
+_THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
+
+
+@dataclass
+class ChatConfig:
+    """``configs/chat.yaml``: the endpoint, the store, the app's address, generation and document limits."""
+
+    endpoint: str = "http://127.0.0.1:8000/v1"  # an OpenAI-compatible API (lexalign serve's default address)
+    api_key_env: str = "LEXALIGN_API_KEY"       # environment variable holding the endpoint's key
+    model: str | None = None                    # null = the tuned model the endpoint serves (its LoRA adapter)
+    store: str = DEFAULT_URL                    # accounts and feedback (the ranking app's store)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    host: str = "127.0.0.1"
+    port: int = 7861
+    title: str = "LexAlign contract review"
+    # generation
+    temperature: float = 0.0                    # 0 = the same answer for the same question (reviewable)
+    top_p: float = 1.0
+    max_tokens: int = 256                       # answer length limit
+    request_timeout_s: float = 300.0
+    # context budget
+    context_tokens: int | None = None           # null = the endpoint's max_model_len (vLLM reports it), else 4096
+    chars_per_token: float = 3.0                # token estimate for the budget (the tiny BPE: ~3.3 on contracts)
+    history_share: float = 0.3                  # earlier turns may use this share of the prompt budget
+    # documents
+    chunk_chars: int = 1000                     # the training data's window size
+    chunk_overlap: int = 250
+    max_chunks: int = 8
+    max_upload_mb: float = 10.0
+    max_pages: int = 300
+    max_chars: int = 1_000_000
+    max_question_chars: int = 4000
+    concurrency_limit: int = 8                  # answers generated at once (the endpoint batches them)
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        found += problem_if(not self.endpoint.startswith(("http://", "https://")), "endpoint", self.endpoint,
+                            "expected an http(s) URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
+        found += problem_if(not (self.store.startswith("sqlite") or self.store.startswith("postgresql")),
+                            "store", self.store, "expected a sqlite:///FILE or postgresql+DRIVER://... URL")
+        found += problem_if(not 0 < self.port < 65536, "port", self.port, "expected a TCP port 1-65535")
+        found += problem_if(not 0 <= self.temperature <= 2, "temperature", self.temperature, "expected 0-2")
+        found += problem_if(not 0 < self.top_p <= 1, "top_p", self.top_p, "expected (0, 1]")
+        found += problem_if(self.max_tokens < 1, "max_tokens", self.max_tokens, "expected >= 1")
+        found += problem_if(self.context_tokens is not None and self.context_tokens <= self.max_tokens + 64,
+                            "context_tokens", self.context_tokens,
+                            "must leave room for a prompt: more than max_tokens + 64, or null (from the endpoint)")
+        found += problem_if(not 0.5 <= self.chars_per_token <= 10, "chars_per_token", self.chars_per_token,
+                            "expected 0.5-10 (characters per token of the served tokenizer)")
+        found += problem_if(not 0 <= self.history_share < 1, "history_share", self.history_share, "expected [0, 1)")
+        found += problem_if(self.chunk_chars < 100, "chunk_chars", self.chunk_chars, "expected >= 100 characters")
+        found += problem_if(not 0 <= self.chunk_overlap < self.chunk_chars, "chunk_overlap", self.chunk_overlap,
+                            "expected 0 <= chunk_overlap < chunk_chars")
+        found += problem_if(self.max_chunks < 1, "max_chunks", self.max_chunks, "expected >= 1")
+        found += problem_if(not 0 < self.max_upload_mb <= 200, "max_upload_mb", self.max_upload_mb, "expected (0, 200]")
+        found += problem_if(self.max_pages < 1, "max_pages", self.max_pages, "expected >= 1")
+        found += problem_if(self.max_chars < 1000, "max_chars", self.max_chars, "expected >= 1000")
+        found += problem_if(self.max_question_chars < 10, "max_question_chars", self.max_question_chars, "expected >= 10")
+        found += problem_if(self.concurrency_limit < 1, "concurrency_limit", self.concurrency_limit, "expected >= 1")
+        found += problem_if(self.request_timeout_s <= 0, "request_timeout_s", self.request_timeout_s, "expected > 0")
+        return found
+
+    def limits(self) -> Any:
+        from lexalign.serve.documents import DocumentLimits
+
+        return DocumentLimits(max_bytes=int(self.max_upload_mb * 1024 * 1024), max_pages=self.max_pages,
+                              max_chars=self.max_chars)
+
+
+def inert(text: str | None) -> str:
+    """Text for a Markdown component: every HTML special character escaped, so nothing in it runs."""
+    return html.escape(text or "", quote=True)
+
+
+def _error(text: str) -> str:
+    return f"<span class='error'>{inert(text)}</span>"
+
+
+# =========================================================================== the endpoint
+
+
+class EndpointError(Exception):
+    """The model endpoint cannot answer; the message is for the lawyer."""
+
+
+class Endpoint:
+    """The OpenAI-compatible API: the model to use and its context length, resolved on first use."""
+
+    def __init__(self, config: ChatConfig, api_key: str | None) -> None:
+        from openai import OpenAI
+
+        self.config = config
+        self.client = OpenAI(base_url=config.endpoint, api_key=api_key or "no-key",
+                             timeout=config.request_timeout_s, max_retries=1)
+        self._lock = threading.Lock()
+        self._model: str | None = None
+        self._context: int | None = None
+
+    def describe_error(self, err: Exception) -> str:
+        import openai
+
+        if isinstance(err, openai.AuthenticationError):
+            return (f"The model server refused the API key (HTTP 401). Check {self.config.api_key_env} for "
+                    "`lexalign chat`.")
+        if isinstance(err, openai.NotFoundError):
+            return f"The model server does not serve the model {self._model or self.config.model!r} (HTTP 404)."
+        if isinstance(err, openai.BadRequestError):
+            return f"The model server refused the request: {getattr(err, 'message', err)}"
+        if isinstance(err, openai.APITimeoutError):
+            return "The model server did not answer in time; try again, or ask a shorter question."
+        if isinstance(err, openai.APIConnectionError):
+            return f"The model server at {self.config.endpoint} is not reachable; is `lexalign serve` running?"
+        if isinstance(err, openai.APIStatusError):
+            return f"The model server answered with an error (HTTP {err.status_code})."
+        return f"The model server failed: {type(err).__name__}"
+
+    def resolve(self) -> tuple[str, int]:
+        """(model name, context tokens); cached after the first success."""
+        with self._lock:
+            if self._model is not None and self._context is not None:
+                return self._model, self._context
+            try:
+                cards = list(self.client.models.list())
+            except Exception as err:  # noqa: BLE001 - every failure becomes a message for the lawyer
+                raise EndpointError(self.describe_error(err)) from None
+            names = [c.id for c in cards]
+            if self.config.model:
+                if self.config.model not in names:
+                    raise EndpointError(f"The model server does not serve {self.config.model!r}; it serves "
+                                        f"{', '.join(names) or 'nothing'}. Fix `model` in the chat config.")
+                model = self.config.model
+            else:
+                tuned = [c.id for c in cards if getattr(c, "parent", None)]
+                if not names:
+                    raise EndpointError("The model server serves no model.")
+                model = tuned[-1] if tuned else names[0]
+            context = self.config.context_tokens
+            if context is None:
+                by_name = {c.id: c for c in cards}
+                card = by_name[model]
+                value = getattr(card, "max_model_len", None)
+                parent = getattr(card, "parent", None)
+                if value is None and parent in by_name:
+                    value = getattr(by_name[parent], "max_model_len", None)
+                context = int(value) if value else 4096
+            self._model, self._context = model, context
+            logger.info("chat endpoint %s: model %s, context %d tokens", self.config.endpoint, model, context)
+            return model, context
+
+    def stream(self, model: str, messages: list[dict[str, str]]) -> Iterator[str]:
+        config = self.config
+        try:
+            stream = self.client.chat.completions.create(
+                model=model, messages=messages, stream=True, max_tokens=config.max_tokens,
+                temperature=config.temperature, top_p=config.top_p)
+            for event in stream:
+                if event.choices and event.choices[0].delta and event.choices[0].delta.content:
+                    yield event.choices[0].delta.content
+        except Exception as err:  # noqa: BLE001
+            raise EndpointError(self.describe_error(err)) from None
+
+
+# =========================================================================== session state
+
+
+@dataclass
+class Turn:
+    request: dict[str, Any]
+    display: str                  # what the lawyer asked, as shown
+    messages: list[dict[str, str]]  # the exact prompt sent
+    answer: str
+    model: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    feedback_id: int | None = None
+    rating: int | None = None
+    better_answer: str | None = None
+    at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    error: str | None = None
+
+
+@dataclass
+class ChatSession:
+    user: str
+    conversation_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    document: Any = None          # documents.Document
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self) -> list[tuple[str, str]]:
+        return [(t.display, t.answer) for t in self.turns if t.answer and not t.error]
+
+    def last_answer(self) -> Turn | None:
+        return self.turns[-1] if self.turns and self.turns[-1].answer and not self.turns[-1].error else None
+
+
+def citation_line(turn: Turn) -> str:
+    parts = []
+    for c in turn.citations:
+        parts.append(c["label"] if c["found"] else f"\u26a0 quote not found in the contract: \u201c{c['quote'][:80]}\u201d")
+    if not parts and turn.sources:
+        parts.append("excerpts used: " + ", ".join(s["label"] for s in turn.sources))
+    return "Sources: " + "; ".join(parts) if parts else ""
+
+
+def chat_messages(session: ChatSession | None) -> list[dict[str, str]]:
+    """The conversation for gr.Chatbot (messages format), every text escaped."""
+    out: list[dict[str, str]] = []
+    if session is None:
+        return out
+    for turn in session.turns:
+        out.append({"role": "user", "content": inert(turn.display)})
+        if turn.error:
+            out.append({"role": "assistant", "content": f"\u26a0 {inert(turn.error)}"})
+            continue
+        body = inert(turn.answer) or "(empty answer)"
+        line = citation_line(turn)
+        out.append({"role": "assistant", "content": body + (f"\n\n*{inert(line)}*" if line else "")})
+    return out
+
+
+def sources_markdown(session: ChatSession | None) -> str:
+    turn = session.turns[-1] if session and session.turns else None
+    if turn is None or not turn.sources:
+        return "*The excerpts sent to the model appear here.*" if not (session and session.document) else \
+            "*Ask something: the excerpts sent to the model appear here.*"
+    lines = [f"**Excerpts sent to the model** ({len(turn.sources)} of {len(session.document.chunks) if session.document else '?'} chunks)"]
+    for s in turn.sources:
+        lines.append(f"\n**{inert(s['label'])}**\n\n<div class='excerpt'>{inert(s['text'])}</div>")
+    if turn.citations:
+        lines.append("\n**Quotes in the answer**")
+        for c in turn.citations:
+            where = inert(c["label"]) if c["found"] else "\u26a0 not found in the contract"
+            lines.append(f"- {where}: \u201c{inert(c['quote'][:300])}\u201d")
+    return "\n".join(lines)
+
+
+# =========================================================================== the app
+
+
+class ChatApp:
+    def __init__(self, store: Store, config: ChatConfig, endpoint: Endpoint) -> None:
+        self.store = store
+        self.config = config
+        self.endpoint = endpoint
+        self.export_dir = Path(tempfile.mkdtemp(prefix="lexalign-chat-"))
+
+    # ----------------------------------------------------------------------- auth and session
+
+    def auth(self, username: str, password: str) -> bool:
+        try:
+            return self.store.verify_login(username, password) is not None
+        except StoreError:
+            logger.exception("login check failed")
+            return False
+
+    @staticmethod
+    def _user(request: Any) -> str | None:
+        return getattr(request, "username", None) if request is not None else None
+
+    def _session(self, state: ChatSession | None, request: Any) -> ChatSession | None:
+        user = self._user(request)
+        if not user:
+            return None
+        if state is None or state.user != user:
+            return ChatSession(user)
+        return state
+
+    # ----------------------------------------------------------------------- upload
+
+    def on_upload(self, file: Any, state: ChatSession | None, request: Any) -> tuple[ChatSession | None, str, str]:
+        """Parse the uploaded contract; (state, status markdown, sources markdown). Never raises."""
+        from lexalign.serve.documents import DocumentError, load_document
+
+        session = self._session(state, request)
+        if session is None:
+            return state, _error("Not signed in; reload the page and sign in."), ""
+        if file is None:
+            session.document = None
+            return session, "No contract loaded: questions go to the model without contract text.", sources_markdown(session)
+        path = file if isinstance(file, str) else getattr(file, "name", None) or getattr(file, "path", "")
+        name = getattr(file, "orig_name", None) or Path(str(path)).name
+        try:
+            document = load_document(path, self.config.limits(), name=name, chunk_chars=self.config.chunk_chars,
+                                     chunk_overlap=self.config.chunk_overlap)
+        except DocumentError as err:
+            session.document = None
+            return session, _error(f"Not loaded: {err}"), sources_markdown(session)
+        except Exception as err:  # noqa: BLE001 - an upload must never crash the app
+            logger.exception("parsing %s failed", name)
+            session.document = None
+            return session, _error(f"Not loaded: {name}: could not be read ({type(err).__name__})."), sources_markdown(session)
+        session.document = document
+        self.store.audit(session.user, "chat_upload", {"conversation": session.conversation_id, **document.meta()})
+        return session, f"Loaded **{inert(document.summary())}**.", sources_markdown(session)
+
+    # ----------------------------------------------------------------------- asking
+
+    def _budget(self, context: int) -> Any:
+        from lexalign.serve.review import Budget
+
+        return Budget(context_tokens=context, max_tokens=min(self.config.max_tokens, max(16, context // 2)),
+                      chars_per_token=self.config.chars_per_token, history_share=self.config.history_share)
+
+    def ask(self, request_data: dict[str, Any], state: ChatSession | None, request: Any) -> Iterator[tuple[Any, ...]]:
+        """Stream one answer. Yields (chatbot messages, sources md, status md, state, feedback enabled)."""
+        from lexalign.serve.documents import locate_quotes
+        from lexalign.serve.review import build_prompt, request_from_dict, validate_request
+
+        session = self._session(state, request)
+        if session is None:
+            yield [], "", _error("Not signed in; reload the page and sign in."), state, False
+            return
+        review = request_from_dict(request_data)
+        problem = validate_request(review)
+        if problem is None and review.question and len(review.question) > self.config.max_question_chars:
+            problem = f"The question is {len(review.question)} characters long; the limit is {self.config.max_question_chars}."
+        if problem:
+            yield chat_messages(session), sources_markdown(session), _error(problem), session, bool(session.last_answer())
+            return
+        try:
+            model, context = self.endpoint.resolve()
+            built = build_prompt(review, session.document, session.history(), self._budget(context),
+                                 max_chunks=self.config.max_chunks)
+        except (EndpointError, ValueError) as err:
+            yield chat_messages(session), sources_markdown(session), _error(str(err)), session, bool(session.last_answer())
+            return
+        turn = Turn(request={"task": review.task, "category": review.category, "question": review.question},
+                    display=review.display(), messages=built.messages, answer="", model=model,
+                    sources=[{"label": c.label(), "chunk": c.index, "start": c.start, "end": c.end, "page": c.page,
+                              "text": c.text} for c in built.sources])
+        session.turns.append(turn)
+        note = ""
+        if built.selection is not None and not built.selection.matched:
+            note = " No chunk matched the task's words; the start of the contract was used."
+        if built.selection is not None and built.selection.truncated:
+            note += " The best excerpt was cut to fit the model's context."
+        status = f"Answering with `{inert(model)}` from {len(built.sources)} excerpt(s).{inert(note)}"
+        yield chat_messages(session), sources_markdown(session), status, session, False
+        last = time.monotonic()
+        try:
+            for piece in self.endpoint.stream(model, built.messages):
+                turn.answer += piece
+                if time.monotonic() - last > 0.05:
+                    last = time.monotonic()
+                    yield chat_messages(session), gr_skip(), status, session, False
+        except EndpointError as err:
+            turn.error = str(err)
+            yield chat_messages(session), sources_markdown(session), _error(str(err)), session, False
+            return
+        if session.document is not None:
+            turn.citations = [{"quote": c.quote, "found": c.found, "label": c.label(), "start": c.start,
+                               "end": c.end, "chunks": list(c.chunks), "page": c.page}
+                              for c in locate_quotes(turn.answer, session.document)]
+        missing = [c for c in turn.citations if not c["found"]]
+        done = "Done." + (f" \u26a0 {len(missing)} quote(s) are not in the contract: check before relying on them."
+                          if missing else "")
+        yield chat_messages(session), sources_markdown(session), done, session, bool(turn.answer.strip())
+
+    # ----------------------------------------------------------------------- feedback and export
+
+    def on_feedback(self, rating: int, better_answer: str, state: ChatSession | None, request: Any
+                    ) -> tuple[str, ChatSession | None, bool, str]:
+        """Store a rating of the latest answer; (status, state, feedback still enabled, better-answer box)."""
+        from lexalign.data.store import SubmissionError
+
+        session = self._session(state, request)
+        if session is None:
+            return _error("Not signed in; reload the page and sign in."), state, False, better_answer
+        turn = session.last_answer()
+        if turn is None:
+            return _error("There is no answer to rate yet."), session, False, better_answer
+        if turn.feedback_id is not None:
+            return f"Feedback for this answer was already saved (#{turn.feedback_id}).", session, False, better_answer
+        better = (better_answer or "").strip() or None
+        meta = {
+            "source": "chat", "conversation": session.conversation_id, "turn": len(session.turns),
+            "model": turn.model, "endpoint": self.config.endpoint, "task": turn.request,
+            "sources": [{k: s[k] for k in ("label", "chunk", "start", "end", "page")} for s in turn.sources],
+            "citations": [{k: c[k] for k in ("found", "label", "quote")} for c in turn.citations],
+            "document": session.document.meta() if session.document is not None else None,
+            "sampling": {"temperature": self.config.temperature, "top_p": self.config.top_p,
+                         "max_tokens": self.config.max_tokens},
+        }
+        try:
+            feedback_id = self.store.add_feedback(session.user, turn.messages, turn.answer, rating, better, meta)
+        except SubmissionError as err:
+            return _error(f"Not saved: {err}"), session, True, better_answer
+        except StoreError as err:
+            return _error(f"Not saved: {err}"), session, True, better_answer
+        turn.feedback_id, turn.rating, turn.better_answer = feedback_id, rating, better
+        thanks = "\U0001f44d" if rating > 0 else "\U0001f44e"
+        extra = " with your better answer" if better else ""
+        return f"Feedback {thanks} saved{extra} (#{feedback_id}). Thank you.", session, False, ""
+
+    def export(self, state: ChatSession | None, request: Any) -> str | None:
+        """Write the conversation as JSON; the path for the download button (None when there is nothing)."""
+        session = self._session(state, request)
+        if session is None or not session.turns:
+            return None
+        payload = {
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "user": session.user,
+            "conversation": session.conversation_id, "endpoint": self.config.endpoint,
+            "document": session.document.meta() if session.document is not None else None,
+            "turns": [{"asked": t.display, "request": t.request, "model": t.model, "at": t.at,
+                       "prompt": t.messages, "answer": t.answer, "error": t.error, "sources": t.sources,
+                       "citations": t.citations, "feedback": {"id": t.feedback_id, "rating": t.rating,
+                                                              "better_answer": t.better_answer}}
+                      for t in session.turns],
+        }
+        folder = self.export_dir / session.conversation_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"lexalign-conversation-{session.conversation_id}.json"
+        path.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
+        return str(path)
+
+    def clear(self, state: ChatSession | None, request: Any) -> tuple[Any, ...]:
+        session = self._session(state, request)
+        if session is not None:
+            document = session.document
+            session = ChatSession(session.user)
+            session.document = document
+        return [], sources_markdown(session), "New conversation.", session, False
+
+    # ----------------------------------------------------------------------- layout
+
+    def build(self) -> Any:
+        import gradio as gr
+
+        from lexalign.serve.review import CUAD_CATEGORIES, TASKS
+
+        config = self.config
+        with gr.Blocks(title=config.title, analytics_enabled=False) as demo:
+            state = gr.State(None)
+            with gr.Row():
+                gr.Markdown(f"## {inert(config.title)}")
+                who = gr.Markdown("", elem_id="who")
+                gr.Button("Log out", link="/logout", size="sm", scale=0)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    upload = gr.File(label="Contract (TXT, PDF or DOCX)", file_types=[".txt", ".pdf", ".docx"],
+                                     type="filepath", elem_id="upload")
+                    doc_status = gr.Markdown("No contract loaded.", elem_id="doc-status")
+                    task = gr.Dropdown(choices=[(label, key) for key, label in TASKS.items()], value="clause",
+                                       label="Review task", elem_id="task")
+                    category = gr.Dropdown(choices=list(CUAD_CATEGORIES), value="Governing Law",
+                                           label="Clause category (CUAD)", elem_id="category")
+                    run = gr.Button("Run review", variant="primary", elem_id="run")
+                    gr.Markdown("Answers are drafts for a lawyer to check, not legal advice. Every quote is "
+                                "located in the contract; a quote marked \u26a0 is not in it.")
+                with gr.Column(scale=2, min_width=400):
+                    chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=460, sanitize_html=True,
+                                         render_markdown=True, buttons=["copy"])
+                    with gr.Row():
+                        message = gr.Textbox(label="Ask about the contract", placeholder="Type a question and press Enter",
+                                             lines=1, max_lines=6, scale=4, elem_id="message",
+                                             max_length=config.max_question_chars)
+                        send = gr.Button("Send", scale=0, elem_id="send")
+                    status = gr.Markdown("", elem_id="status")
+                    with gr.Row():
+                        better = gr.Textbox(label="Better answer (optional; write it before rating)", lines=2,
+                                            max_lines=10, scale=4, elem_id="better-answer")
+                        with gr.Column(scale=1, min_width=160):
+                            up = gr.Button("\U0001f44d Good answer", interactive=False, elem_id="thumbs-up")
+                            down = gr.Button("\U0001f44e Needs work", interactive=False, elem_id="thumbs-down")
+                    feedback_status = gr.Markdown("", elem_id="feedback-status")
+                    with gr.Row():
+                        export = gr.DownloadButton("Download conversation (JSON)", value=None, elem_id="export",
+                                                   interactive=False)
+                        clear = gr.Button("New conversation", elem_id="clear")
+                    sources = gr.Markdown(sources_markdown(None), elem_id="sources")
+
+            def feedback_buttons(enabled: bool) -> tuple[Any, Any]:
+                return gr.Button(interactive=enabled), gr.Button(interactive=enabled)
+
+            def export_button(session: ChatSession | None, request: gr.Request) -> Any:
+                path = self.export(session, request)
+                return gr.DownloadButton(value=path, interactive=path is not None)
+
+            def on_load(request: gr.Request) -> tuple[Any, ...]:
+                user = self._user(request)
+                return (f"signed in as `{inert(user)}`" if user else "not signed in"), ChatSession(user) if user else None
+
+            def on_upload(file: Any, session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
+                return self.on_upload(file, session, request)
+
+            def stream(request_data: dict[str, Any], session: ChatSession | None, request: gr.Request
+                       ) -> Iterator[tuple[Any, ...]]:
+                for messages, src, stat, new_state, enabled in self.ask(request_data, session, request):
+                    yield (messages, src, stat, new_state, *feedback_buttons(enabled), gr.skip())
+                yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                       export_button(new_state, request))
+
+            def on_run(task_key: str, category_name: str, text: str, session: ChatSession | None,
+                       request: gr.Request) -> Iterator[tuple[Any, ...]]:
+                data = {"task": task_key, "category": category_name,
+                        "question": (text or "").strip() if task_key == "question" else None}
+                yield from stream(data, session, request)
+
+            def on_send(text: str, session: ChatSession | None, request: gr.Request) -> Iterator[tuple[Any, ...]]:
+                yield from stream({"task": "question", "question": (text or "").strip()}, session, request)
+
+            def on_rate(rating: int) -> Any:
+                def handler(text: str, session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
+                    stat, new_state, enabled, box = self.on_feedback(rating, text, session, request)
+                    return (stat, new_state, *feedback_buttons(enabled), box, export_button(new_state, request))
+                return handler
+
+            def on_clear(session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
+                messages, src, stat, new_state, enabled = self.clear(session, request)
+                return (messages, src, stat, new_state, *feedback_buttons(enabled), "",
+                        gr.DownloadButton(value=None, interactive=False))
+
+            def show_category(task_key: str) -> Any:
+                return gr.Dropdown(visible=task_key == "clause")
+
+            answer_outputs = [chatbot, sources, status, state, up, down, export]
+            demo.load(on_load, None, [who, state], api_visibility="private")
+            upload.change(on_upload, [upload, state], [state, doc_status, sources], api_visibility="private")
+            task.change(show_category, [task], [category], api_visibility="private")
+            run.click(on_run, [task, category, message, state], answer_outputs, api_visibility="private",
+                      concurrency_id="answer")
+            send.click(on_send, [message, state], answer_outputs, api_visibility="private", concurrency_id="answer"
+                       ).then(lambda: "", None, [message], api_visibility="private")
+            message.submit(on_send, [message, state], answer_outputs, api_visibility="private",
+                           concurrency_id="answer").then(lambda: "", None, [message], api_visibility="private")
+            up.click(on_rate(1), [better, state], [feedback_status, state, up, down, better, export],
+                     api_visibility="private")
+            down.click(on_rate(-1), [better, state], [feedback_status, state, up, down, better, export],
+                       api_visibility="private")
+            clear.click(on_clear, [state], [chatbot, sources, status, state, up, down, feedback_status, export],
+                        api_visibility="private")
+        demo.queue(default_concurrency_limit=config.concurrency_limit)
+        return demo
+
+    def launch_kwargs(self) -> dict[str, Any]:
+        import gradio as gr
+
+        return {
+            "server_name": self.config.host, "server_port": self.config.port, "auth": self.auth,
+            "auth_message": "Sign in with your LexAlign account (an admin creates it with "
+                            "<code>lexalign annotators add</code>).",
+            "show_error": False, "ssr_mode": False, "run_history": False, "mcp_server": False,
+            "enable_monitoring": False, "footer_links": [], "quiet": True,
+            "max_file_size": int(self.config.max_upload_mb * 1024 * 1024),
+            "theme": gr.themes.Default(font=_THEME_FONTS), "css": CSS,
+            "allowed_paths": [str(self.export_dir)],
+        }
+
+
+def gr_skip() -> Any:
+    import gradio as gr
+
+    return gr.skip()
+
+
+def run_chat(config_path: str | Path | None, overrides: list[str] | None = None, endpoint: str | None = None) -> None:
+    """``lexalign chat``: load the config, open the store, serve the UI until interrupted."""
+    from lexalign.data.store import open_store
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    overrides = list(overrides or []) + ([f"endpoint={endpoint}"] if endpoint else [])
+    config = load_config(ChatConfig, config_path, overrides)
+    api_key = os.environ.get(config.api_key_env, "").strip() or None
+    if api_key is None:
+        logger.warning("%s is not set: requests go to %s without an API key (a lexalign server refuses them)",
+                       config.api_key_env, config.endpoint)
+    store = open_store(config.store, synchronous=config.sqlite_synchronous)
+    endpoint_client = Endpoint(config, api_key)
+    try:
+        model, context = endpoint_client.resolve()
+        logger.info("model %s (context %d tokens) at %s", model, context, config.endpoint)
+    except EndpointError as err:
+        logger.warning("%s The app starts anyway and retries on the first question.", err)
+    if not any(a.active for a in store.list_annotators()):
+        logger.warning("the store has no active account: create one with `lexalign annotators add NAME --store %s`",
+                       config.store)
+    app = ChatApp(store, config, endpoint_client)
+    demo = app.build()
+    print(f"chat UI: http://{config.host}:{config.port}  (endpoint {config.endpoint}; store {store.safe_url}; "
+          "Ctrl+C stops)", flush=True)
+    try:
+        demo.launch(**app.launch_kwargs())
+    finally:
+        store.close()

@@ -1,0 +1,237 @@
+"""``lexalign eval`` end to end: data checks through the CLI, the transformers backend, and a real vLLM server.
+
+The models are built here in seconds: the tiny base (``make_tiny_model`` with a 1024-token context so that CUAD
+prompts fit), an SFT-like run directory with a LoRA adapter on it (so vLLM serves base + adapter and the win rate
+against ``base`` needs one server), and a reward model (the tiny base with a score head).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lexalign.config import load_config
+from lexalign.runs import RunDir, is_complete, read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+EVAL_YAML = REPO / "configs" / "eval.yaml"
+SHIPPED = REPO / "data" / "shipped"
+
+
+@dataclass
+class _FakeSFTConfig:
+    name: str = "fake"
+    note: str = "LoRA adapter with random weights, built by tests/test_eval_run.py"
+
+
+def make_adapter_run(base_dir: Path, run_dir: Path, rank: int = 8) -> Path:
+    """A completed ``sft``-style run directory: a LoRA adapter (random, so it differs from the base) with the
+    tokenizer and chat template, and a manifest naming the base, like ``lexalign sft`` writes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    run = RunDir(run_dir, "sft", _FakeSFTConfig(), inputs={"base_model": base_dir}).start()
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False, task_type="CAUSAL_LM"))
+    adapter = run.path / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(adapter))
+    if (base_dir / "chat_template.jinja").is_file():
+        shutil.copy(base_dir / "chat_template.jinja", adapter / "chat_template.jinja")
+    run.complete(outputs={"adapter": "adapter", "base_model": str(base_dir), "lora_rank": rank})
+    return run.path
+
+
+def make_reward_model(base_dir: Path, out_dir: Path) -> Path:
+    """A sequence-classification model folder (the tiny base with a random one-logit score head)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    if (base_dir / "chat_template.jinja").is_file():
+        shutil.copy(base_dir / "chat_template.jinja", out_dir / "chat_template.jinja")
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def eval_models(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_text: str) -> dict[str, Path]:
+    from lexalign.basemodel import make_tiny_model
+
+    root = tmp_path_factory.mktemp("eval-models")
+    base = make_tiny_model(root / "base", tiny_corpus_text, pretrain_steps=30, max_position_embeddings=1024)
+    return {
+        "base": base,
+        "sft": make_adapter_run(base, root / "runs" / "fake" / "sft"),
+        "reward": make_reward_model(base, root / "reward"),
+    }
+
+
+def _lexalign(*args: str, cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lexalign.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _check_outputs(run_dir: Path, expect_values: list[str]) -> dict:
+    assert is_complete(run_dir)
+    for name in ("results.json", "results.md", "eval.png", "predictions.jsonl", "config.yaml", "manifest.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((run_dir / "results.json").read_text())
+    from lexalign.evaluation.scoring import METRICS, metric_names
+
+    for task in METRICS:  # every metric of every task is reported (a number, or null when it could not run)
+        for name in metric_names(task, 5):
+            assert f"{task}/{name}" in results["metrics"], f"{task}/{name} missing"
+    for key in expect_values:
+        value = results["metrics"][key]
+        assert isinstance(value, float), f"{key} = {value!r}"
+    markdown = (run_dir / "results.md").read_text()
+    assert "| Task | Metric | Value | n |" in markdown
+    manifest = read_manifest(run_dir)
+    assert manifest["stage"] == "eval" and manifest["status"] == "complete"
+    data_inputs = [v for k, v in manifest["inputs"].items() if k.startswith("data:")]
+    assert data_inputs and all(len(v["sha256"]) == 64 for v in data_inputs)
+    assert manifest["inputs"]["model"]["sha256"]
+    return results
+
+
+# --------------------------------------------------------------------------- bad input, through the CLI
+
+
+def test_malformed_data_file_gives_file_and_line_without_traceback(tmp_path: Path) -> None:
+    good = json.loads((SHIPPED / "sft_valid.jsonl").read_text().splitlines()[0])
+    bad_meta = json.loads(json.dumps(good))
+    bad_meta["meta"]["task"] = "translate"
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps(good) + "\n" + "{not json\n" + json.dumps(bad_meta) + "\n", encoding="utf-8")
+    model = tmp_path / "model"  # never loaded: the data is checked first
+    model.mkdir()
+    result = _lexalign("eval", "--config", str(EVAL_YAML), "--model", str(model), "--data", str(data),
+                       f"output_dir={tmp_path / 'runs'}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{data}:2: not valid JSON" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_data_with_bad_gold_labels_lists_every_line(tmp_path: Path) -> None:
+    good = json.loads((SHIPPED / "sft_valid.jsonl").read_text().splitlines()[0])
+    records = []
+    for meta in ({"task": "translate"}, {"task": "extract", "answers": "one span"}, {"task": "presence"},
+                 {"task": "unfair", "labels": ["price gouging"]}, None):
+        record = json.loads(json.dumps(good))
+        record["meta"] = meta
+        records.append(record)
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    ranking = json.loads((SHIPPED / "acord_rankings_valid.jsonl").read_text().splitlines()[0])
+    ranking["meta"]["stars"] = [1, 2]
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text(json.dumps(ranking) + "\n", encoding="utf-8")
+    model = tmp_path / "model"
+    model.mkdir()
+    result = _lexalign("eval", "--config", str(EVAL_YAML), "--model", str(model), "--data", str(data),
+                       str(rankings), "data.max_per_task=2", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for line, words in ((1, "meta.task = 'translate'"), (2, "meta.answers"), (3, "meta.present"),
+                        (4, "price gouging"), (5, "meta.task missing")):
+        assert f"{data}:{line}: {words}" in result.stderr, (line, result.stderr)
+    assert f"{rankings}:1: meta.stars" in result.stderr
+
+
+def test_missing_model_and_bad_keys_are_config_errors(tmp_path: Path) -> None:
+    result = _lexalign("eval", "--config", str(EVAL_YAML), "--model", str(tmp_path / "nope"), "tasks=[extract,typo]",
+                       "data.max_per_task=-1", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "tasks[1]" in result.stderr and "data.max_per_task" in result.stderr
+
+
+def test_eval_config_yaml_validates() -> None:
+    from lexalign.evaluation.run import EvalConfig
+
+    config = load_config(EvalConfig, EVAL_YAML)
+    assert config.backend == "vllm" and config.server.port == 0
+    assert config.run_dir == Path("runs/tiny/eval/sft")
+
+
+# --------------------------------------------------------------------------- the whole stage, transformers backend
+
+
+def test_eval_transformers_backend_all_tasks(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    """The plumbing without the engine: every task, adapter + base for the win rate, reward model, own data."""
+    from lexalign.evaluation import evaluate
+    from lexalign.evaluation.run import EvalConfig
+
+    config = load_config(EvalConfig, EVAL_YAML, [
+        f"model={eval_models['sft']}", f"reward_model={eval_models['reward']}", "backend=transformers",
+        f"output_dir={tmp_path / 'runs'}", "data.max_per_task=3", "generation.max_new_tokens=24", "threads=1",
+        "winrate.max_prompts=4",
+    ])
+    results = evaluate(config)
+    run_dir = Path(results["run_dir"])
+    assert run_dir == tmp_path / "runs" / "fake" / "eval" / "sft"
+    checked = _check_outputs(run_dir, [
+        "extract/presence_accuracy", "presence/accuracy", "normalize/token_f1", "unfair/unfair_accuracy",
+        "ranking/policy_ndcg@5", "ranking/policy_pairwise_accuracy", "ranking/reward_ndcg@5",
+        "preferences/rm_pairwise_accuracy", "winrate/win_rate", "behaviour/stop_rate", "behaviour/length_mean",
+    ])
+    assert checked["tasks"]["winrate"]["n"] == 4
+    assert checked["against"]["spec"] == "base"
+    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) >= 12 and all("answer" in json.loads(line) for line in lines)
+
+
+# --------------------------------------------------------------------------- the whole stage through vLLM
+
+
+def _engine_available() -> bool:
+    try:
+        from lexalign.serve.launch import find_engine
+
+        find_engine(None)
+        return True
+    except Exception:  # noqa: BLE001 - any reason: no engine here
+        return False
+
+
+@pytest.mark.slow
+def test_eval_cli_through_a_real_vllm_server(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    """``lexalign eval`` on a run with an adapter: one private vLLM server (base + adapter), every task."""
+    if not _engine_available():
+        pytest.skip("no vLLM engine (make serve-setup, or set LEXALIGN_ENGINE_PYTHON)")
+    own = tmp_path / "own.jsonl"  # --data: the user's files (a shipped copy here), mixed kinds
+    lines = (SHIPPED / "sft_valid.jsonl").read_text().splitlines()
+    own.write_text("\n".join(lines[:120]) + "\n", encoding="utf-8")
+    result = _lexalign(
+        "eval", "--config", str(EVAL_YAML), "--model", str(eval_models["sft"]), "--reward", str(eval_models["reward"]),
+        "--against", "base", "--data", str(own), str(SHIPPED / "acord_rankings_valid.jsonl"),
+        str(SHIPPED / "acord_pairs_valid.jsonl"), f"output_dir={tmp_path / 'runs'}", "data.max_per_task=4",
+        "generation.max_new_tokens=32", "winrate.max_prompts=4", f"server.work_dir={tmp_path / 'serve'}",
+        "threads=1", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = tmp_path / "runs" / "fake" / "eval" / "sft"
+    results = _check_outputs(run_dir, [
+        "extract/presence_accuracy", "unfair/unfair_accuracy", "ranking/policy_ndcg@5",
+        "ranking/policy_pairwise_accuracy", "ranking/reward_ndcg@5", "preferences/rm_pairwise_accuracy",
+        "winrate/win_rate", "behaviour/stop_rate", "behaviour/length_mean",
+    ])
+    assert results["model"]["backend"] == "vllm"
+    assert results["model"]["model"] != results["model"]["base_model"]  # adapter vs base on one server
+    assert results["tasks"]["behaviour"]["n"] >= 8
