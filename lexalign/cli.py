@@ -52,6 +52,39 @@ def _sft(args: argparse.Namespace) -> None:
     print(f"SFT run: {run_dir}")
 
 
+def _reward(args: argparse.Namespace) -> None:
+    from lexalign.reward.train import run_reward
+
+    run_dir = run_reward(args.config, args.overrides)
+    print(f"reward run: {run_dir}")
+
+
+def _score(args: argparse.Namespace) -> None:
+    from lexalign.reward.score import run_score
+
+    run_score(args)
+
+
+def _dpo(args: argparse.Namespace) -> None:
+    from lexalign.rlhf.dpo import run_dpo
+
+    run_dir = run_dpo(args.config, args.overrides)
+    print(f"DPO run: {run_dir}")
+
+
+def _ppo(args: argparse.Namespace) -> None:
+    from lexalign.rlhf.online import run_online
+
+    run_dir = run_online(args.config, args.overrides)
+    print(f"online RL run: {run_dir}")
+
+
+def _winrate(args: argparse.Namespace) -> None:
+    from lexalign.rlhf.winrate import run_winrate_command
+
+    run_winrate_command(args)
+
+
 def _export(args: argparse.Namespace) -> None:
     from lexalign.sft.export import export_merged
 
@@ -164,6 +197,22 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"eval results: {run_dir / 'results.md'}")
 
 
+def _pipeline(args: argparse.Namespace) -> None:
+    from lexalign.pipeline import run_pipeline
+    from lexalign.report import build_report
+
+    root = run_pipeline(args.config, args.overrides, start_from=args.start_from)
+    report = build_report(root)
+    print(f"pipeline runs: {root}\nreport: {report / 'report.md'} ({report / 'report.html'})")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lexalign.report import build_report
+
+    out = build_report(args.run)
+    print(f"report: {out / 'report.md'} ({out / 'report.html'})")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -195,6 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     sft = commands.add_parser("sft", help="QLoRA/LoRA/full instruction tuning on the legal chat data (TRL SFTTrainer)")
     _add_config_args(sft, "configs/sft.yaml")
     sft.set_defaults(handler=_sft)
+
+    reward = commands.add_parser("reward", help="reward model on preference pairs (TRL RewardTrainer, LoRA + score head)")
+    _add_config_args(reward, "configs/reward.yaml")
+    reward.set_defaults(handler=_reward)
+    score = commands.add_parser("score", help="score (prompt, response) pairs with a trained reward model")
+    score.add_argument("--reward", required=True, help="a reward run directory (runs/<name>/reward) or its model folder")
+    score.add_argument("--prompt", default=None, help="the user prompt (with --response)")
+    score.add_argument("--system", default=None, help="a system message before the prompt (default: none)")
+    score.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
+    score.add_argument("--file", default=None, help="preference-pair JSONL: score every pair, print pairwise accuracy")
+    score.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    score.set_defaults(handler=_score)
+    dpo = commands.add_parser("dpo", help="DPO from the SFT adapter on preference pairs (TRL DPOTrainer)")
+    _add_config_args(dpo, "configs/dpo.yaml")
+    dpo.set_defaults(handler=_dpo)
+    ppo = commands.add_parser("ppo", help="online RL against the reward model: algorithm ppo | grpo | rloo (TRL)")
+    _add_config_args(ppo, "configs/ppo.yaml")
+    ppo.set_defaults(handler=_ppo)
+    winrate = commands.add_parser("winrate", help="reward-model win rate of a policy run against its SFT run")
+    winrate.add_argument("--reward", required=True, help="reward run directory")
+    winrate.add_argument("--policy", required=True, help="dpo/ppo run directory")
+    winrate.add_argument("--baseline", default=None, help="run to compare with (default: the policy's parent SFT run)")
+    winrate.add_argument("--prompts", nargs="+", default=None, help="prompt files (chat records or preference pairs)")
+    winrate.add_argument("--num-prompts", type=int, default=48)
+    winrate.add_argument("--max-new-tokens", type=int, default=64)
+    winrate.add_argument("--out", default=None, help="write the samples and numbers to this JSON file")
+    winrate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    winrate.set_defaults(handler=_winrate)
 
     export = commands.add_parser("export", help="merge a run's LoRA adapter into the full-precision base for serving")
     export.add_argument("run_dir", help="a completed sft/dpo/ppo run directory")
@@ -284,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the other policy for the win rate: base, a run directory, model folder or URL")
     _add_config_args(evaluation, "configs/eval.yaml")
     evaluation.set_defaults(handler=_eval)
+
+    pipeline = commands.add_parser("pipeline", help="run the whole chain (data to report); unchanged stages are skipped")
+    pipeline.add_argument("--from", dest="start_from", default=None, metavar="STEP",
+                          help="re-run this step and every step after it")
+    _add_config_args(pipeline, "configs/pipeline/tiny.yaml")
+    pipeline.set_defaults(handler=_pipeline)
+
+    report = commands.add_parser("report", help="write the markdown/HTML report of a pipeline run")
+    report.add_argument("--run", default="runs/tiny", help="the pipeline's run folder (default: runs/tiny)")
+    report.set_defaults(handler=_report)
 
     return parser
 

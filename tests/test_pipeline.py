@@ -1,0 +1,126 @@
+"""The pipeline runner: runs steps in order, skips unchanged ones, re-runs changed ones, stops on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lexalign.config import ConfigError, load_config
+from lexalign.errors import LexalignError
+from lexalign.pipeline import PipelineConfig, PipelineError, run_pipeline
+from lexalign.report import build_report
+from lexalign.runs import is_complete
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_BASE = ["tokenizer.vocab_size=300", "model.hidden_size=64", "model.num_attention_heads=1",
+             "model.num_key_value_heads=1", "model.intermediate_size=128", "model.num_hidden_layers=1",
+             "model.max_position_embeddings=256", "pretraining.max_steps=2", "pretraining.seq_len=64",
+             "pretraining.batch_size=2", "pretraining.warmup_steps=0", "pretraining.threads=1",
+             "pretraining.log_every=1", "pretraining.eval_max_blocks=2"]
+
+
+def write_pipeline(folder: Path, corpus: Path, chat: Path, sft_steps: int = 2, extra_sft: list[str] | None = None) -> Path:
+    config = {
+        "name": "mini",
+        "output_dir": str(folder / "runs"),
+        "steps": [
+            {"id": "base", "command": ["base", "build"], "config": str(ROOT / "configs" / "base.yaml"),
+             "overrides": ["name={name}", "output_dir={output_dir}", f"corpus={corpus}", *TINY_BASE],
+             "inputs": [str(corpus)], "output": "{run}/base"},
+            {"id": "sft", "command": ["sft"], "config": str(ROOT / "configs" / "sft.yaml"),
+             "overrides": ["name={name}", "output_dir={output_dir}", "model.path={run}/base/model",
+                           f"data.train={chat}", f"data.valid={chat}", "model.quantization.bits=null",
+                           f"training.max_steps={sft_steps}", "training.eval_steps=1", "training.save_steps=100",
+                           "training.per_device_train_batch_size=2", "training.max_length=128", "model.threads=1",
+                           *(extra_sft or [])],
+             "inputs": ["{run}/base", str(chat)], "output": "{run}/sft"},
+        ],
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("This Agreement shall be governed by the laws of the State of New York. " * 400)
+    chat = tmp_path / "chat.jsonl"
+    record = {"messages": [{"role": "user", "content": "Find the Governing Law clause."},
+                           {"role": "assistant", "content": "Not present."}]}
+    chat.write_text((json.dumps(record) + "\n") * 8)
+    return corpus, chat
+
+
+def state(folder: Path) -> dict:
+    return json.loads((folder / "runs" / "mini" / "pipeline.json").read_text())["steps"]
+
+
+@pytest.mark.slow
+def test_pipeline_skips_unchanged_and_reruns_changed_steps(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    corpus, chat = inputs
+    config = write_pipeline(tmp_path, corpus, chat)
+    root = run_pipeline(config, [])
+    assert is_complete(root / "base") and is_complete(root / "sft")
+    first = state(tmp_path)
+    assert not first["base"]["skipped"] and not first["sft"]["skipped"]
+    sft_finished = first["sft"]["finished_at"]
+
+    run_pipeline(config, [])                        # nothing changed: both skipped
+    second = state(tmp_path)
+    assert second["base"]["skipped"] and second["sft"]["skipped"]
+    assert second["sft"]["finished_at"] == sft_finished
+
+    config = write_pipeline(tmp_path, corpus, chat, sft_steps=3)   # the SFT step changed: only it runs
+    run_pipeline(config, [])
+    third = state(tmp_path)
+    assert third["base"]["skipped"] and not third["sft"]["skipped"]
+
+    run_pipeline(config, [], start_from="base")     # --from re-runs the step and everything after it
+    fourth = state(tmp_path)
+    assert not fourth["base"]["skipped"] and not fourth["sft"]["skipped"]
+
+    report = build_report(root)
+    text = (report / "report.md").read_text()
+    assert "Pipeline steps and wall time" in text and "| sft | complete |" in text
+    assert (report / "report.html").is_file() and (report / "sft-training.png").is_file()
+
+
+def test_failed_step_stops_the_chain_and_names_it(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    corpus, chat = inputs
+    config = write_pipeline(tmp_path, corpus, chat)
+    data = yaml.safe_load(config.read_text())
+    data["steps"][0]["overrides"].append("model.hidden_size=-1")   # the base step fails validation
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(config, [])
+    message = str(info.value)
+    assert "step 'base' failed" in message and "exit code 2" in message and "hidden_size" in message
+    assert "sft" not in state(tmp_path)              # the chain stopped
+    assert not (tmp_path / "runs" / "mini" / "sft").exists()
+
+
+@pytest.mark.slow
+def test_incomplete_output_is_never_taken_as_done(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    """A step whose run directory exists without COMPLETE (killed mid-run) runs again, even if recorded."""
+    corpus, chat = inputs
+    config = write_pipeline(tmp_path, corpus, chat)
+    root = run_pipeline(config, [])
+    (root / "sft" / "COMPLETE").unlink()             # as if the stage had been killed before finishing
+    run_pipeline(config, [])
+    after = state(tmp_path)
+    assert after["base"]["skipped"] and not after["sft"]["skipped"] and is_complete(root / "sft")
+
+
+def test_pipeline_config_problems_are_listed(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"steps": [{"id": "a", "command": ["sft"]}, {"id": "a", "output": "x"}]}))
+    with pytest.raises(ConfigError) as info:
+        load_config(PipelineConfig, path)
+    keys = {p.key for p in info.value.problems}
+    assert {"steps", "steps[0].output", "steps[1].command"} <= keys
+    with pytest.raises(LexalignError, match="no such step"):
+        run_pipeline(write_pipeline(tmp_path, tmp_path, tmp_path), [], start_from="nope")
