@@ -41,7 +41,7 @@ def make_adapter_run(base_dir: Path, run_dir: Path, rank: int = 8) -> Path:
     torch.manual_seed(0)
     run = RunDir(run_dir, "sft", _FakeSFTConfig(), inputs={"base_model": base_dir}).start()
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=8 * rank, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
     adapter = run.path / "adapter"
     peft_model.save_pretrained(str(adapter))
@@ -150,7 +150,7 @@ def test_data_with_bad_gold_labels_lists_every_line(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     for line, words in ((1, "meta.task = 'translate'"), (2, "meta.answers"), (3, "meta.present"),
-                        (4, "price gouging"), (5, "meta.task missing")):
+                        (4, "meta.labels: unknown category 'price gouging'"), (5, "meta.task missing")):
         assert f"{data}:{line}: {words}" in result.stderr, (line, result.stderr)
     assert f"{rankings}:1: meta.stars" in result.stderr
 
@@ -194,8 +194,12 @@ def test_eval_transformers_backend_all_tasks(eval_models: dict[str, Path], tmp_p
     ])
     assert checked["tasks"]["winrate"]["n"] == 4
     assert checked["against"]["spec"] == "base"
-    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) >= 12 and all("answer" in json.loads(line) for line in lines)
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    answered = [r for r in rows if r["task"] != "ranking"]
+    ranked = [r for r in rows if r["task"] == "ranking"]
+    assert len(answered) >= 12 and all("answer" in r and "gold" in r for r in answered)
+    assert len(ranked) == 3 and all(len(r["policy_loglik"]) == len(r["reward"]) == 4 for r in ranked)
+    assert sum("other_answer" in r and "reward" in r for r in answered) == 4
 
 
 # --------------------------------------------------------------------------- the whole stage through vLLM
@@ -214,8 +218,7 @@ def _engine_available() -> bool:
 @pytest.mark.slow
 def test_eval_cli_through_a_real_vllm_server(eval_models: dict[str, Path], tmp_path: Path) -> None:
     """``lexalign eval`` on a run with an adapter: one private vLLM server (base + adapter), every task."""
-    if not _engine_available():
-        pytest.skip("no vLLM engine (make serve-setup, or set LEXALIGN_ENGINE_PYTHON)")
+    assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
     own = tmp_path / "own.jsonl"  # --data: the user's files (a shipped copy here), mixed kinds
     lines = (SHIPPED / "sft_valid.jsonl").read_text().splitlines()
     own.write_text("\n".join(lines[:120]) + "\n", encoding="utf-8")
@@ -235,3 +238,29 @@ def test_eval_cli_through_a_real_vllm_server(eval_models: dict[str, Path], tmp_p
     assert results["model"]["backend"] == "vllm"
     assert results["model"]["model"] != results["model"]["base_model"]  # adapter vs base on one server
     assert results["tasks"]["behaviour"]["n"] >= 8
+
+    # The clause log-likelihoods from vLLM (prompt_logprobs, LoRA applied) equal transformers' with the adapter,
+    # and differ from the base model's: the served adapter is the one scored.
+    from lexalign.evaluation import evaluate
+    from lexalign.evaluation.backends import TransformersBackend
+    from lexalign.evaluation.run import EvalConfig
+
+    reference = evaluate(load_config(EvalConfig, EVAL_YAML, [
+        f"model={eval_models['sft']}", "backend=transformers", "tasks=[ranking]", "ranking.scorers=[policy]",
+        f"data.files=[{SHIPPED / 'acord_rankings_valid.jsonl'}]", "data.max_per_task=4", "label=transformers",
+        f"output_dir={tmp_path / 'runs'}", "threads=1"]))
+    def ranking_rows(folder: Path) -> dict:
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        return {row["id"]: row for row in rows if row["task"] == "ranking"}
+
+    served, local = ranking_rows(run_dir), ranking_rows(Path(reference["run_dir"]))
+    assert served.keys() == local.keys() and len(served) == 4
+    for key in served:
+        assert served[key]["policy_tokens"] == local[key]["policy_tokens"]
+        assert served[key]["policy_loglik"] == pytest.approx(local[key]["policy_loglik"], rel=1e-3)
+    backend = TransformersBackend(str(eval_models["sft"]), threads=1)
+    from lexalign.evaluation.tasks import load_eval_files, select
+
+    items = select(load_eval_files([SHIPPED / "acord_rankings_valid.jsonl"]), 4, 0).rankings
+    base = backend.loglikelihood([(items[0].messages, r) for r in items[0].responses], model=backend.base_model)
+    assert [b.total for b in base] != pytest.approx(served[items[0].id]["policy_loglik"], rel=1e-3)

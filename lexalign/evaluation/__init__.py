@@ -52,7 +52,8 @@ whitespace collapsed). Items whose prompt does not fit the model's context get n
 
 extract      present = the answer is not "Not present."; ``presence_accuracy``/``precision``/``recall``/``f1``
              of that against ``meta.present`` (precision with nothing predicted present = 0; F1 = 0 when
-             P + R = 0). Spans = the answer's non-empty lines. For each item with gold spans, each gold span is
+             P + R = 0). Predicted spans = the answer's non-empty lines (and the whole answer when it has several
+             lines: a gold span may hold line breaks). For each item with gold spans, each gold span is
              matched with its best predicted span by SQuAD token F1 (multiset overlap) and by token Jaccard
              (set |A∩B|/|A∪B|), averaged over the gold spans (no predicted span: 0); ``span_f1`` and
              ``span_jaccard`` average that over the items with gold spans. ``not_present_rate``: share of

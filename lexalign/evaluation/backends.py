@@ -135,6 +135,18 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------ generation
 
+    def _api_error(self, err: Exception, model: str) -> EvalError:
+        import openai
+
+        if isinstance(err, openai.APIConnectionError):
+            return EvalError(f"cannot reach {self.base_url}: {err}")
+        if isinstance(err, openai.AuthenticationError):
+            return EvalError(f"{self.base_url} refused the API key (401); set the right key in the environment "
+                             "variable named by api_key_env")
+        if isinstance(err, openai.NotFoundError):
+            return EvalError(f"{self.base_url} does not serve a model named {model!r}")
+        return EvalError(f"{self.base_url} failed: {err} (see the server's log)")
+
     def _generate_one(self, messages: Messages, max_new_tokens: int, model: str) -> Generation:
         import openai
 
@@ -152,13 +164,8 @@ class OpenAIBackend:
                                                            temperature=0.0, top_p=1.0, n=1)
         except openai.BadRequestError as err:  # e.g. the prompt is longer than the context
             return Generation("", None, len(prompt_ids) if prompt_ids else None, 0, skipped=f"rejected: {err}"[:300])
-        except openai.APIConnectionError as err:
-            raise EvalError(f"cannot reach {self.base_url}: {err}") from None
-        except openai.AuthenticationError:
-            raise EvalError(f"{self.base_url} refused the API key (401); set the right key in the environment "
-                            "variable named by api_key_env") from None
-        except openai.NotFoundError:
-            raise EvalError(f"{self.base_url} does not serve a model named {model!r}") from None
+        except openai.OpenAIError as err:
+            raise self._api_error(err, model) from None
         choice = response.choices[0]
         usage = response.usage
         return Generation(text=(choice.message.content or ""), finish_reason=choice.finish_reason,
@@ -185,9 +192,14 @@ class OpenAIBackend:
             answer_ids, truncated = answer_ids[:keep], True
         if not answer_ids:
             return LogLikelihood(0.0, 0, truncated)
+        import openai
+
         ids = prompt_ids + answer_ids
-        result = self.client.completions.create(model=model, prompt=ids, max_tokens=1, temperature=0.0,
-                                                extra_body={"prompt_logprobs": 0})
+        try:
+            result = self.client.completions.create(model=model, prompt=ids, max_tokens=1, temperature=0.0,
+                                                    extra_body={"prompt_logprobs": 0})
+        except openai.OpenAIError as err:
+            raise self._api_error(err, model) from None
         extra = result.choices[0].model_extra or {}
         per_position = extra.get("prompt_logprobs")
         if not per_position or len(per_position) != len(ids):
@@ -204,8 +216,15 @@ class OpenAIBackend:
 
     def loglikelihood(self, requests: Sequence[tuple[Messages, str]], model: str | None = None,
                       desc: str = "scoring") -> list[LogLikelihood]:
+        """Log-likelihood of each response after its prompt, from vLLM's ``prompt_logprobs``.
+
+        When the server has a LoRA adapter the requests go one at a time: vLLM (up to at least 0.32) maps LoRA weights per
+        sampled sequence, not per prompt token, when it computes prompt logprobs, and crashes the engine on a
+        batch of several such requests (vllm-project/vllm#29955, #16668); a request alone in the batch is
+        computed correctly (the tests compare it with transformers)."""
         model = model or self.model
-        return parallel_map(lambda r: self._loglik_one(r, model), requests, self.concurrency, desc)
+        workers = 1 if self.base_model else self.concurrency
+        return parallel_map(lambda r: self._loglik_one(r, model), requests, workers, desc)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.kind, "endpoint": self.base_url, "model": self.model, "base_model": self.base_model,

@@ -53,6 +53,15 @@ def answer_spans(answer: str) -> list[str]:
     return spans
 
 
+def span_candidates(answer: str) -> list[str]:
+    """What a gold span is matched against: each quoted line, plus the whole answer when it has several lines
+    (a gold span may itself contain line breaks). None for 'Not present.'."""
+    spans = answer_spans(answer)
+    if len(spans) > 1:
+        spans.append(answer.strip())
+    return spans
+
+
 # --------------------------------------------------------------------------- span overlap
 
 

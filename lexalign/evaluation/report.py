@@ -67,7 +67,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {fmt(entry.get('f1'))} | {entry.get('support')} |")
     notes = [(task, entry["skipped"]) for task, entry in (results.get("tasks") or {}).items() if entry.get("skipped")]
     items_skipped = [(task, entry["skipped_items"]) for task, entry in (results.get("tasks") or {}).items()
-                     if entry.get("skipped_items")]
+                     if entry.get("skipped_items") and not entry.get("skipped")]
     if notes or items_skipped:
         lines += ["", "## Not evaluated", ""]
         lines += [f"- {task}: {reason}" for task, reason in notes]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if, to_dict
+from lexalign.runs import is_complete
 from lexalign.serve.launch import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,10 @@ def preflight(config: EvalConfig) -> list[Problem]:
     if against and against != "base" and not against.startswith(("http://", "https://")) and not Path(against).exists():
         found.append(Problem("winrate.against", "does not exist; use base, a run directory, a model folder or an "
                              "OpenAI-compatible URL ending in /v1", against))
+    for key, value in (("model", config.model), ("reward_model", config.reward_model), ("winrate.against", against)):
+        if value and (Path(value) / "manifest.json").is_file() and not is_complete(value):
+            found.append(Problem(key, "not a completed run (no COMPLETE marker): the stage was interrupted or is "
+                                 "still running; finish it first", value))
     return found
 
 
@@ -238,13 +243,13 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     """
     from lexalign.config import collect_problems, ConfigError
     from lexalign.evaluation import report
-    from lexalign.evaluation.backends import EvalError, is_url, open_policy
+    from lexalign.evaluation.backends import is_url, open_policy
     from lexalign.evaluation.tasks import load_eval_files, regroup, sample, select
     from lexalign.runs import RunDir
 
     problems = collect_problems(config) + preflight(config)
     if problems:
-        raise ConfigError(problems, source="EvalConfig")
+        raise ConfigError(problems)
     started = time.monotonic()
     tasks = list(dict.fromkeys(config.tasks))
 
@@ -378,8 +383,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "config": to_dict(config),
     }
     predictions = _predictions(chat_items, answers, other_answers, winrate_items, rm_scores)
+    predictions += _ranking_predictions(rank_items, loglik, rm_scores.get("ranking"))
     outputs = report.write_all(run.path, results, predictions)
     run.log_metrics({"stage": STAGE, **{k: v for k, v in results["metrics"].items() if v is not None}})
+    outputs["evaluated"] = {"model": model_info, "against": other_info, "reward_model": rm_info}
     run.complete(outputs=outputs, results=results["metrics"])
     logger.info("eval results: %s", run.path / "results.md")
     return results
@@ -428,3 +435,19 @@ def _predictions(chat_items: list[Any], answers: dict[str, Any], other_answers: 
         rows.append(row)
     return rows
 
+
+def _ranking_predictions(items: list[Any], loglik: list[Any], reward: list[list[float]] | None) -> list[dict[str, Any]]:
+    """One line per ranking item: the lawyers' relevance next to each scorer's scores."""
+    from lexalign.evaluation.tasks import regroup
+
+    policy = regroup(items, loglik) if loglik else [None] * len(items)
+    rows = []
+    for i, item in enumerate(items):
+        row: dict[str, Any] = {"id": item.id, "task": "ranking", "relevance": item.relevance}
+        if policy[i] is not None:
+            row["policy_loglik"] = [ll.total for ll in policy[i]]
+            row["policy_tokens"] = [ll.tokens for ll in policy[i]]
+        if reward is not None:
+            row["reward"] = reward[i]
+        rows.append(row)
+    return rows

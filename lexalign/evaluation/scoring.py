@@ -42,7 +42,7 @@ def score_extract(items: list[Any], answers: dict[str, Any]) -> dict[str, Any]:
     predicted = [not m.is_not_present(t) for t in texts]
     gold = [bool(item.gold["present"]) for item in items]
     presence = m.binary_scores(predicted, gold)
-    overlaps = [m.span_overlap(m.answer_spans(t), item.gold["answers"]) for t, item in zip(texts, items)]
+    overlaps = [m.span_overlap(m.span_candidates(t), item.gold["answers"]) for t, item in zip(texts, items)]
     overlaps = [o for o in overlaps if o is not None]
     return {
         "presence_accuracy": presence["accuracy"], "presence_precision": presence["precision"],

@@ -185,6 +185,19 @@ def chat_gold(meta: dict[str, Any] | None) -> tuple[str | None, dict[str, Any], 
     return task, gold, problems
 
 
+def _valid_lines(path: Path, schema: Any) -> list[tuple[int, Any]]:
+    """(line number, record) of the lines that are valid records (after read_jsonl reported the others)."""
+    valid = []
+    for number, line in enumerate(read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            valid.append((number, schema.model_validate(json.loads(line))))
+        except (ValueError, TypeError):  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
+            continue
+    return valid
+
+
 def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT) -> EvalData:
     """Read and check every file; DataError listing every ``file:line: problem`` if any is bad."""
     from lexalign.data.schemas import ChatRecord, PreferencePair, RankingRecord
@@ -194,13 +207,17 @@ def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT
     for path in paths:
         try:
             kind = detect_kind(path)
-            schema = {"chat": ChatRecord, "rankings": RankingRecord, "preferences": PreferencePair}[kind]
-            records = read_jsonl(path, schema)
         except DataError as err:
             problems.extend(err.problems)
             continue
+        schema = {"chat": ChatRecord, "rankings": RankingRecord, "preferences": PreferencePair}[kind]
+        try:
+            numbered = list(zip(_record_lines(path), read_jsonl(path, schema)))
+        except DataError as err:
+            problems.extend(err.problems)
+            numbered = _valid_lines(path, schema)  # still check the gold labels of the lines that are valid
         data.files[str(path)] = kind
-        for number, record in zip(_record_lines(path), records):
+        for number, record in numbered:
             where = f"{path}:{number}"
             if kind == "chat":
                 task, gold, found = chat_gold(record.meta)
