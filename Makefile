@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # pip takes torch 2.13.0 from its find-links (the CPU wheel here); any other torch pulls GBs of CUDA.
 PIP_FLAGS ?= --progress-bar off
 
-.PHONY: setup serve-setup browser demo test test-fast bench clean
+.PHONY: setup serve-setup browser postgres demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,12 +36,19 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	@chromium --version
 
-demo: setup
-	$(BIN)/lexalign data stats
-	$(BIN)/lexalign base build
-	$(BIN)/lexalign sft
+# PostgreSQL server binaries for tests/test_postgres.py (it starts its own throwaway cluster; as root it runs
+# it as the package's `postgres` user). Installed from Debian when initdb is nowhere to be found.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb
 
-test: setup serve-setup browser
+# The whole chain on the embedded default: base -> SFT -> rankings -> reward -> DPO -> PPO -> eval -> report.
+demo: setup serve-setup
+	$(BIN)/lexalign data stats
+	$(BIN)/lexalign pipeline --config configs/pipeline/tiny.yaml
+
+test: setup serve-setup browser postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

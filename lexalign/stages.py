@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 STAGE_CONFIGS: dict[str, str] = {
+    "pipeline": "lexalign.pipeline:PipelineConfig",
     "data": "lexalign.data.build:DataBuildConfig",
     "base": "lexalign.basemodel:BaseModelConfig",
     "sft": "lexalign.sft.train:SFTStageConfig",
+    "reward": "lexalign.reward.train:RewardStageConfig",
+    "dpo": "lexalign.rlhf.dpo:DPOStageConfig",
+    "ppo": "lexalign.rlhf.online:OnlineStageConfig",
     "annotate": "lexalign.reward.annotate:AnnotateConfig",
     "serve": "lexalign.serve.launch:ServeConfig",
     "candidates": "lexalign.serve.candidates:CandidatesConfig",
@@ -27,6 +31,9 @@ def config_class(stage: str) -> Any:
 
 
 def stage_of_config_file(path: Path) -> str | None:
-    """``configs/sft-7b.yaml`` -> "sft"; None for files that are not stage configs."""
+    """``configs/sft-7b.yaml`` -> "sft", ``configs/pipeline/tiny.yaml`` -> "pipeline"; None for other files
+    (e.g. accelerate's own configs in configs/accelerate/)."""
+    if Path(path).parent.name == "pipeline":
+        return "pipeline"
     stem = Path(path).stem.split("-")[0]
     return stem if stem in STAGE_CONFIGS else None
