@@ -137,9 +137,9 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    max_steps: int = 120  # 0 = no pretraining (random weights, still a valid model)
+    max_steps: int = 220  # 0 = no pretraining (random weights, still a valid model)
     seq_len: int = 512  # tokens per packed training block
-    batch_size: int = 8
+    batch_size: int = 4
     learning_rate: float = 3e-3
     weight_decay: float = 0.1
     warmup_steps: int = 10  # linear warmup, then cosine decay to 10% of learning_rate
@@ -452,6 +452,7 @@ def pretrain(model: "LlamaForCausalLM", train_blocks: "torch.Tensor", eval_block
     result.initial_eval_loss = run_eval(0)
     if cfg.max_steps == 0:
         result.eval_loss = result.initial_eval_loss
+        model.to("cpu")
         return result
 
     decay, no_decay = [], []
@@ -555,6 +556,11 @@ def write_model_card(model_dir: Path, config: BaseModelConfig, model: "LlamaForC
                     f"seed {config.seed}.")
     else:
         training = "none (random initialisation)."
+    packed = f"{n_tokens:,} tokens packed into {p.seq_len}-token blocks"
+    if corpus.resolve() == resolve_corpus("shipped").resolve():
+        corpus_note = f"the shipped `pretrain_corpus.txt` ({packed}). {ATTRIBUTION}"
+    else:
+        corpus_note = f"`{corpus}` ({packed}), supplied by the user: add its source and license here."
     ppl = "n/a" if result.perplexity is None else f"{result.perplexity:.2f}"
     eval_loss = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
     start_loss = "n/a" if result.initial_eval_loss is None else f"{result.initial_eval_loss:.4f}"
@@ -575,27 +581,27 @@ vLLM serving, evaluation) can run end to end on a CPU without a model hub.
 legal advice and must not be used to review real contracts. Point lexalign at a real instruct model for that.
 
 ## Architecture
-- `LlamaForCausalLM`, float32: {m.num_hidden_layers} layers, hidden size {m.hidden_size}, {m.num_attention_heads}
-  attention heads (head_dim {m.head_dim}), {m.num_key_value_heads} key/value heads, MLP {m.intermediate_size},
-  max positions {m.max_position_embeddings}, tied embeddings: {m.tie_word_embeddings}.
+- `LlamaForCausalLM`, float32: {m.num_hidden_layers} layers, hidden size {m.hidden_size}, \
+{m.num_attention_heads} attention heads (head_dim {m.head_dim}), {m.num_key_value_heads} key/value heads, \
+MLP {m.intermediate_size}, max positions {m.max_position_embeddings}, tied embeddings: {m.tie_word_embeddings}.
 - Parameters: {count_parameters(model):,}.
-- Tokenizer: byte-level BPE ({len(tokenizer)} tokens) trained with `tokenizers` on the same corpus; lossless
-  (decode(encode(text)) == text). Special tokens: `<|endoftext|>` = {tokenizer.pad_token_id} (pad, document
-  separator; no BOS is used), `<|im_start|>` = {tokenizer.convert_tokens_to_ids(IM_START)},
-  `<|im_end|>` = {tokenizer.eos_token_id} (EOS, end of turn).
-- Chat template: ChatML; the assistant content and its `<|im_end|>` are marked as `{{% generation %}}` so that
-  assistant-only losses train the end-of-turn token.
+- Tokenizer: byte-level BPE ({len(tokenizer)} tokens) trained with `tokenizers` on the same corpus; lossless \
+(decode(encode(text)) == text). Special tokens: `<|endoftext|>` = {tokenizer.pad_token_id} (pad, document \
+separator; no BOS is used), `<|im_start|>` = {tokenizer.convert_tokens_to_ids(IM_START)}, \
+`<|im_end|>` = {tokenizer.eos_token_id} (EOS, end of turn).
+- Chat template: ChatML; the assistant content and its `<|im_end|>` are marked as `{{% generation %}}` so \
+that assistant-only losses train the end-of-turn token.
 
 ## Training
-- Corpus: `{corpus.name}` ({n_tokens:,} tokens). {ATTRIBUTION}
+- Corpus: {corpus_note}
 - Pretraining: {training}
 - Held-out eval loss: {start_loss} before, {eval_loss} after (perplexity {ppl}).
 
 ## Use
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("{model_dir}")
-model = AutoModelForCausalLM.from_pretrained("{model_dir}")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
 ```
 """
     (model_dir / "README.md").write_text(card, encoding="utf-8")

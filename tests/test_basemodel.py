@@ -297,13 +297,28 @@ def test_build_base_model_lowers_eval_loss_and_writes_a_complete_run(tmp_path, t
     assert [m["step"] for m in metrics if "loss" in m] == [5, 10, 15, 20, 25, 30]
     model_dir = run_dir / "model"
     card = (model_dir / "README.md").read_text()
-    assert "CC BY 4.0" in card and "tests and demos only" in card and f"{results['eval_loss']:.4f}" in card
+    assert "supplied by the user" in card and "tests and demos only" in card
+    assert f"{results['eval_loss']:.4f}" in card and "30 steps" in card
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert sum(p.numel() for p in model.parameters()) == results["parameters"]
     ids = torch.tensor([tokenizer.encode("This Agreement shall")])
     assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_build_on_the_shipped_corpus_without_pretraining_credits_the_sources(tmp_path):
+    if not resolve_corpus("shipped").is_file():
+        pytest.skip("the shipped corpus is not built yet")
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("pretraining.max_steps")]
+    run_dir = build_base_model(None, [f"output_dir={tmp_path}", "pretraining.max_steps=0", *overrides])
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "CC BY 4.0" in card and "CUAD" in card and "CLAUDETTE" in card
+    assert "Pretraining: none" in card
+    from lexalign.runs import read_manifest
+
+    results = read_manifest(run_dir)["results"]
+    assert results["steps"] == 0 and results["eval_loss"] == results["initial_eval_loss"]
 
 
 def test_build_refuses_a_bad_config_before_any_work(tmp_path):
