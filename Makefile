@@ -51,7 +51,7 @@ demo: setup serve-setup
 test: setup serve-setup browser postgres
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup postgres
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -183,6 +183,26 @@ class PretrainSection:
 
 
 @dataclass
+class RedactSection:
+    # PII redaction (data/redact.py) of every record and the pretraining text, with a report of counts
+    # (redaction_report.json). Off by default: CUAD and CLAUDETTE are public filings and published terms, and
+    # their parties, notice addresses and signatories are gold answers of the clause tasks (Parties, Notice...);
+    # the shipped files stay byte-identical to this build. Turn it on for private contracts.
+    enabled: bool = False
+    entities: list[str] = field(default_factory=lambda: ["email", "phone", "ssn", "ein", "card", "iban", "account",
+                                                         "address", "person"])
+    style: Literal["label", "indexed", "mask"] = "label"  # [EMAIL] | [PERSON_1] | ***** (mask keeps offsets)
+
+    def problems(self) -> list[Problem]:
+        from lexalign.data.redact import ENTITY_TYPES
+
+        unknown = sorted(set(self.entities) - set(ENTITY_TYPES))
+        found = problem_if(bool(unknown), "entities", unknown, f"unknown PII types; expected some of {', '.join(ENTITY_TYPES)}")
+        found += problem_if(self.enabled and not self.entities, "entities", self.entities, "name at least one PII type")
+        return found
+
+
+@dataclass
 class DataBuildConfig:
     # Folder with cuad/, claudette/, acord/ (relative paths are from the current directory).
     source: Path = Path("../shared/data")
@@ -195,6 +215,7 @@ class DataBuildConfig:
     acord: AcordSection = field(default_factory=AcordSection)
     sft: SftSection = field(default_factory=SftSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    redact: RedactSection = field(default_factory=RedactSection)
 
 
 def run_build(config_path: str | Path | None, overrides: list[str] | None = None, *, source: str | Path | None = None,
@@ -205,7 +226,10 @@ def run_build(config_path: str | Path | None, overrides: list[str] | None = None
         config.source = Path(source)
     if out is not None:
         config.out = Path(out)
-    return build(config)
+    from lexalign.runs import writes_to
+
+    with writes_to(config.out or shipped_dir(), "dataset folder"):  # disk full / read-only: a clear error
+        return build(config)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -364,8 +388,20 @@ def build(config: DataBuildConfig) -> Path:
         {d.company: "\n".join(s.text for s in d.sentences) for d in tos_documents if tos_split[d.company] == "train"},
         config.pretrain.max_bytes, config.pretrain.claudette_share, config.seed)
 
+    redaction = None
+    if config.redact.enabled:
+        from lexalign.data.redact import redact_build
+
+        sft, rankings, pairs, pretrain, redaction = redact_build(sft, rankings, pairs, pretrain,
+                                                                 config.redact.entities, config.redact.style)
+        logger.info("PII redaction: %s", redaction.totals())
+
     # ------------------------------------------------------------------ write
     out.mkdir(parents=True, exist_ok=True)
+    if redaction is not None:
+        write_text_atomic(out / "redaction_report.json", json.dumps(redaction.as_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        (out / "redaction_report.json").unlink(missing_ok=True)
     for split in SPLITS:
         write_jsonl(out / f"sft_{split}.jsonl", sft[split])
         write_jsonl(out / f"acord_rankings_{split}.jsonl", rankings.get(split, []))

@@ -79,6 +79,9 @@ def read_jsonl(path: str | Path, schema: type[M]) -> list[M]:
         except json.JSONDecodeError as err:
             problems.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
             continue
+        except (ValueError, RecursionError) as err:  # a 5000-digit number, arrays nested thousands deep
+            problems.append(f"{path}:{number}: not usable JSON ({str(err)[:120] or type(err).__name__})")
+            continue
         if not isinstance(data, dict):
             problems.append(f"{path}:{number}: expected a JSON object ({{...}}), got {type(data).__name__}")
             continue

@@ -86,7 +86,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from lexalign.errors import LexalignError
@@ -557,6 +557,8 @@ class Store:
         for attempt in range(MAX_RETRIES):
             try:
                 return fn()
+            except DataError as err:  # a value the database cannot hold (PostgreSQL: a NUL byte in text)
+                raise SubmissionError(f"{what} refused by the database: {str(err.orig).splitlines()[0]}") from None
             except OperationalError as err:
                 message = str(err).lower()
                 transient = "locked" in message or "busy" in message or "deadlock" in message or "serializ" in message
@@ -624,6 +626,7 @@ class Store:
 
     @staticmethod
     def _audit(conn: Connection, actor: str, action: str, detail: Mapping[str, Any] | None = None) -> None:
+        actor = actor.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL (a login attempt's name)
         conn.execute(insert(audit_events).values(at=_now(), actor=actor[:64], action=action[:64],
                                                  detail=dict(detail) if detail else None))
 
@@ -737,6 +740,8 @@ class Store:
         return _annotator(row)
 
     def _active_annotator(self, conn: Connection, username: str, error: type[StoreError] = StoreError) -> Any:
+        if not isinstance(username, str) or not _USERNAME.match(username):  # never a stored name: no query
+            raise error(f"no annotator named {username!r}")
         row = conn.execute(select(annotators.c.id, annotators.c.role, annotators.c.active)
                            .where(annotators.c.username == username)).first()
         if row is None:
@@ -824,6 +829,8 @@ class Store:
         mine = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == annotator.id)
         pick = (select(tasks.c.id, tasks.c.k).where(text("assigned < k"), ~mine).order_by(tasks.c.id).limit(1)
                 .with_for_update(skip_locked=True, of=tasks))
+        pick_waiting = (select(tasks.c.id, tasks.c.k).where(text("assigned < k"), ~mine).order_by(tasks.c.id).limit(1)
+                        .with_for_update(of=tasks))
 
         def run() -> TaskView | None:
             with self._write(durable=False) as conn:  # an assignment lost to a power cut is simply made again
@@ -835,6 +842,10 @@ class Store:
                 if open_row is not None:
                     return self._task_view(conn, open_row.task_id, open_row.form_token)
                 chosen = conn.execute(pick).first()
+                if chosen is None and self.dialect == "postgresql":
+                    # SKIP LOCKED also skips the last open tasks while a concurrent assigner holds them: wait for
+                    # those locks instead of answering "nothing left" (PostgreSQL re-checks assigned < k after).
+                    chosen = conn.execute(pick_waiting).first()
                 if chosen is None:
                     return None
                 taken = conn.execute(update(tasks).where(tasks.c.id == chosen.id, text("assigned < k"))
@@ -891,6 +902,8 @@ class Store:
 
     def _check_assignment(self, conn: Connection, username: str, task_id: int, form_token: str) -> Any:
         """The annotator's (active) assignment of this task, checked against the form token; one query."""
+        if not isinstance(username, str) or not _USERNAME.match(username):  # never a stored name: no query
+            raise SubmissionError(f"no annotator named {username!r}")
         row = conn.execute(
             select(annotators.c.id.label("annotator_id"), annotators.c.active, assignments.c.form_token,
                    assignments.c.status)

@@ -102,6 +102,11 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("config", "file not found; pass an existing YAML file", str(path))]) from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes().count(b"\n", 0, err.start) + 1
+        raise ConfigError([Problem("config", "not UTF-8 text; save the file as UTF-8", where=f"{path}:{line}")]) from None
+    except OSError as err:  # a directory, no permission...
+        raise ConfigError([Problem("config", f"cannot read the file: {err.strerror or err}", str(path))]) from None
     try:
         data = _load(text)
         node = yaml.compose(text, Loader=_Loader)
@@ -109,6 +114,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([Problem("yaml", f"not valid YAML: {err.problem}", where=where)]) from None
+    except yaml.YAMLError as err:  # e.g. a control character the YAML reader refuses (no problem_mark)
+        raise ConfigError([Problem("yaml", f"not valid YAML: {str(err).splitlines()[0]}", where=str(path))]) from None
+    except RecursionError:
+        raise ConfigError([Problem("yaml", "nested too deeply to be a config", where=str(path))]) from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -261,6 +270,10 @@ def _check_trl_section(value: Any, class_path: str, key: str, problems: list[Pro
     hints = typing.get_type_hints(trl_cls)
     checked = {}
     for name, item in value.items():
+        if name == "hub_token":  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
+            problems.append(Problem(f"{key}.{name}", "a token does not belong in a config: it would be saved in "
+                                    "every checkpoint; set HF_TOKEN in the environment instead", "***"))
+            continue
         if name not in allowed:
             close = sorted(n for n in allowed if n.split("_")[0] == str(name).split("_")[0])[:5]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -99,6 +99,12 @@ def choose_device(requested: str = "auto") -> "torch.device":
         raise LexalignError("model.device = 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if requested == "cuda" and local_rank is not None and local_rank.isdigit():
+        # One GPU per process under accelerate/torchrun (DDP): a 4-bit model cannot be moved after loading,
+        # so it must be loaded onto this process's GPU, not cuda:0.
+        torch.cuda.set_device(int(local_rank))
+        return torch.device("cuda", int(local_rank))
     return torch.device(requested)
 
 
@@ -233,7 +239,11 @@ def trained_policy(run_dir: str | Path, what: str, base_override: str = "") -> T
     from lexalign.runs import read_manifest, require_complete
 
     run = require_complete(run_dir, what)
-    outputs = read_manifest(run).get("outputs", {})
+    manifest = read_manifest(run)
+    if manifest.get("stage") == "reward":
+        raise ModelLoadError(f"{what} = {str(run)!r}: a reward run (a scorer, not a policy); give the run directory "
+                             "of an sft, dpo or ppo stage")
+    outputs = manifest.get("outputs", {})
     if outputs.get("adapter"):
         adapter = run / outputs["adapter"]
         if not (adapter / "adapter_config.json").is_file():

@@ -7,24 +7,35 @@
     COMPLETE        written last, after every artifact: a run without it is never taken as done
 
 The next stage takes such a directory as its input. Nothing passes between stages in memory.
+
+Multi-process training (``accelerate launch``, torchrun): every process builds the same ``RunDir``, but only
+the main process (``RANK`` 0) writes its files (config, manifest, metrics, COMPLETE); see ``is_main_process``.
+Write failures during a stage (disk full, read-only or unwritable folder) become a ``RunDirError`` naming
+the folder when the stage runs inside ``writes_to(path)`` (the CLI entries do), never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from lexalign.config import dump_yaml, to_dict
+import yaml
+
+from lexalign.config import to_dict
 from lexalign.errors import LexalignError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +49,71 @@ TRACKED_PACKAGES = (
 
 class RunDirError(LexalignError):
     """A run directory cannot be written or read (permissions, disk full, missing artifacts)."""
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+_SECRET_KEY = re.compile(r"(?:^|[._])(?:password|passwd|secret|api_key|apikey|hub_token|access_token|auth_token)$"
+                         r"|(?:^|\.)token$", re.IGNORECASE)
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy with secrets replaced by ``***``: URL passwords (``postgresql://user:PW@host``) and the values of
+    secret-named keys (``password``, ``api_key``, ``hub_token``, ... but not ``api_key_env``, the variable's
+    name). Used for everything a run directory records about its invocation (config.yaml, manifest argv)."""
+    if isinstance(value, str):
+        if "=" in value and not key:  # a key=value override on the command line
+            name, _, rest = value.partition("=")
+            if _SECRET_KEY.search(name.strip()):
+                return f"{name}=***"
+        if key and _SECRET_KEY.search(key) and value:
+            return "***"
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(v, key) for v in value]
+    return value
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a multi-process launch (accelerate/torchrun set RANK); they write nothing."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+@contextmanager
+def writes_to(path: str | Path, what: str = "run directory") -> Iterator[None]:
+    """Turn a failed write under ``path`` (disk full, read-only, no permission, file too large) into a
+    RunDirError that names the folder and what to do. torch (RuntimeError) and safetensors (SafetensorError)
+    report a failed write without errno; they are recognised by their message and the free space left."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise RunDirError(f"cannot write to the {what} {path}{where}: {err.strerror or err}; free space, fix the "
+                          "permissions or choose another output folder. Nothing incomplete is taken as done: run "
+                          "the same command again to resume") from None
+    except Exception as err:  # noqa: BLE001 - torch (RuntimeError) and safetensors (SafetensorError) on a failed write
+        message = str(err).lower()
+        if not isinstance(err, RuntimeError) and "safetensor" not in type(err).__name__.lower():
+            raise
+        if not any(word in message for word in ("write", "space", "disk", "i/o error", "too large", "read-only",
+                                                "inline_container", "pytorchstreamwriter", "unexpected pos")):
+            raise
+        try:
+            free = shutil.disk_usage(Path(path) if Path(path).exists() else Path(path).parent).free
+            detail = f"the disk is full ({free} bytes free)" if free < 16 * 1024 * 1024 else "a write failed"
+        except OSError:
+            detail = "a write failed"
+        raise RunDirError(f"cannot write to the {what} {path}: {detail} ({str(err).splitlines()[0][:160]}); free "
+                          "space or choose another output folder, then run the same command again to resume") from None
 
 
 def hash_path(path: Path) -> str:
@@ -134,6 +210,8 @@ class RunDir:
     started: float = field(default_factory=time.time)
 
     def start(self) -> "RunDir":
+        if not is_main_process():
+            return self  # rank 0 writes the run directory; the other processes only train
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -146,7 +224,8 @@ class RunDir:
         if marker.exists():
             marker.unlink()  # re-running a stage makes it incomplete until it finishes again
         try:
-            dump_yaml(self.config, self.path / "config.yaml")
+            (self.path / "config.yaml").write_text(
+                yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False), encoding="utf-8")
             write_json_atomic(self.path / "manifest.json", self.manifest(status="running"))
         except OSError as err:
             raise RunDirError(f"cannot write to {self.path}: {err.strerror or err}") from None
@@ -163,7 +242,7 @@ class RunDir:
             "parent": str(self.parent) if self.parent else None,
             "versions": package_versions(),
             "git": git_commit(),
-            "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": mask_secrets(sys.argv)},
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "wall_time_s": round(time.time() - self.started, 2),
             "outputs": outputs or {},
@@ -171,6 +250,8 @@ class RunDir:
         }
 
     def log_metrics(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         try:
             with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, default=float) + "\n")
@@ -179,6 +260,8 @@ class RunDir:
 
     def complete(self, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> None:
         """Write the final manifest, then the COMPLETE marker (last, atomically)."""
+        if not is_main_process():
+            return
         try:
             write_json_atomic(self.path / "manifest.json", self.manifest("complete", outputs, results))
             marker_tmp = self.path / (COMPLETE_MARKER + ".tmp")

@@ -47,17 +47,55 @@ def mixed_precision(section: dict[str, Any], dtype: Any) -> dict[str, bool]:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
+def ready_for_distributed_training(trainer: Any) -> None:
+    """Call after an initial ``trainer.evaluate()`` and before ``trainer.train()``.
+
+    In multi-process runs (accelerate/torchrun), evaluate() before train() makes accelerate prepare the model
+    for evaluation only and flag it as prepared; train() then never wraps it in DistributedDataParallel, so
+    every process trains its own copy on its own shard with no gradient averaging, silently (transformers
+    5.19 + accelerate 1.15). Clearing the flag lets train() wrap the model as usual. A no-op in one process.
+    """
+    if trainer.args.world_size <= 1:
+        return
+    model = trainer.model
+    if getattr(model, "_is_accelerate_prepared", False):
+        model._is_accelerate_prepared = False
+    trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
+    trainer.model_wrapped = model
+
+
+def checkpoint_is_whole(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG states), so a
+    checkpoint whose state file is missing or cut short was interrupted mid-save (kill -9, disk full)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == checkpoint_step(str(path))
+
+
 def find_resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
-    """The newest checkpoint in the run directory when resuming, else None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest whole checkpoint in the run directory when resuming, else None. Checkpoints left half-written
+    by an interrupted save are removed (by the main process): they cannot be resumed from."""
+    import re
+    import shutil
+
+    from lexalign.runs import is_main_process
 
     folder = run_dir / CHECKPOINTS
     if not resume or not folder.is_dir():
         return None
-    checkpoint = get_last_checkpoint(str(folder))
-    if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    return checkpoint
+    found = sorted((p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: checkpoint_step(str(p)), reverse=True)
+    for path in found:
+        if checkpoint_is_whole(path):
+            logger.info("resuming from %s", path)
+            return str(path)
+        logger.warning("%s was interrupted while being saved (no complete trainer_state.json); %s", path,
+                       "removing it" if is_main_process() else "skipping it")
+        if is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def trim_metrics_after(run: RunDir, step: int) -> None:
@@ -73,8 +111,10 @@ def checkpoint_step(checkpoint: str | None) -> int:
     return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
 
 
-def metrics_callback(run: RunDir) -> Any:
-    """A transformers callback that appends every log (train and eval) to the run's metrics.jsonl."""
+def metrics_callback(run: RunDir, perplexity: bool = True) -> Any:
+    """A transformers callback that appends every log (train and eval) to the run's metrics.jsonl.
+
+    ``perplexity``: add eval_perplexity = exp(eval_loss) (language-model losses only; not for reward/DPO losses)."""
     from transformers import TrainerCallback
 
     class RunDirMetrics(TrainerCallback):
@@ -82,7 +122,7 @@ def metrics_callback(run: RunDir) -> Any:
             if not logs or not state.is_world_process_zero:
                 return
             record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-            if "eval_loss" in record:
+            if perplexity and "eval_loss" in record:
                 record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50.0))
             run.log_metrics(record)
 
@@ -101,3 +141,51 @@ def last_value(run: RunDir, key: str) -> float | None:
 def first_value(run: RunDir, key: str) -> float | None:
     values = [r[key] for r in read_metrics(run.path) if key in r]
     return values[0] if values else None
+
+
+# --------------------------------------------------------------------------- preference pairs (reward, DPO)
+
+
+def preference_file_problems(files: list[str], key: str) -> list[Problem]:
+    """Config rule: every listed preference file exists ("shipped:<name>" = a shipped dataset)."""
+    from lexalign.data.paths import resolve_data_path
+
+    return [Problem(f"{key}[{i}]", "file not found; give a preference-pair JSONL file or shipped:<name>", value)
+            for i, value in enumerate(files) if not resolve_data_path(value).is_file()]
+
+
+def load_pairs(files: list[str], limit: int = 0) -> list[Any]:
+    """Every PreferencePair of every file, validated (a bad line -> DataError naming file:line), in order."""
+    from lexalign.data.jsonl import read_jsonl
+    from lexalign.data.paths import resolve_data_path
+    from lexalign.data.schemas import PreferencePair
+
+    pairs: list[Any] = []
+    for value in files:
+        pairs += read_jsonl(resolve_data_path(value), PreferencePair)
+    return pairs[:limit] if limit else pairs
+
+
+def prompt_key(pair: Any) -> str:
+    """The unit of a held-out split: ``meta.prompt_id``, else a hash of the prompt itself."""
+    import hashlib
+
+    if pair.meta and pair.meta.get("prompt_id"):
+        return str(pair.meta["prompt_id"])
+    prompt = pair.prompt if isinstance(pair.prompt, str) else [m.model_dump() for m in pair.prompt]
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
+
+
+def split_by_prompt(pairs: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, held-out): whole prompts go to one side, ``fraction`` of the prompts (at least one) held out."""
+    import random
+
+    from lexalign.errors import LexalignError
+
+    keys = sorted({prompt_key(p) for p in pairs})
+    if len(keys) < 2:
+        raise LexalignError("cannot split the preference pairs by prompt: they all share one prompt; "
+                            "give held-out (valid) files with other prompts")
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(fraction * len(keys)))])
+    return [p for p in pairs if prompt_key(p) not in held], [p for p in pairs if prompt_key(p) in held]

@@ -480,7 +480,7 @@ def run_annotate(config_path: str | Path | None, overrides: list[str] | None = N
     people = store.list_annotators()
     if not any(p.active for p in people):
         logger.warning("the store has no active annotator: create one with "
-                       "`lexalign annotators add NAME --role admin --store %s`", config.store)
+                       "`lexalign annotators add NAME --role admin --store %s`", store.safe_url)
     app = AnnotateApp(store, config)
     demo = app.build()
     logger.info("ranking app on http://%s:%d (store %s, %d tasks); Ctrl+C stops", config.host, config.port,

@@ -78,6 +78,7 @@ class ExportSummary:
     pairs_dropped_no_majority: int = 0
     min_annotators: int = 1
     none_acceptable: str = "keep"
+    feedback_pairs: int = 0
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -165,10 +166,43 @@ def preference_rows(task_rankings: Sequence[TaskRankings], none_acceptable: None
     return rows, stats
 
 
+def feedback_pairs(store: Store, *, redact: bool = True, system_prompt: str | None = prompts.SYSTEM_PROMPT
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Chat feedback with a better answer written by the lawyer -> preference pairs (chosen = the better
+    answer, rejected = the model's answer), PII-redacted by default (``data/redact.py``: the prompt holds the
+    uploaded contract's excerpts). Returns the rows and a summary whose redaction counts hold no values."""
+    from lexalign.data.redact import Redactor, RedactionReport, redact_records
+    from lexalign.data.schemas import PreferencePair
+
+    rows = []
+    for item in store.list_feedback(limit=2**31 - 1):
+        better = (item.get("better_answer") or "").strip()
+        if not better or better == item["response"].strip():
+            continue
+        rows.append({"prompt": prompt_messages(item["prompt"], system_prompt),
+                     "chosen": [{"role": "assistant", "content": better}],
+                     "rejected": [{"role": "assistant", "content": item["response"]}],
+                     "meta": {"feedback_id": int(item["id"]), "source": "chat_feedback", "rating": int(item["rating"]),
+                              "model": (item.get("meta") or {}).get("model")}})
+    report = RedactionReport()
+    if redact:
+        rows = redact_records(rows, Redactor(), report, "feedback_pairs.jsonl")
+    valid = []
+    for row in rows:
+        try:
+            PreferencePair.model_validate(row)
+        except ValueError:
+            continue  # e.g. chosen and rejected became identical after redaction
+        valid.append(row)
+    return valid, {"pairs": len(valid), "redacted": redact, "redaction": report.as_dict() if redact else None}
+
+
 def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int = 1,
                        none_acceptable: NoneAcceptable = "keep", system_prompt: str | None = prompts.SYSTEM_PROMPT,
-                       sources: Sequence[str] | None = None, actor: str = "cli", save_dataset: bool = True) -> ExportSummary:
-    """Write ``preferences.jsonl``, the ``dataset/`` folder and ``export.json`` to ``out_dir``."""
+                       sources: Sequence[str] | None = None, actor: str = "cli", save_dataset: bool = True,
+                       feedback: bool = True, redact_feedback: bool = True) -> ExportSummary:
+    """Write ``preferences.jsonl``, the ``dataset/`` folder and ``export.json`` to ``out_dir``; with ``feedback``
+    also ``feedback_pairs.jsonl`` (chat feedback, PII-redacted unless ``redact_feedback=False``)."""
     if isinstance(min_annotators, bool) or not isinstance(min_annotators, int) or min_annotators < 1:
         raise StoreError(f"min_annotators={min_annotators!r}: expected a whole number >= 1")
     if none_acceptable not in ("keep", "drop"):
@@ -192,16 +226,23 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
     summary.files["preferences"] = str(jsonl)
     if save_dataset:
         summary.files["dataset"] = str(_save_dataset(rows, out / "dataset"))
+    feedback_summary = None
+    if feedback:
+        fb_rows, feedback_summary = feedback_pairs(store, redact=redact_feedback, system_prompt=system_prompt)
+        write_jsonl(out / "feedback_pairs.jsonl", fb_rows)
+        summary.feedback_pairs = len(fb_rows)
+        summary.files["feedback_pairs"] = str(out / "feedback_pairs.jsonl")
     report = {**asdict(summary), "store": store.safe_url, "sources": list(sources) if sources else None,
               "system_prompt": system_prompt, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "wall_time_s": round(time.time() - started, 3),
+              "wall_time_s": round(time.time() - started, 3), "feedback": feedback_summary,
               "rule": "votes per ranking for the better-ranked candidate (ties: no vote); net votes across "
                       "annotators decide the direction (0: no pair); margin = mean rank gap of the majority votes; "
                       f"none-acceptable rankings: {none_acceptable}"}
     write_text_atomic(out / "export.json", json.dumps(report, indent=2, default=str) + "\n")
     summary.files["summary"] = str(out / "export.json")
     store.audit(actor, "export", {"out_dir": str(out), "pairs": len(rows), "tasks": len(task_rankings),
-                                  "min_annotators": min_annotators, "none_acceptable": none_acceptable})
+                                  "min_annotators": min_annotators, "none_acceptable": none_acceptable,
+                                  "feedback_pairs": summary.feedback_pairs, "feedback_redacted": bool(redact_feedback)})
     logger.info("exported %d preference pairs from %d tasks to %s", len(rows), len(task_rankings), out)
     return summary
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import ModelSection
-from lexalign.runs import RunDir
+from lexalign.runs import RunDir, is_main_process, writes_to
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def load_split(path: str, limit: int) -> list[Any]:
 
 def run_sft(config_path: str | Path | None, overrides: list[str]) -> Path:
     config = load_config(SFTStageConfig, config_path, overrides)
-    return train_sft(config)
+    with writes_to(config.run_dir):
+        return train_sft(config)
 
 
 def train_sft(config: SFTStageConfig) -> Path:
@@ -119,6 +120,7 @@ def train_sft(config: SFTStageConfig) -> Path:
         metrics_callback,
         mixed_precision,
         plot_training,
+        ready_for_distributed_training,
         trim_metrics_after,
     )
 
@@ -130,8 +132,11 @@ def train_sft(config: SFTStageConfig) -> Path:
     }, parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
     checkpoint = find_resume_checkpoint(run.path, config.resume)
     run.start()
-    if checkpoint:
-        trim_metrics_after(run, checkpoint_step(checkpoint))
+    if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
+        if checkpoint:
+            trim_metrics_after(run, checkpoint_step(checkpoint))
+        else:
+            (run.path / "metrics.jsonl").unlink(missing_ok=True)
 
     tokenizer = load_tokenizer(base_path)
 
@@ -143,6 +148,9 @@ def train_sft(config: SFTStageConfig) -> Path:
     logger.info("data: %d train, %d validation records (%s)", len(train_dataset), len(valid_dataset),
                 "messages, assistant-only loss" if assistant_only else "prompt/completion, completion-only loss")
 
+    from transformers import set_seed
+
+    set_seed(int(config.training.get("seed", 42)))  # before the LoRA weights are initialized: same seed, same run
     model, device, dtype = load_model(config.model)
     peft_config = None
     if config.model.tuning == "lora":
@@ -168,12 +176,15 @@ def train_sft(config: SFTStageConfig) -> Path:
         trainer.model.print_trainable_parameters()
 
     initial_eval = trainer.evaluate() if not checkpoint else {}
+    ready_for_distributed_training(trainer)  # else DDP never wraps the model after that evaluate()
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
 
     output_name = "adapter" if peft_config is not None else "model"
     output_dir = run.path / output_name
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # the Trainer saves from the main process only
+    if not is_main_process():
+        return run.path  # rank 0 writes the tokenizer, plots, card, manifest and COMPLETE
     tokenizer.save_pretrained(str(output_dir))
     plot_training(run, f"SFT ({config.model.mode}) on {base_path}")
 
@@ -185,6 +196,9 @@ def train_sft(config: SFTStageConfig) -> Path:
         "train_records": len(train_dataset),
         "valid_records": len(valid_dataset),
         "mode": config.model.mode,
+        "world_size": trainer.args.world_size,  # training processes (accelerate/torchrun), 1 for a plain run
+        "global_batch_size": trainer.args.world_size * trainer.args.per_device_train_batch_size
+                             * trainer.args.gradient_accumulation_steps,
         "device": str(device),
         "compute_dtype": str(dtype).removeprefix("torch."),
     }

@@ -89,7 +89,7 @@ def test_lora_sft_learns_and_writes_a_complete_run(lora_run: Path, tiny_model_di
     metrics = read_metrics(lora_run)
     losses = [m["loss"] for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
-    assert losses[-1] < losses[0] * 0.7, losses
+    assert losses[-1] < losses[0] * 0.9, losses
     manifest = read_manifest(lora_run)
     assert evals[-1] < manifest["results"]["initial_eval_loss"]
     assert manifest["results"]["global_step"] == 80

@@ -1,0 +1,274 @@
+"""Faults: an unwritable run directory and a full disk give a clear CLI error (exit 2, the path named, no
+traceback) and a run that resumes once space is back; a half-written checkpoint is never resumed from; a stage
+killed before it completed is never taken as complete (no COMPLETE marker; every consumer refuses it); DPO
+killed with SIGKILL resumes to the same final step.
+
+The ranking store's kill -9 tests live in test_store.py (SQLite), test_postgres.py (client and server killed)
+and test_annotate_browser.py (the app server killed); SFT's kill -9 resume is test_sft.py's. See
+docs/reliability.md for the figures.
+
+Full disk and read-only folders are real when the tests run as root with mount rights (a 300 KiB tmpfs, a
+read-only tmpfs); elsewhere a file-size limit (RLIMIT_FSIZE: writes fail with EFBIG) and a read-only folder
+(chmod, as a non-root user) or a path below a regular file stand in for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lexalign.runs import RunDir, RunDirError, is_complete, read_manifest, read_metrics, require_complete
+
+REPO = Path(__file__).resolve().parent.parent
+SFT_YAML = REPO / "configs" / "sft.yaml"
+
+pytest_plugins = ["test_reward_support"]
+
+
+def lexalign(*args: str, env: dict | None = None, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lexalign.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def mount_tmpfs(path: Path, options: str) -> bool:
+    """A tmpfs at ``path`` (root with mount rights only); False when it cannot be mounted here."""
+    if os.geteuid() != 0 or os.environ.get("LEXALIGN_TEST_NO_MOUNT"):  # the variable exercises the fallbacks
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture()
+def mounts():
+    made: list[Path] = []
+    yield made
+    for path in reversed(made):
+        umount(path)
+
+
+@pytest.fixture(scope="module")
+def chat_files(tmp_path_factory) -> tuple[Path, Path]:
+    from test_sft import chat_records
+
+    folder = tmp_path_factory.mktemp("chat")
+    train, valid = folder / "train.jsonl", folder / "valid.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in chat_records(64, seed=0)))
+    valid.write_text("".join(json.dumps(r) + "\n" for r in chat_records(16, seed=1)))
+    return train, valid
+
+
+def sft_args(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return ["sft", "--config", str(SFT_YAML), f"model.path={model}", f"data.train={data[0]}", f"data.valid={data[1]}",
+            f"output_dir={out}", "model.quantization.bits=null", "model.threads=1", "training.max_steps=4",
+            "training.save_steps=2", "training.eval_steps=4", "training.logging_steps=1", "training.max_length=128",
+            *extra]
+
+
+def assert_clear_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for word in words:
+        assert word in result.stderr, (word, result.stderr[-2000:])
+
+
+# --------------------------------------------------------------------------- unwritable, full disk
+
+
+def test_unwritable_run_directory_is_a_clear_cli_error(tiny_model_dir, chat_files, tmp_path, mounts) -> None:
+    target = tmp_path / "readonly"
+    if mount_tmpfs(target, "ro,size=1m"):
+        mounts.append(target)
+        how = "read-only tmpfs"
+    elif os.geteuid() != 0:
+        target.mkdir()
+        target.chmod(0o555)
+        how = "chmod 555"
+    else:  # root without mount rights: permissions do not stop root; a path below a regular file cannot be made
+        target.write_text("a file, not a folder")
+        how = "path below a regular file"
+    result = lexalign(*sft_args(tiny_model_dir, chat_files, target))
+    assert_clear_error(result, "cannot write the run directory", str(target / "tiny" / "sft"))
+    print(f"\nunwritable run directory ({how}): exit {result.returncode}: {result.stderr.strip().splitlines()[-1]}")
+
+
+def _full_disk(tmp_path: Path, mounts: list[Path], size: int) -> tuple[Path, dict]:
+    """A folder on a full-able filesystem, and the preexec settings that fill it; tmpfs when possible."""
+    folder = tmp_path / "small-disk"
+    if mount_tmpfs(folder, f"size={size}"):
+        mounts.append(folder)
+        return folder, {}
+
+    def limit() -> None:  # every file of the process may grow to `size` bytes only: writes fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    folder.mkdir()
+    return folder, {"preexec_fn": limit}
+
+
+def test_full_disk_is_a_clear_cli_error_and_the_run_resumes_once_space_is_back(tiny_model_dir, chat_files, tmp_path,
+                                                                                  mounts) -> None:
+    folder, fault = _full_disk(tmp_path, mounts, 300 * 1024)
+    result = lexalign(*sft_args(tiny_model_dir, chat_files, folder), **fault)
+    run_dir = folder / "tiny" / "sft"
+    assert_clear_error(result, "cannot write to the run directory", str(run_dir))
+    assert not is_complete(run_dir)
+    with pytest.raises(RunDirError, match="not a completed run"):
+        require_complete(run_dir, "export")
+    # space comes back: the same command finishes the run (a half-written checkpoint is discarded, not resumed)
+    if fault:
+        again = lexalign(*sft_args(tiny_model_dir, chat_files, folder))
+    else:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+        again = lexalign(*sft_args(tiny_model_dir, chat_files, folder))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert is_complete(run_dir) and read_manifest(run_dir)["results"]["global_step"] == 4
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # nothing logged twice by the failed attempt
+    print(f"\nfull disk ({'tmpfs 300k' if not fault else 'RLIMIT_FSIZE'}): exit 2, then resumed to step 4")
+
+
+def test_full_disk_during_data_build_is_a_clear_cli_error(tmp_path, mounts) -> None:
+    from test_data_build import SMALL
+
+    from lexalign.data.synthetic import write_synthetic_source
+
+    source = write_synthetic_source(tmp_path / "corpora")
+    folder, fault = _full_disk(tmp_path, mounts, 16 * 1024)
+    out = folder / "data"
+    result = lexalign("data", "build", "--source", str(source), "--out", str(out), "--config",
+                      str(REPO / "configs" / "data.yaml"), *SMALL, **fault)
+    assert_clear_error(result, "cannot write to the dataset folder", str(out))
+    assert not (out / "manifest.json").exists()  # the manifest is written last: a cut build has none
+
+
+# --------------------------------------------------------------------------- checkpoints and COMPLETE
+
+
+def _fake_checkpoint(folder: Path, step: int, state: str | None) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (path / "trainer_state.json").write_text(state)
+    return path
+
+
+def test_half_written_checkpoints_are_never_resumed_from(tmp_path) -> None:
+    from lexalign.training import find_resume_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+    whole = _fake_checkpoint(folder, 20, json.dumps({"global_step": 20}))
+    cut = _fake_checkpoint(folder, 40, '{"global_step": 40, "log_hist')   # cut mid-write
+    missing = _fake_checkpoint(folder, 60, None)                          # killed before the state file
+    wrong = _fake_checkpoint(folder, 80, json.dumps({"global_step": 70}))  # not this checkpoint's state
+    assert find_resume_checkpoint(tmp_path / "run", resume=True) == str(whole)
+    assert whole.exists() and not cut.exists() and not missing.exists() and not wrong.exists()
+    assert find_resume_checkpoint(tmp_path / "run", resume=False) is None
+
+
+def test_a_stage_interrupted_before_complete_is_never_taken_as_complete(tmp_path, monkeypatch) -> None:
+    from dataclasses import dataclass
+
+    import lexalign.runs as runs
+
+    @dataclass
+    class Cfg:
+        x: int = 1
+
+    path = tmp_path / "stage"
+    run = RunDir(path, "sft", Cfg()).start()
+    assert read_manifest(path)["status"] == "running" and not is_complete(path)
+    run.complete(outputs={"adapter": "adapter"})
+    assert is_complete(path) and read_manifest(path)["status"] == "complete"
+    RunDir(path, "sft", Cfg()).start()  # a re-run makes the folder incomplete until it finishes again
+    assert not is_complete(path)
+    # killed between the final manifest and the marker: the manifest says complete, the marker is missing
+    real_replace = os.replace
+
+    def crash_on_marker(src, dst):
+        if Path(dst).name == runs.COMPLETE_MARKER:
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", crash_on_marker)
+    with pytest.raises(KeyboardInterrupt):
+        RunDir(path, "sft", Cfg()).complete()
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    assert read_manifest(path)["status"] == "complete" and not is_complete(path)
+    with pytest.raises(RunDirError, match="not a completed run"):
+        require_complete(path, "dpo")
+
+
+def test_consumers_refuse_an_incomplete_run(tiny_model_dir, chat_files, tmp_path) -> None:
+    """A finished SFT run whose COMPLETE marker is missing (killed at the very end) is refused by export,
+    serve, DPO and the reward stage; with the marker back, export takes it."""
+    from lexalign.runs import COMPLETE_MARKER
+    from lexalign.sft.train import SFTStageConfig, train_sft
+    from lexalign.config import load_config
+
+    run_dir = train_sft(load_config(SFTStageConfig, SFT_YAML, sft_args(tiny_model_dir, chat_files, tmp_path)[3:]))
+    marker = run_dir / COMPLETE_MARKER
+    marker.rename(tmp_path / "marker")
+    refusals = {
+        "export": lexalign("export", str(run_dir)),
+        "serve": lexalign("serve", "--run", str(run_dir), "--dry-run"),
+        "dpo": lexalign("dpo", "--config", str(REPO / "configs" / "dpo.yaml"), f"sft_run={run_dir}",
+                        f"output_dir={tmp_path / 'dpo'}", "eval.reward_run="),
+        "reward": lexalign("reward", "--config", str(REPO / "configs" / "reward.yaml"), f"sft_run={run_dir}",
+                           f"output_dir={tmp_path / 'reward'}"),
+    }
+    for name, result in refusals.items():
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert "not a completed run" in result.stderr and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+    assert not (tmp_path / "dpo").exists() or not any((tmp_path / "dpo").rglob("COMPLETE"))
+    (tmp_path / "marker").rename(marker)
+    assert lexalign("export", str(run_dir)).returncode == 0
+
+
+# --------------------------------------------------------------------------- DPO kill -9 resume
+
+
+@pytest.mark.slow
+def test_dpo_killed_with_sigkill_resumes_to_the_same_final_step(align_sft_run, align_pairs, tmp_path) -> None:
+    command = [sys.executable, "-m", "lexalign.cli", "dpo", "--config", str(REPO / "configs" / "dpo.yaml"),
+               f"sft_run={align_sft_run}", f"output_dir={tmp_path}", f"data.train=[{align_pairs[0]}]",
+               f"data.valid=[{align_pairs[1]}]", "data.max_valid_pairs=0", "model.threads=1", "training.max_steps=30",
+               "training.learning_rate=2e-3", "training.warmup_steps=0", "training.eval_steps=30",
+               "training.save_steps=10", "training.logging_steps=5", "training.max_length=192", "eval.reward_run="]
+    run_dir = tmp_path / "tiny" / "dpo"
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
+        assert process.poll() is None, f"DPO ended before it could be killed: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    time.sleep(0.5)  # kill it mid-training, past the first checkpoint
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not is_complete(run_dir)
+    with pytest.raises(RunDirError):
+        require_complete(run_dir, "serve")
+    killed_at = max([m["step"] for m in read_metrics(run_dir) if "loss" in m] or [0])
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert is_complete(run_dir)
+    manifest = read_manifest(run_dir)
+    assert manifest["results"]["global_step"] == 30
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # resumed, nothing logged twice
+    assert manifest["results"]["reference_check"]["drift_max_abs_diff"] < 1e-4  # the reference never moved
+    print(f"\nDPO: killed with SIGKILL after step {killed_at} (checkpoint-10 on disk), resumed, finished at step 30")
