@@ -98,7 +98,7 @@ class ModelConfig:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4  # head_dim 64: a size vLLM's CPU attention supports
     num_key_value_heads: int = 4  # < num_attention_heads gives grouped-query attention
-    intermediate_size: int = 688
+    intermediate_size: int = 704
     max_position_embeddings: int = 1024
     tie_word_embeddings: bool = True
     rms_norm_eps: float = 1e-5

@@ -7,6 +7,7 @@ compute dtype are chosen at run time and logged. Heavy imports stay inside funct
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -184,6 +185,8 @@ def load_model(
     model_class = model_class or AutoModelForCausalLM
     load_kwargs: dict[str, Any] = {"dtype": dtype, **kwargs}
     if section.quantization.bits:
+        if device.type == "cpu" and section.quantization.bits == 4:
+            check_cpu_4bit_shapes(path)
         load_kwargs["quantization_config"] = bnb_config(section.quantization, dtype)
         load_kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     model = model_class.from_pretrained(str(path), **load_kwargs)
@@ -192,6 +195,22 @@ def load_model(
     logger.info("loaded %s (%s, %.1fM parameters) for %s", path, type(model).__name__,
                 sum(p.numel() for p in model.parameters()) / 1e6, section.mode)
     return model, device, dtype
+
+
+CPU_4BIT_BLOCK = 32
+
+
+def check_cpu_4bit_shapes(path: Path) -> None:
+    """bitsandbytes' CPU 4-bit kernel packs weights in blocks of 32 output rows; other sizes fail deep inside
+    it at the first forward pass, so say it before loading."""
+    config = json.loads((path / "config.json").read_text())
+    sizes = {key: config[key] for key in ("hidden_size", "intermediate_size") if isinstance(config.get(key), int)}
+    bad = {key: value for key, value in sizes.items() if value % CPU_4BIT_BLOCK}
+    if bad:
+        listed = ", ".join(f"{key} = {value}" for key, value in bad.items())
+        raise ModelLoadError(f"{path}: {listed}: 4-bit (QLoRA) on CPU needs layer sizes divisible by "
+                             f"{CPU_4BIT_BLOCK} (bitsandbytes packs CPU weights in blocks of {CPU_4BIT_BLOCK}); "
+                             "use model.quantization.bits: null (LoRA) or a GPU")
 
 
 def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM") -> "LoraConfig":

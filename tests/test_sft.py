@@ -276,3 +276,13 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_model_dir: Path, chat_da
     assert read_manifest(run_dir)["results"]["global_step"] == 60
     steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # no step logged twice after resume
+
+
+def test_qlora_on_cpu_with_unpackable_layer_sizes_is_a_clear_error(tiny_corpus_text: str, tmp_path: Path,
+                                                                   chat_data: tuple[Path, Path]) -> None:
+    from lexalign.basemodel import make_tiny_model
+    from lexalign.modeling import ModelLoadError
+
+    model_dir = make_tiny_model(tmp_path / "odd", tiny_corpus_text[:20000], intermediate_size=200)
+    with pytest.raises(ModelLoadError, match="divisible by 32"):
+        train_sft(sft_config(model_dir, chat_data, tmp_path / "runs"))
