@@ -14,8 +14,9 @@ new LoRA (task SEQ_CLS, ``score`` always in ``modules_to_save``) is trained on t
 
 The saved form is one merged, full-precision sequence-classification folder ``<run>/model`` (weights,
 tokenizer, chat template, ``lexalign_reward.json``, model card): PPO, GRPO/RLOO, ``lexalign score`` and
-``lexalign eval`` load it with ``from_pretrained`` alone. The stage re-scores the held-out pairs with the
-reloaded folder and records the largest score difference to the in-memory model (``reload_max_abs_diff``).
+``lexalign eval`` load it with ``from_pretrained`` alone. Every reported number comes from that reloaded folder;
+the first held-out pairs are also scored by the in-memory trained model and the largest difference is recorded
+(``reload_max_abs_diff``).
 
 Input format (``lexalign.modeling.reward_input_ids``): chat-formatted prompt + generation header + response +
 end-of-turn token, nothing after it: the tokens a policy generates, so PPO's online scores see what training saw.
@@ -29,11 +30,9 @@ pairs' margin (ACORD: star gap; store export: mean rank gap) times ``margin_scal
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,12 @@ from typing import Any
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.runs import RunDir
+from lexalign.training import load_pairs, preference_file_problems, prompt_key, split_by_prompt
 
 logger = logging.getLogger(__name__)
 
 STAGE = "reward"
+RELOAD_CHECK_PAIRS = 16  # held-out pairs scored by the in-memory model and by the reloaded folder
 FORMAT = "chat template of the prompt with the generation header, the response, the end-of-turn token; nothing after"
 
 
@@ -71,13 +72,6 @@ class RewardDataSection:
         for key in ("max_train_pairs", "max_valid_pairs"):
             found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
         return found
-
-
-def preference_file_problems(files: list[str], key: str) -> list[Problem]:
-    from lexalign.data.paths import resolve_data_path
-
-    return [Problem(f"{key}[{i}]", "file not found; give a preference-pair JSONL file or shipped:<name>", value)
-            for i, value in enumerate(files) if not resolve_data_path(value).is_file()]
 
 
 @dataclass
@@ -112,39 +106,6 @@ class RewardStageConfig:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_pairs(files: list[str], limit: int = 0) -> list[Any]:
-    """Every pair of every file, validated (a bad line -> DataError naming file:line), in order."""
-    from lexalign.data.jsonl import read_jsonl
-    from lexalign.data.paths import resolve_data_path
-    from lexalign.data.schemas import PreferencePair
-
-    pairs: list[Any] = []
-    for value in files:
-        pairs += read_jsonl(resolve_data_path(value), PreferencePair)
-    return pairs[:limit] if limit else pairs
-
-
-def prompt_key(pair: Any) -> str:
-    """The unit of a held-out split: ``meta.prompt_id``, else the prompt itself."""
-    if pair.meta and pair.meta.get("prompt_id"):
-        return str(pair.meta["prompt_id"])
-    prompt = pair.prompt if isinstance(pair.prompt, str) else [m.model_dump() for m in pair.prompt]
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
-
-
-def split_by_prompt(pairs: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, valid): whole prompts go to one side, ``fraction`` of the prompts (at least one) to valid."""
-    keys = sorted({prompt_key(p) for p in pairs})
-    if len(keys) < 2:
-        from lexalign.errors import LexalignError
-
-        raise LexalignError("cannot split the preference pairs by prompt: they all share one prompt; "
-                            "give data.valid files with other prompts")
-    random.Random(seed).shuffle(keys)
-    held = set(keys[: max(1, round(fraction * len(keys)))])
-    return [p for p in pairs if prompt_key(p) not in held], [p for p in pairs if prompt_key(p) in held]
 
 
 def response_text(value: Any) -> Any:
@@ -267,6 +228,13 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> float | Non
     return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
 
 
+def bradley_terry_loss(gaps: list[float]) -> float | None:
+    """Mean -log sigmoid(r_chosen - r_rejected) over held-out pairs (no margin term)."""
+    if not gaps:
+        return None
+    return sum(math.log1p(math.exp(-g)) if g > -30 else -g for g in gaps) / len(gaps)
+
+
 def calibration_table(gaps: list[float], bins: int) -> list[dict[str, float]]:
     """Pairs bucketed by |score gap| (equal-count bins): predicted P(model's order is the lawyers') under
     Bradley-Terry, sigmoid(|gap|), vs. the empirical share of pairs where the model's order is the lawyers'."""
@@ -304,9 +272,8 @@ def plot_calibration(table: list[dict[str, float]], path: Path, title: str) -> P
     ys = [row["agreement"] for row in table]
     ax.plot(xs, ys, marker="o", label="held-out pairs")
     for row, x, y in zip(table, xs, ys):
-        ax.annotate(f"|gap| {row['abs_gap_low']:.2f}-{row['abs_gap_high']:.2f}\nn={row['pairs']}", (x, y),
-                    fontsize=7, textcoords="offset points", xytext=(4, -14))
-    ax.set_xlabel("predicted agreement, sigmoid(|score gap|)")
+        ax.annotate(f"n={row['pairs']}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("predicted agreement, sigmoid(|score gap|), equal-count bins of |gap|")
     ax.set_ylabel("empirical agreement with lawyers")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
@@ -427,17 +394,23 @@ def train_reward(config: RewardStageConfig) -> Path:
         eval_dataset=valid_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[metrics_callback(run)],
+        callbacks=[metrics_callback(run, perplexity=False)],
     )
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
-    initial_eval = trainer.evaluate() if not checkpoint else {}
+    initial: dict[str, Any] = {}
+    if not checkpoint:  # the same measure as after training: pairwise accuracy over every held-out pair
+        trainer.model.eval()
+        before = score_pairs(trainer.model, tokenizer, valid_pairs, max_length)
+        initial = {"accuracy": pairwise_accuracy(*before),
+                   "loss": bradley_terry_loss([c - r for c, r in zip(*before)])}
+        run.log_metrics({"step": 0, "eval_accuracy": initial["accuracy"], "eval_loss": initial["loss"]})
     trainer.train(resume_from_checkpoint=checkpoint)
-    final_eval = trainer.evaluate()
 
     trainer.model.eval()
-    memory_chosen, memory_rejected = score_pairs(trainer.model, tokenizer, valid_pairs, max_length)
+    probe = valid_pairs[:RELOAD_CHECK_PAIRS]
+    memory_chosen, memory_rejected = score_pairs(trainer.model, tokenizer, probe, max_length)
     global_step = trainer.state.global_step
     out = run.path / "model"
     save_merged(trainer, config, run, base, sft_adapter, tokenizer, out)
@@ -446,7 +419,9 @@ def train_reward(config: RewardStageConfig) -> Path:
     # Everything reported comes from the saved folder, reloaded the way every consumer loads it.
     saved, saved_tokenizer = load_reward_model(out, config.model.device)
     chosen, rejected = score_pairs(saved, saved_tokenizer, valid_pairs, max_length)
-    reload_diff = max((abs(a - b) for a, b in zip(memory_chosen + memory_rejected, chosen + rejected)), default=0.0)
+    n = len(probe)
+    reload_diff = max((abs(a - b) for a, b in zip(memory_chosen + memory_rejected, chosen[:n] + rejected[:n])),
+                      default=0.0)
     gaps = [c - r for c, r in zip(chosen, rejected)]
     table = calibration_table(gaps, config.calibration_bins)
     accuracy = pairwise_accuracy(chosen, rejected)
@@ -454,6 +429,7 @@ def train_reward(config: RewardStageConfig) -> Path:
         for pair, c, r in zip(valid_pairs, chosen, rejected):
             handle.write(json.dumps({"prompt_id": prompt_key(pair), "chosen_score": c, "rejected_score": r,
                                      "margin": pair.margin}) + "\n")
+    run.log_metrics({"step": global_step, "eval_accuracy": accuracy, "eval_loss": bradley_terry_loss(gaps)})
     plot_training(run, f"Reward model ({config.model.mode}) from {config.sft_run or base}",
                   keys=("loss", "eval_loss", "accuracy", "eval_accuracy"))
     plot_calibration(table, run.path / "calibration.png",
@@ -461,9 +437,9 @@ def train_reward(config: RewardStageConfig) -> Path:
 
     results = {
         "pairwise_accuracy": accuracy,
-        "initial_pairwise_accuracy": initial_eval.get("eval_accuracy"),
-        "trainer_eval_accuracy": final_eval.get("eval_accuracy"),
-        "eval_loss": final_eval.get("eval_loss"),
+        "initial_pairwise_accuracy": initial.get("accuracy"),
+        "eval_loss": bradley_terry_loss(gaps),
+        "initial_eval_loss": initial.get("loss"),
         "mean_score_gap": sum(gaps) / len(gaps) if gaps else None,
         "calibration": table,
         "expected_calibration_error": expected_calibration_error(table),

@@ -1,1 +1,11 @@
-"""lexalign.serve"""
+"""lexalign.serve: serving a run and the lawyers' chat UI.
+
+    launch.py      `lexalign serve`: vLLM's OpenAI-compatible server for a run (base + LoRA adapter, or a
+                   merged/full model), engine discovery, API key, readiness, clean shutdown; `start_server()`
+    candidates.py  `lexalign candidates`: N sampled answers per prompt -> ranking tasks in the preference store
+    chat.py        `lexalign chat`: the Gradio chat UI (streaming via the `openai` client, login, feedback)
+    documents.py   uploaded contracts: TXT/PDF/DOCX parsing within bounds, chunking, BM25 chunk selection,
+                   locating quotes
+    review.py      review tasks (41 CUAD clause categories, unfair clauses, obligations, questions) -> prompts
+                   that fit the model's context
+"""

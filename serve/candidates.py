@@ -78,6 +78,7 @@ class CandidatesConfig:
     prompts: str = "shipped:sft_valid.jsonl"
     max_prompts: int = 32            # 0 = all
     tasks: list[str] = field(default_factory=list)  # only records whose meta.task is one of these (e.g. extract)
+    max_prompt_chars: int = 0        # skip prompts longer than this (all messages; for small contexts); 0 = no limit
     sampling: SamplingSection = field(default_factory=SamplingSection)
     concurrency: int = 8             # requests in flight
     request_timeout_s: float = 600.0
@@ -94,6 +95,8 @@ class CandidatesConfig:
         found += problem_if(self.endpoint is not None and not str(self.endpoint).startswith(("http://", "https://")),
                             "endpoint", self.endpoint, "expected an http(s) URL ending in /v1")
         found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "expected 0 (all) or a count")
+        found += problem_if(self.max_prompt_chars < 0, "max_prompt_chars", self.max_prompt_chars,
+                            "expected 0 (no limit) or a number of characters")
         found += problem_if(not 1 <= self.concurrency <= 256, "concurrency", self.concurrency, "expected 1-256")
         found += problem_if(self.k < 0, "k", self.k, "expected >= 0 annotators per task (0: not offered)")
         found += problem_if(not self.source, "source", self.source, "expected a source name")
@@ -144,7 +147,7 @@ class Prompt:
     line: int
 
 
-def load_prompts(path: str, limit: int = 0, tasks: list[str] | None = None) -> list[Prompt]:
+def load_prompts(path: str, limit: int = 0, tasks: list[str] | None = None, max_chars: int = 0) -> list[Prompt]:
     from lexalign.data.jsonl import read_jsonl
     from lexalign.data.paths import resolve_data_path
     from lexalign.data.prompts import SYSTEM_PROMPT
@@ -163,13 +166,16 @@ def load_prompts(path: str, limit: int = 0, tasks: list[str] | None = None) -> l
                 meta["reference"] = messages.pop()["content"]
         else:
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": record.prompt}]
+        if max_chars and sum(len(m["content"]) for m in messages) > max_chars:
+            continue
         meta.setdefault("prompts_file", str(path))
         prompts.append(Prompt(len(prompts), messages, record.prompt_id, meta, line))
         if limit and len(prompts) >= limit:
             break
     if not prompts:
-        raise CandidatesError(f"{file}: no prompts{' with meta.task in ' + str(tasks) if tasks else ''}; "
-                              "check the file and the tasks filter")
+        raise CandidatesError(f"{file}: no prompts{' with meta.task in ' + str(tasks) if tasks else ''}"
+                              f"{f' of at most {max_chars} characters' if max_chars else ''}; check the file and "
+                              "the tasks / max_prompt_chars filters")
     return prompts
 
 
@@ -242,6 +248,8 @@ class CandidatesSummary:
                 f"{self.failed} failed; {self.output_tokens} tokens in {self.seconds:.1f} s = {rate:.0f} tokens/s)")
         if self.out:
             text += f"; tasks written to {self.out}"
+        if self.errors:
+            text += "\nfailed requests:\n  " + "\n  ".join(self.errors[:5])
         return text
 
 
@@ -270,7 +278,7 @@ def generate_candidates(config: CandidatesConfig, client: Any, store: Any, model
     from lexalign.data.store import StoreError
 
     model = model or choose_model(client, config.model)
-    prompts = load_prompts(config.prompts, config.max_prompts, config.tasks)
+    prompts = load_prompts(config.prompts, config.max_prompts, config.tasks, config.max_prompt_chars)
     summary = CandidatesSummary(model=model, prompts=len(prompts))
     sampling = {"n": config.sampling.n, "temperature": config.sampling.temperature, "top_p": config.sampling.top_p,
                 "max_tokens": config.sampling.max_tokens, "seed": config.sampling.seed}
@@ -339,7 +347,7 @@ def run_candidates(config_path: str | Path | None, overrides: list[str], run: st
     config = load_config(CandidatesConfig, config_path, overrides)
     if not config.run and not config.endpoint:
         raise CandidatesError("no model: pass --run RUN_DIR (a vLLM server is started for it) or --endpoint URL")
-    load_prompts(config.prompts, config.max_prompts, config.tasks)  # bad prompt files fail before a server starts
+    load_prompts(config.prompts, config.max_prompts, config.tasks, config.max_prompt_chars)  # bad prompt files fail before a server starts
     with open_store(config.store) as db:
         if config.endpoint:
             key = os.environ.get(config.api_key_env, "").strip()

@@ -23,8 +23,6 @@ All user, document and model text is HTML-escaped before it reaches a component 
 nothing in a contract or an answer can run in the browser.
 """
 
-from __future__ import annotations
-
 import html
 import json
 import logging
@@ -68,7 +66,7 @@ class ChatConfig:
     request_timeout_s: float = 300.0
     # context budget
     context_tokens: int | None = None           # null = the endpoint's max_model_len (vLLM reports it), else 4096
-    chars_per_token: float = 3.0                # token estimate for the budget (the tiny BPE: ~3.3 on contracts)
+    chars_per_token: float = 3.0                # token estimate for the budget (tiny default BPE: 3.5-4 on contracts)
     history_share: float = 0.3                  # earlier turns may use this share of the prompt budget
     # documents
     chunk_chars: int = 1000                     # the training data's window size
@@ -195,11 +193,11 @@ class Endpoint:
             logger.info("chat endpoint %s: model %s, context %d tokens", self.config.endpoint, model, context)
             return model, context
 
-    def stream(self, model: str, messages: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> Iterator[str]:
         config = self.config
         try:
             stream = self.client.chat.completions.create(
-                model=model, messages=messages, stream=True, max_tokens=config.max_tokens,
+                model=model, messages=messages, stream=True, max_tokens=max_tokens,
                 temperature=config.temperature, top_p=config.top_p)
             for event in stream:
                 if event.choices and event.choices[0].delta and event.choices[0].delta.content:
@@ -225,6 +223,8 @@ class Turn:
     better_answer: str | None = None
     at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     error: str | None = None
+    max_tokens: int = 0
+    done: bool = False
 
 
 @dataclass
@@ -260,7 +260,7 @@ def chat_messages(session: ChatSession | None) -> list[dict[str, str]]:
         if turn.error:
             out.append({"role": "assistant", "content": f"\u26a0 {inert(turn.error)}"})
             continue
-        body = inert(turn.answer) or "(empty answer)"
+        body = inert(turn.answer) or ("(empty answer)" if turn.done else "\u2026")
         line = citation_line(turn)
         out.append({"role": "assistant", "content": body + (f"\n\n*{inert(line)}*" if line else "")})
     return out
@@ -346,7 +346,8 @@ class ChatApp:
     def _budget(self, context: int) -> Any:
         from lexalign.serve.review import Budget
 
-        return Budget(context_tokens=context, max_tokens=min(self.config.max_tokens, max(16, context // 2)),
+        # The answer may use at most a quarter of a small context: the rest is for the contract text.
+        return Budget(context_tokens=context, max_tokens=min(self.config.max_tokens, max(16, context // 4)),
                       chars_per_token=self.config.chars_per_token, history_share=self.config.history_share)
 
     def ask(self, request_data: dict[str, Any], state: ChatSession | None, request: Any) -> Iterator[tuple[Any, ...]]:
@@ -367,13 +368,14 @@ class ChatApp:
             return
         try:
             model, context = self.endpoint.resolve()
-            built = build_prompt(review, session.document, session.history(), self._budget(context),
-                                 max_chunks=self.config.max_chunks)
+            budget = self._budget(context)
+            built = build_prompt(review, session.document, session.history(), budget, max_chunks=self.config.max_chunks)
         except (EndpointError, ValueError) as err:
             yield chat_messages(session), sources_markdown(session), _error(str(err)), session, bool(session.last_answer())
             return
         turn = Turn(request={"task": review.task, "category": review.category, "question": review.question},
                     display=review.display(), messages=built.messages, answer="", model=model,
+                    max_tokens=budget.max_tokens,
                     sources=[{"label": c.label(), "chunk": c.index, "start": c.start, "end": c.end, "page": c.page,
                               "text": c.text} for c in built.sources])
         session.turns.append(turn)
@@ -384,24 +386,26 @@ class ChatApp:
             note += " The best excerpt was cut to fit the model's context."
         status = f"Answering with `{inert(model)}` from {len(built.sources)} excerpt(s).{inert(note)}"
         yield chat_messages(session), sources_markdown(session), status, session, False
-        last = time.monotonic()
+        last = 0.0  # the first piece shows at once, then at most 20 updates a second
         try:
-            for piece in self.endpoint.stream(model, built.messages):
+            for piece in self.endpoint.stream(model, built.messages, budget.max_tokens):
                 turn.answer += piece
                 if time.monotonic() - last > 0.05:
                     last = time.monotonic()
                     yield chat_messages(session), gr_skip(), status, session, False
         except EndpointError as err:
-            turn.error = str(err)
+            turn.error, turn.done = str(err), True
             yield chat_messages(session), sources_markdown(session), _error(str(err)), session, False
             return
+        finally:
+            turn.done = True  # also when the browser went away mid-answer (the generator is closed)
         if session.document is not None:
             turn.citations = [{"quote": c.quote, "found": c.found, "label": c.label(), "start": c.start,
                                "end": c.end, "chunks": list(c.chunks), "page": c.page}
                               for c in locate_quotes(turn.answer, session.document)]
         missing = [c for c in turn.citations if not c["found"]]
-        done = "Done." + (f" \u26a0 {len(missing)} quote(s) are not in the contract: check before relying on them."
-                          if missing else "")
+        done = f"Done (answer {len(session.turns)})." + (
+            f" \u26a0 {len(missing)} quote(s) are not in the contract: check before relying on them." if missing else "")
         yield chat_messages(session), sources_markdown(session), done, session, bool(turn.answer.strip())
 
     # ----------------------------------------------------------------------- feedback and export
@@ -427,7 +431,7 @@ class ChatApp:
             "citations": [{k: c[k] for k in ("found", "label", "quote")} for c in turn.citations],
             "document": session.document.meta() if session.document is not None else None,
             "sampling": {"temperature": self.config.temperature, "top_p": self.config.top_p,
-                         "max_tokens": self.config.max_tokens},
+                         "max_tokens": turn.max_tokens},
         }
         try:
             feedback_id = self.store.add_feedback(session.user, turn.messages, turn.answer, rating, better, meta)
@@ -534,9 +538,10 @@ class ChatApp:
             def stream(request_data: dict[str, Any], session: ChatSession | None, request: gr.Request
                        ) -> Iterator[tuple[Any, ...]]:
                 for messages, src, stat, new_state, enabled in self.ask(request_data, session, request):
-                    yield (messages, src, stat, new_state, *feedback_buttons(enabled), gr.skip())
-                yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                       export_button(new_state, request))
+                    # the download is refreshed with the final update (a click right after "Done" gets it all)
+                    final = new_state is None or not new_state.turns or new_state.turns[-1].done
+                    yield (messages, src, stat, new_state, *feedback_buttons(enabled),
+                           export_button(new_state, request) if final else gr.skip())
 
             def on_run(task_key: str, category_name: str, text: str, session: ChatSession | None,
                        request: gr.Request) -> Iterator[tuple[Any, ...]]:
@@ -606,6 +611,8 @@ def run_chat(config_path: str | Path | None, overrides: list[str] | None = None,
     from lexalign.data.store import open_store
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    for name in ("httpx", "httpx2"):  # one INFO line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     overrides = list(overrides or []) + ([f"endpoint={endpoint}"] if endpoint else [])
     config = load_config(ChatConfig, config_path, overrides)
     api_key = os.environ.get(config.api_key_env, "").strip() or None
@@ -621,7 +628,7 @@ def run_chat(config_path: str | Path | None, overrides: list[str] | None = None,
         logger.warning("%s The app starts anyway and retries on the first question.", err)
     if not any(a.active for a in store.list_annotators()):
         logger.warning("the store has no active account: create one with `lexalign annotators add NAME --store %s`",
-                       config.store)
+                       store.safe_url)
     app = ChatApp(store, config, endpoint_client)
     demo = app.build()
     print(f"chat UI: http://{config.host}:{config.port}  (endpoint {config.endpoint}; store {store.safe_url}; "

@@ -256,15 +256,17 @@ def resolve_target(path: str | Path, model_name: str | None = None, base_name: s
         if not base:
             raise ServeError(f"{source}/adapter_config.json names no base model (base_model_name_or_path)")
         model = _check_model_folder(Path(base), f"{source}: the adapter's base model")
-        default_name, default_base = source.name, f"{source.name}-base"
+        run_dir = source.parent if (source.parent / "manifest.json").is_file() else None
+        default_name = f"{run_dir.parent.name}-{run_dir.name}" if run_dir else source.name
+        default_base = f"{run_dir.parent.name}-base" if run_dir else f"{source.name}-base"
     elif (source / "config.json").is_file():
         model = source
         export = source / "lexalign_export.json"
-        parent = source.parent
-        if export.is_file() or (parent / "manifest.json").is_file():
-            stage = parent.name
-            suffix = "-merged" if source.name == "merged" or export.is_file() else ""
-            default_name = f"{parent.parent.name}-{stage}{suffix}"
+        if export.is_file():  # `lexalign export RUN`: named after the run it came from
+            origin = Path(str(_read_json(export).get("source_run") or source))
+            default_name = f"{origin.parent.name}-{origin.name}-merged"
+        elif (source.parent / "manifest.json").is_file():  # RUN/model of a full fine-tuning run
+            default_name = f"{source.parent.parent.name}-{source.parent.name}"
         else:
             default_name = source.name
         default_base = None
@@ -568,7 +570,8 @@ class ServerHandle:
 
         kwargs.setdefault("timeout", 600.0)
         kwargs.setdefault("max_retries", 0)
-        return OpenAI(base_url=self.base_url, api_key=self.api_key or "no-key", **kwargs)
+        kwargs.setdefault("api_key", self.api_key or "no-key")
+        return OpenAI(base_url=self.base_url, **kwargs)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM to the server's process group; SIGKILL what is left after the timeout. Idempotent."""

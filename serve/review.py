@@ -102,6 +102,7 @@ _UNFAIR_QUERY = " ".join(f"{name} {reason}" for name, reason in prompts.UNFAIR_C
 _OBLIGATIONS_QUERY = ("shall must agree obligation obligations pay payment fee invoice deliver provide perform within "
                       "days date dates term effective expire expiration renew renewal notice deadline period months "
                       "years no later than prior")
+MIN_EXCERPT_TOKENS = 48  # below this a review would see almost no contract text: refuse instead
 CITE_INSTRUCTION = "Quote the contract text you rely on exactly, with its [chunk] label."
 
 
@@ -139,11 +140,9 @@ class ReviewRequest:
             description = CUAD_CATEGORIES.get(name, name).rstrip(".")
             return (f"Find the {name} clause in this contract excerpt ({description}). "
                     f"Quote it exactly, or answer '{prompts.NOT_PRESENT}'")
-        if self.task == "unfair":
-            names = ", ".join(prompts.UNFAIR_NAMES)
-            return ("Which clauses in this contract excerpt are potentially unfair to consumers? For each, quote "
-                    f"it, name the category ({names}) and say why; if none, answer '{prompts.FAIR_ANSWER}' "
-                    + CITE_INSTRUCTION)
+        if self.task == "unfair":  # the CLAUDETTE training question, for several clauses
+            return ("Which clauses in this contract excerpt are potentially unfair to consumers? Quote each one, "
+                    f"name its category and say why; if none, answer '{prompts.FAIR_ANSWER}'")
         if self.task == "obligations":
             return ("Summarize the obligations of each party and the key dates and deadlines (terms, notice "
                     "periods, payment dates) in this contract excerpt. " + CITE_INSTRUCTION)
@@ -213,6 +212,10 @@ def build_prompt(request: ReviewRequest, document: Document | None, history: lis
         kept.insert(0, (user_text, answer))
         used += cost
     available -= used
+    if document is not None and available < MIN_EXCERPT_TOKENS:
+        raise ValueError(f"the model's context ({budget.context_tokens} tokens, {budget.max_tokens} of them for the "
+                         f"answer) leaves only {max(available, 0)} tokens for contract text; ask a shorter question "
+                         "(or serve the model with a longer max_model_len)")
     messages = [{"role": "system", "content": system_prompt}]
     for user_text, answer in kept:
         messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]

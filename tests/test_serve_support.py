@@ -5,8 +5,8 @@ global: ONE real vLLM server is started per test session and shared by test_serv
 test_chat.py and test_chat_browser.py. (It is named ``test_serve_*`` only to live among those files.)
 
 Fixtures:
-    sft_run        Path: a real, completed SFT run directory (LoRA r=8 on the tiny model, ~40 steps: it learns
-                   to answer the Governing Law task and to stop), made with lexalign.sft.train.train_sft
+    sft_run        Path: a real, completed SFT run directory (LoRA r=8 on the tiny model, 40 steps on short
+                   Governing Law records), made with lexalign.sft.train.train_sft: what users serve
     engine         lexalign.serve.launch.Engine: the vLLM engine environment, found the way `lexalign serve`
                    finds it ($LEXALIGN_ENGINE_PYTHON, .venv-serve, ...); the test fails with the fix if none
     served         ServerHandle: vLLM serving sft_run (base `tiny-base` + adapter `tiny-sft`), with a random key

@@ -1,0 +1,354 @@
+"""Online RL stage: the SFT policy generates, the reward model scores, TRL updates: PPO, GRPO or RLOO.
+
+    lexalign ppo --config configs/ppo.yaml [algorithm=grpo|rloo] [key=value ...]
+
+Reads top to bottom: config -> inputs checked (SFT run, reward run, tokenizers agree, prompts) -> tokenizer ->
+prompts -> models -> trainer -> train -> save -> evaluate (reward-model win rate vs SFT) -> card.
+Output: ``<output_dir>/<name>/<algorithm>/`` (runs/tiny/ppo, runs/tiny/grpo, ...).
+
+* **PPO** (``trl.experimental.ppo``, present up to TRL 1.12.x, pinned): policy = the SFT adapter trained further
+  on its base; KL reference = a frozen copy of the SFT adapter (``ref_adapter_name="ref"``, no second base
+  model); reward model = the reward run's merged sequence classifier, frozen; value model = a second copy
+  of that reward model (same backbone and head: its first value estimates are the reward scale), trained
+  in full. Responses stop at the end-of-turn token (``ppo.stop_token: eos``) and are at most
+  ``ppo.response_length`` tokens; ``ppo.missing_eos_penalty`` lowers the score of answers that never stop.
+  Run length is ``ppo.total_episodes`` (= steps x batch size). TRL's experimental PPOTrainer cannot resume:
+  an interrupted PPO run starts over.
+* **GRPO / RLOO** (``trl.GRPOTrainer`` / ``trl.RLOOTrainer``, ``use_vllm: false``): the same policy and
+  reference (TRL adds the frozen ``ref`` adapter copy itself when ``beta > 0``); the reward function is the
+  reward model, wrapped so that it scores exactly the format it was trained on (TRL's own model-as-reward
+  path would append the chat template's trailing newline). Resumable like SFT.
+
+Prompts: the user turns of the built datasets (``data.prompts``; chat records lose their last assistant turn,
+preference pairs give their prompt), deduplicated, at most ``data.max_prompt_tokens`` long.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lexalign.config import Problem, load_config, problem_if, trl_section
+from lexalign.modeling import RunModelSection
+from lexalign.rlhf.winrate import WinRateSection
+from lexalign.runs import RunDir
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental.ppo is used on purpose (see above)
+
+logger = logging.getLogger(__name__)
+
+Algorithm = Literal["ppo", "grpo", "rloo"]
+TRL_CLASSES = {"ppo": ("trl.experimental.ppo", "PPOConfig", "PPOTrainer"),
+               "grpo": ("trl", "GRPOConfig", "GRPOTrainer"), "rloo": ("trl", "RLOOConfig", "RLOOTrainer")}
+# TRL's metric names: (reward-model score, KL to the reference, losses) per algorithm.
+METRICS = {"ppo": ("objective/scores", "objective/kl", ("objective/rlhf_reward", "loss/policy_avg", "loss/value_avg")),
+           "grpo": ("reward", "kl", ("loss",)), "rloo": ("reward", "kl", ("loss",))}
+SET_BY_LEXALIGN = {"ppo": ("model_adapter_name", "ref_adapter_name", "sft_model_path", "reward_model_path"),
+                   "grpo": ("use_vllm",), "rloo": ("use_vllm",)}
+
+
+@dataclass
+class PromptSection:
+    # Chat records (SFT data: prompt = all but the last assistant turn) or preference pairs (their prompt).
+    prompts: list[str] = field(default_factory=lambda: ["shipped:sft_train.jsonl"])
+    max_prompts: int = 512  # a seeded sample; 0 = all
+    max_prompt_tokens: int = 384  # longer prompts (chat-formatted, with the generation header) are skipped
+    seed: int = 0
+
+    def problems(self) -> list[Problem]:
+        from lexalign.data.paths import resolve_data_path
+
+        found = problem_if(not self.prompts, "prompts", self.prompts, "list at least one prompt file")
+        found += [Problem(f"prompts[{i}]", "file not found; give a chat-records or preference-pair JSONL file", v)
+                  for i, v in enumerate(self.prompts) if not resolve_data_path(v).is_file()]
+        found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
+        found += problem_if(self.max_prompt_tokens <= 0, "max_prompt_tokens", self.max_prompt_tokens, "must be positive")
+        return found
+
+
+@dataclass
+class OnlineStageConfig:
+    name: str = "tiny"
+    output_dir: str = "runs"
+    resume: bool = True
+    algorithm: Algorithm = "ppo"
+    sft_run: str = "runs/tiny/sft"  # the policy: its adapter is trained further; the reference: its frozen copy
+    reward_run: str = "runs/tiny/reward"  # scores the answers; its tokenizer must be the policy's
+    # path "" = the SFT run's base model. lora: only used when SFT trained the full model (a new adapter on it).
+    model: RunModelSection = field(default_factory=RunModelSection)
+    data: PromptSection = field(default_factory=PromptSection)
+    # Arguments of the selected algorithm's TRL config; the other two sections are ignored.
+    ppo: dict[str, Any] = trl_section("trl.experimental.ppo.PPOConfig")
+    grpo: dict[str, Any] = trl_section("trl.GRPOConfig")
+    rloo: dict[str, Any] = trl_section("trl.RLOOConfig")
+    # Reward-model win rate of the trained policy against the SFT policy (reward_run "" = the stage's reward_run).
+    eval: WinRateSection = field(default_factory=WinRateSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / self.algorithm
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return getattr(self, self.algorithm)
+
+    def problems(self) -> list[Problem]:
+        found = problem_if(not self.sft_run, "sft_run", self.sft_run, "give the SFT run directory (e.g. runs/tiny/sft)")
+        found += problem_if(not self.reward_run, "reward_run", self.reward_run,
+                            "give the reward run directory (e.g. runs/tiny/reward)")
+        found += problem_if(self.model.tuning != "lora", "model.tuning", self.model.tuning,
+                            "online RL trains a LoRA adapter (the reference shares the base); use lora")
+        section, key = self.training, self.algorithm
+        for name in SET_BY_LEXALIGN[key]:
+            if name in section and not (name == "use_vllm" and section[name] is False):
+                found.append(Problem(f"{key}.{name}", "set by lexalign (policy/reference adapters, reward model from "
+                                     "reward_run, no vLLM in the training environment); remove it", section[name]))
+        if key == "ppo":
+            if section.get("stop_token") is None and section.get("stop_token_id") is None:
+                found.append(Problem("ppo.stop_token", "answers would never stop; set stop_token: eos (the end-of-"
+                                     "turn token)", None))
+            if "max_steps" in section:
+                found.append(Problem("ppo.max_steps", "TRL's PPO ignores max_steps; set total_episodes "
+                                     "(= steps x per_device_train_batch_size x gradient_accumulation_steps)",
+                                     section["max_steps"]))
+            batch = section.get("per_device_train_batch_size", 8) * section.get("gradient_accumulation_steps", 1)
+            minis = section.get("num_mini_batches", 1)
+            found += problem_if(minis <= 0 or batch % minis != 0, "ppo.num_mini_batches", minis,
+                                f"must divide the batch (per_device_train_batch_size x gradient_accumulation_steps = "
+                                f"{batch})")
+            found += problem_if(section.get("response_length", 53) <= 0, "ppo.response_length",
+                                section.get("response_length"), "must be positive")
+            found += problem_if(section.get("kl_coef", 0.05) < 0, "ppo.kl_coef", section.get("kl_coef"), "must be >= 0")
+        else:
+            generations = section.get("num_generations", 8 if key == "grpo" else 2)
+            found += problem_if(generations < 2, f"{key}.num_generations", generations,
+                                "group-relative advantages need at least 2 answers per prompt")
+            found += problem_if(section.get("beta", 0.0 if key == "grpo" else 0.05) < 0, f"{key}.beta",
+                                section.get("beta"), "must be >= 0 (0 = no KL penalty and no reference)")
+            found += problem_if(section.get("max_completion_length", 512) <= 0, f"{key}.max_completion_length",
+                                section.get("max_completion_length"), "must be positive")
+        return found
+
+
+# --------------------------------------------------------------------------- reward function (GRPO / RLOO)
+
+
+class RewardModelFunction:
+    """The reward run's model as a TRL reward function, scoring in the format it was trained on."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int | None) -> None:
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        from lexalign.modeling import reward_scores
+
+        responses = [c if isinstance(c, str) else "\n\n".join(m["content"] for m in c) or " " for c in completions]
+        return reward_scores(self.model, self.tokenizer, prompts, responses, self.max_length)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_online(config_path: str | Path | None, overrides: list[str]) -> Path:
+    config = load_config(OnlineStageConfig, config_path, overrides)
+    return train_online(config)
+
+
+def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path, Path | None]:
+    """Everything that can fail before a model loads: (SFT policy, reward model dir, eval reward model dir)."""
+    from lexalign.modeling import trained_policy
+    from lexalign.rlhf.policy import check_same_tokenizer, reward_model_dir
+    from lexalign.rlhf.winrate import load_prompts
+
+    sft = trained_policy(config.sft_run, "sft_run", config.model.path)
+    reward_dir = reward_model_dir(config.reward_run)
+    check_same_tokenizer(sft.tokenizer_dir, reward_dir)
+    for file in config.data.prompts:
+        load_prompts(file)  # every line valid (file:line errors) before any model loads
+    eval_dir = None
+    if config.eval.num_prompts:
+        eval_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run") if config.eval.reward_run else reward_dir
+        if eval_dir != reward_dir:
+            check_same_tokenizer(sft.tokenizer_dir, eval_dir, "eval.reward_run")
+    return sft, reward_dir, eval_dir
+
+
+def train_online(config: OnlineStageConfig) -> Path:
+    import importlib
+
+    from datasets import Dataset
+
+    from lexalign.data.paths import resolve_data_path
+    from lexalign.modeling import choose_compute_dtype, choose_device, load_reward_model, load_tokenizer
+    from lexalign.rlhf.policy import REF_ADAPTER, load_policy, save_policy_adapter
+    from lexalign.rlhf.winrate import policy_winrate, prompt_ids, sample_prompts, write_winrate
+    from lexalign.training import (
+        checkpoint_step,
+        find_resume_checkpoint,
+        make_trl_args,
+        metrics_callback,
+        mixed_precision,
+        plot_training,
+        trim_metrics_after,
+    )
+
+    algorithm = config.algorithm
+    sft, reward_dir, eval_dir = check_inputs(config)
+    inputs = {"base_model": sft.base, **({"sft_adapter": sft.adapter} if sft.adapter else {}), "reward_model": reward_dir}
+    inputs.update({f"prompts_{i}": resolve_data_path(v) for i, v in enumerate(config.data.prompts)})
+    run = RunDir(config.run_dir, algorithm, config, inputs=inputs, parent=sft.run)
+    checkpoint = find_resume_checkpoint(run.path, config.resume)
+    if checkpoint and algorithm == "ppo":
+        logger.warning("TRL's experimental PPOTrainer cannot resume; %s is ignored and PPO starts over", checkpoint)
+        checkpoint = None
+    module_name, config_name, trainer_name = TRL_CLASSES[algorithm]
+    module = importlib.import_module(module_name)
+    device = choose_device(config.model.device)
+    forced: dict[str, Any] = mixed_precision(config.training, choose_compute_dtype(
+        device, config.model.quantization.compute_dtype))
+    if algorithm == "ppo":
+        forced.update(model_adapter_name="default", ref_adapter_name=REF_ADAPTER if sft.adapter else None)
+        if "num_sample_generations" not in config.training:
+            forced["num_sample_generations"] = 0  # TRL's default prints sample tables to the console
+    else:
+        forced["use_vllm"] = False
+    args = make_trl_args(getattr(module, config_name), config.training, run, **forced)
+    run.start()
+    if checkpoint:
+        trim_metrics_after(run, checkpoint_step(checkpoint))
+
+    tokenizer = load_tokenizer(sft.tokenizer_dir)
+    if algorithm == "ppo":
+        tokenizer.padding_side = "left"  # PPO's queries are left-padded batches of prompt ids
+
+    items = sample_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed, tokenizer,
+                           config.data.max_prompt_tokens)
+    prompts = [p for _, p in items]
+    if not prompts:
+        from lexalign.errors import LexalignError
+
+        raise LexalignError(f"no prompt in {config.data.prompts} fits data.max_prompt_tokens = "
+                            f"{config.data.max_prompt_tokens}; raise it")
+    logger.info("prompts: %d from %s (at most %d tokens)", len(prompts), ", ".join(config.data.prompts),
+                config.data.max_prompt_tokens)
+
+    model, device, dtype, peft_config = load_policy(
+        config.model, sft, bool(config.training.get("gradient_checkpointing")),
+        ref_adapter=algorithm == "ppo" and sft.adapter is not None)
+    reward, _ = load_reward_model(reward_dir, config.model.device)
+    info = reward_dir / "lexalign_reward.json"
+    reward_max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
+    trainer_class = getattr(module, trainer_name)
+    if algorithm == "ppo":
+        value, _ = load_reward_model(reward_dir, config.model.device)
+        value.train()
+        for parameter in value.parameters():
+            parameter.requires_grad_(True)
+        dataset = Dataset.from_list([{"input_ids": prompt_ids(tokenizer, p)} for p in prompts])
+        eval_size = max(args.per_device_eval_batch_size, 1)
+        trainer = trainer_class(args=args, processing_class=tokenizer, model=model, ref_model=None,
+                                reward_model=reward, value_model=value, train_dataset=dataset,
+                                eval_dataset=dataset.select(range(min(eval_size, len(dataset)))),
+                                peft_config=peft_config, callbacks=[metrics_callback(run, perplexity=False)])
+        trainer.train()
+        policy_model = trainer.model.policy
+    else:
+        dataset = Dataset.from_list([{"prompt": p} for p in prompts])
+        trainer = trainer_class(model=model, args=args, reward_funcs=RewardModelFunction(reward, tokenizer,
+                                                                                          reward_max_length),
+                                train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                                callbacks=[metrics_callback(run, perplexity=False)])
+        trainer.train(resume_from_checkpoint=checkpoint)
+        policy_model = trainer.model
+    adapters = list(policy_model.peft_config)
+
+    out = run.path / "adapter"
+    rank = save_policy_adapter(policy_model, tokenizer, out)
+    global_step = trainer.state.global_step
+    score_key, kl_key, loss_keys = METRICS[algorithm]
+    plot_training(run, f"{algorithm.upper()} from {config.sft_run}: reward-model score and KL",
+                  keys=(score_key, kl_key))
+    plot_training_losses(run, algorithm, loss_keys)
+    del trainer, model, reward, policy_model
+    gc.collect()
+
+    from lexalign.runs import read_metrics
+
+    metrics = read_metrics(run.path)
+    scores = [m[score_key] for m in metrics if score_key in m]
+    kls = [m[kl_key] for m in metrics if kl_key in m]
+    results: dict[str, Any] = {
+        "algorithm": algorithm,
+        "reward_first": scores[0] if scores else None,
+        "reward_last": scores[-1] if scores else None,
+        "reward_mean_last_quarter": _tail_mean(scores),
+        "kl_last": kls[-1] if kls else None,
+        "kl_max_abs": max((abs(k) for k in kls), default=None),
+        "metric_names": {"reward": score_key, "kl": kl_key},
+        "reference": ("frozen copy of the SFT adapter ('ref')" if REF_ADAPTER in adapters else "adapter disabled")
+        if _uses_reference(algorithm, args) else "none (beta = 0)",
+        "value_model": "copy of the reward model (trained in full)" if algorithm == "ppo" else None,
+        "global_step": global_step,
+        "prompts": len(prompts),
+        "mode": config.model.mode,
+        "device": str(device),
+        "compute_dtype": str(dtype).removeprefix("torch."),
+    }
+    if eval_dir is not None:
+        from lexalign.modeling import TrainedPolicy
+
+        policy = TrainedPolicy(run.path, sft.base, out)
+        results["winrate_vs_sft"] = write_winrate(
+            policy_winrate(policy, sft, eval_dir, config.eval, config.model.device), run.path)
+    write_model_card(out, config, results, sft)
+    run.complete(outputs={"adapter": "adapter", "base_model": str(sft.base), "lora_rank": rank}, results=results)
+    return run.path
+
+
+def _uses_reference(algorithm: str, args: Any) -> bool:
+    return algorithm == "ppo" or getattr(args, "beta", 0.0) != 0.0
+
+
+def _tail_mean(values: list[float]) -> float | None:
+    tail = values[-max(1, len(values) // 4):]
+    return sum(tail) / len(tail) if tail else None
+
+
+def plot_training_losses(run: RunDir, algorithm: str, keys: tuple[str, ...]) -> None:
+    from lexalign.plots import plot_curves
+    from lexalign.runs import read_metrics
+
+    plot_curves(read_metrics(run.path), list(keys), run.path / "losses.png", f"{algorithm.upper()} losses")
+
+
+def write_model_card(folder: Path, config: OnlineStageConfig, results: dict[str, Any], sft: Any) -> None:
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    win = results.get("winrate_vs_sft")
+    lines = [
+        f"# lexalign {config.algorithm.upper()} adapter: {config.name}",
+        "",
+        f"A contract-review assistant trained online against a reward model ({config.algorithm.upper()}, TRL), from",
+        f"the SFT run `{config.sft_run}`, scored by `{config.reward_run}`. Load it like the SFT adapter: base + adapter.",
+        "",
+        f"- base model: `{sft.base}`; KL reference: {results['reference']}",
+        f"- value model: {results['value_model']}" if results["value_model"] else "- value model: none (group baseline)",
+        f"- prompts: {', '.join(config.data.prompts)} ({results['prompts']})",
+        f"- reward-model score ({results['metric_names']['reward']}): first {fmt(results['reward_first'])}, "
+        f"last {fmt(results['reward_last'])}; KL ({results['metric_names']['kl']}) last {fmt(results['kl_last'])}",
+        f"- reward-model win rate vs SFT: {win['win_rate']:.3f} over {win['prompts']} held-out prompts"
+        if win else "- reward-model win rate vs SFT: not evaluated",
+        f"- steps: {results['global_step']}, device {results['device']}, compute dtype {results['compute_dtype']}",
+        "",
+        "Not legal advice: answers must be checked by a lawyer.",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,167 @@
+"""The chat UI's handlers without a browser: config, uploads, errors as messages, and (slow) streamed review
+answers from the REAL vLLM server with located quotes, feedback rows in the store and the JSON export.
+(The headless-Chromium test is test_chat_browser.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lexalign.config import ConfigError, load_config
+from lexalign.data.store import open_store
+from lexalign.serve.chat import ChatApp, ChatConfig, ChatSession, Endpoint, chat_messages, inert, sources_markdown
+
+pytest_plugins = ["test_serve_support"]
+
+REPO = Path(__file__).resolve().parent.parent
+CONTRACT = """MASTER SERVICES AGREEMENT
+This Master Services Agreement is entered into as of January 1, 2020 by and between Acme Corporation and Beta LLC.
+1. Fees. Customer shall pay Provider the fees within thirty (30) days after receipt of an undisputed invoice.
+2. Term. This Agreement shall continue for a period of three (3) years unless terminated earlier.
+3. Governing Law. This Agreement shall be governed by the laws of the State of New York.
+4. Notices. All notices shall be in writing. <script>alert('x')</script>
+"""
+# The session's test model has a 512-token context and a 512-symbol BPE (about 2 characters per token).
+# The briefly tuned adapter often ends its turn at once (an empty answer); the base model always writes
+# max_tokens of text, so the streaming and feedback tests talk to the base (same code path, other name).
+SMALL_MODEL = ["chars_per_token=1.8", "chunk_chars=200", "chunk_overlap=40", "max_tokens=64"]
+
+
+def req(user: str | None) -> SimpleNamespace:
+    return SimpleNamespace(username=user)
+
+
+def make_app(tmp_path: Path, endpoint: str, api_key: str | None, *extra: str) -> ChatApp:
+    config = load_config(ChatConfig, REPO / "configs" / "chat.yaml",
+                         [f"endpoint={endpoint}", f"store=sqlite:///{tmp_path / 'prefs.db'}", *SMALL_MODEL, *extra])
+    store = open_store(config.store)
+    store.add_annotator("alice", "alice-password")
+    return ChatApp(store, config, Endpoint(config, api_key))
+
+
+@pytest.fixture()
+def offline_app(tmp_path: Path):
+    app = make_app(tmp_path, "http://127.0.0.1:9/v1", "key")  # nothing listens on port 9
+    yield app
+    app.store.close()
+
+
+def upload(app: ChatApp, tmp_path: Path, user: str = "alice", name: str = "msa.txt", data: bytes | None = None):
+    path = tmp_path / name
+    path.write_bytes(CONTRACT.encode() if data is None else data)
+    return app.on_upload(str(path), None, req(user))
+
+
+def test_chat_config_validates_and_lists_every_problem() -> None:
+    config = load_config(ChatConfig, REPO / "configs" / "chat.yaml")
+    assert config.endpoint == "http://127.0.0.1:8000/v1" and config.limits().max_bytes == 10 * 1024 * 1024
+    with pytest.raises(ConfigError) as info:
+        load_config(ChatConfig, None, ["endpoint=localhost:8000", "port=0", "chunk_overlap=2000", "temperature=5",
+                                       "context_tokens=100", "chars_per_token=0", "store=mysql://x"])
+    assert {p.key for p in info.value.problems} == {"endpoint", "port", "chunk_overlap", "temperature",
+                                                    "context_tokens", "chars_per_token", "store"}
+
+
+def test_uploads_are_parsed_or_refused_with_a_message(offline_app: ChatApp, tmp_path: Path) -> None:
+    session, status, sources = upload(offline_app, tmp_path)
+    assert isinstance(session, ChatSession) and session.user == "alice" and session.document is not None
+    assert status.startswith("Loaded **msa.txt: TXT") and "chunks" in status
+    assert offline_app.store.audit_events("chat_upload")[-1]["detail"]["name"] == "msa.txt"
+    session, status, _ = upload(offline_app, tmp_path, name="bad.pdf", data=b"%PDF-1.4 garbage")
+    assert session.document is None and "Not loaded: bad.pdf: cannot read this PDF" in status
+    assert "class='error'" in status
+    _, status, _ = upload(offline_app, tmp_path, name="evil<b>.doc", data=b"x")
+    assert "unsupported file type .doc" in status and "<b>" not in status and "&lt;b&gt;" in status
+    _, status, _ = upload(offline_app, tmp_path, user=None)
+    assert "Not signed in" in status
+
+
+def test_an_unreachable_endpoint_is_a_message_not_a_crash(offline_app: ChatApp, tmp_path: Path) -> None:
+    session, _, _ = upload(offline_app, tmp_path)
+    *_, (messages, _, status, state, enabled) = offline_app.ask({"task": "clause", "category": "Governing Law"},
+                                                                 session, req("alice"))
+    assert "not reachable" in status and "lexalign serve" in status and enabled is False
+    *_, (_, _, status, _, _) = offline_app.ask({"task": "clause", "category": "Nope"}, session, req("alice"))
+    assert "Pick a clause category" in status
+    status, *_ = offline_app.on_feedback(1, "", session, req("alice"))
+    assert "no answer to rate" in status
+
+
+def test_rendering_is_inert() -> None:
+    session = ChatSession("alice")
+    from lexalign.serve.chat import Turn
+
+    session.turns.append(Turn({}, "<img src=x onerror=alert(1)>", [], "<script>alert(2)</script>", "m",
+                              sources=[{"label": "[chunk 1, chars 0\u201310]", "text": "<b>bold</b>", "chunk": 1,
+                                        "start": 0, "end": 10, "page": None}]))
+    shown = json.dumps(chat_messages(session)) + sources_markdown(session)
+    assert "<img" not in shown and "<script" not in shown and "<b>bold" not in shown
+    assert inert("<img src=x onerror=alert(1)>") in shown and "&lt;script&gt;" in shown
+
+
+@pytest.mark.slow
+def test_review_streams_cites_and_feedback_is_stored(served, tmp_path: Path) -> None:
+    app = make_app(tmp_path, served.base_url, served.api_key, "model=tiny-base")
+    session, _, _ = upload(app, tmp_path)
+    updates = list(app.ask({"task": "clause", "category": "Governing Law"}, session, req("alice")))
+    assert len(updates) >= 3  # the sources, then the answer as it streams, then the final state
+    messages, sources, status, session, enabled = updates[-1]
+    assert status.startswith("Done (answer 1).") and enabled is True
+    turn = session.turns[-1]
+    assert turn.model == "tiny-base" and turn.answer and messages[-1]["role"] == "assistant"
+    assert inert(turn.answer) in messages[-1]["content"]
+    assert turn.messages[-1]["content"].startswith("Find the Governing Law clause in this contract excerpt (")
+    assert any("Governing Law. This Agreement shall be governed" in s["text"] for s in turn.sources)
+    assert all(s["label"] in turn.messages[-1]["content"] for s in turn.sources)
+    assert "Excerpts sent to the model" in sources and "&lt;script&gt;" not in turn.messages[-1]["content"]
+    partials = [u[0][-1]["content"].split("\n\n*")[0] for u in updates[:-1] if u[0][-1]["role"] == "assistant"]
+    assert partials and all(p == "\u2026" or inert(turn.answer).startswith(p) for p in partials)
+
+    status, session, enabled, box = app.on_feedback(-1, "This Agreement shall be governed by the laws of the State "
+                                                    "of New York.", session, req("alice"))
+    assert "saved with your better answer" in status and enabled is False and box == ""
+    (row,) = app.store.list_feedback()
+    assert row["user"] == "alice" and row["rating"] == -1 and row["response"] == turn.answer
+    assert row["prompt"] == turn.messages and row["better_answer"].endswith("State of New York.")
+    assert row["meta"]["model"] == "tiny-base" and row["meta"]["document"]["name"] == "msa.txt"
+    assert row["meta"]["task"]["category"] == "Governing Law" and row["meta"]["sources"]
+    assert "already saved" in app.on_feedback(1, "", session, req("alice"))[0]  # one rating per answer
+
+    # a free question is a second turn; the export holds both, with the feedback
+    *_, (messages, _, status, session, _) = app.ask({"task": "question", "question": "When are fees due?"},
+                                                     session, req("alice"))
+    assert len(session.turns) == 2 and status.startswith("Done")
+    exported = json.loads(Path(app.export(session, req("alice"))).read_text())
+    assert exported["user"] == "alice" and exported["document"]["name"] == "msa.txt"
+    assert [t["asked"] for t in exported["turns"]] == ["Find the Governing Law clause.", "When are fees due?"]
+    assert exported["turns"][0]["feedback"]["rating"] == -1 and exported["turns"][0]["prompt"] == turn.messages
+    # another user never continues alice's session
+    *_, (_, _, _, other, _) = app.ask({"task": "question", "question": "Hi?"}, session, req("bob"))
+    assert other.user == "bob" and len(other.turns) == 1 and other.document is None
+    app.store.close()
+
+
+@pytest.mark.slow
+def test_the_tuned_model_is_chosen_and_an_empty_answer_cannot_be_rated(served, tmp_path: Path) -> None:
+    app = make_app(tmp_path, served.base_url, served.api_key)
+    assert app.endpoint.resolve() == ("tiny-sft", 512)  # the adapter, and vLLM's max_model_len of its base
+    session, _, _ = upload(app, tmp_path)
+    *_, (messages, _, status, session, enabled) = app.ask({"task": "clause", "category": "Governing Law"}, session,
+                                                          req("alice"))
+    assert status.startswith("Done") and session.turns[-1].model == "tiny-sft"
+    if not session.turns[-1].answer:  # the tuned model ended its turn at once
+        assert enabled is False and "(empty answer)" in messages[-1]["content"]
+        assert "no answer to rate" in app.on_feedback(1, "", session, req("alice"))[0]
+    app.store.close()
+
+
+@pytest.mark.slow
+def test_a_wrong_key_is_explained(served, tmp_path: Path) -> None:
+    app = make_app(tmp_path, served.base_url, "wrong-key")
+    session, _, _ = upload(app, tmp_path)
+    *_, (_, _, status, _, _) = app.ask({"task": "unfair"}, session, req("alice"))
+    assert "refused the API key (HTTP 401)" in status and "LEXALIGN_API_KEY" in status
+    app.store.close()

@@ -1,0 +1,250 @@
+"""The lawyers' chat UI in headless Chromium (Debian's /usr/bin/chromium, never a downloaded browser).
+
+`lexalign chat` runs in a subprocess against the session's REAL vLLM server, with a temporary SQLite store
+holding the account. The tests sign in through Gradio's login page, upload contracts (TXT, and a PDF and a
+DOCX made here), run review tasks, watch the answer stream in, rate it with a better answer, find the
+feedback row in the store, and check that contract and user text never runs as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from lexalign.data.store import open_store
+
+pytest_plugins = ["test_serve_support"]
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "alice-password"
+CONTRACT = """MASTER SERVICES AGREEMENT
+This Master Services Agreement is entered into as of January 1, 2020 by and between Acme Corporation and Beta LLC.
+1. Fees. Customer shall pay Provider the fees within thirty (30) days after receipt of an undisputed invoice.
+2. Term. This Agreement shall continue for a period of three (3) years unless terminated earlier.
+3. Governing Law. This Agreement shall be governed by the laws of the State of New York.
+4. Notices. <script>window.__xss = 1</script> All notices shall be in writing. <img src=x onerror="window.__xss = 2">
+"""
+BETTER = "This Agreement shall be governed by the laws of the State of New York. [chunk 3]"
+
+
+def free_port() -> int:
+    from lexalign.serve.launch import free_port as pick
+
+    return pick()
+
+
+@pytest.fixture(scope="module")
+def chat_app(served, tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat-app")
+    url = f"sqlite:///{root / 'prefs.db'}"
+    with open_store(url) as store:
+        store.add_annotator("alice", PASSWORD)
+    port = free_port()
+    log = (root / "chat.log").open("w")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost",
+               LEXALIGN_API_KEY=served.api_key)
+    # The test model: 512-token context, ~2 characters per token; its base writes max_tokens of text
+    # (the briefly tuned adapter often stops at once), so the UI talks to the base here.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
+         "--endpoint", served.base_url, f"store={url}", f"port={port}", "model=tiny-base", "chars_per_token=1.8",
+         "chunk_chars=200", "chunk_overlap=40", "max_tokens=96"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the chat app exited with {proc.returncode}:\n{(root / 'chat.log').read_text()[-3000:]}")
+        try:
+            if requests.get(base, timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the chat app did not answer within 120 s:\n{(root / 'chat.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield SimpleNamespace(url=base, store_url=url, root=root)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def login(browser, chat_app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(chat_app.url)
+    page.get_by_label("username").fill("alice")
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
+    return page
+
+
+def wait_text(locator, text: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = locator.inner_text()
+        if text in seen:
+            return seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected {text!r} in {locator}; it shows {seen[:800]!r}")
+        time.sleep(0.1)
+
+
+def upload(page, path: Path) -> str:
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = page.locator("#doc-status").inner_text()
+        if path.name in status:
+            return status
+        time.sleep(0.1)
+    pytest.fail(f"no upload status for {path.name}: {page.locator('#doc-status').inner_text()!r}")
+
+
+def pick(page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=label).click()
+
+
+def run_and_watch(page, click) -> list[str]:
+    """Click, then sample the new answer bubble until the status says Done: the texts seen while it streamed."""
+    bubbles = page.locator("#chat .bot")
+    before = bubbles.count()
+    click()
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while True:
+        status = page.locator("#status").inner_text()
+        if bubbles.count() > before:
+            text = bubbles.last.inner_text()
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            if f"Done (answer {before + 1})" in status:
+                break
+        if time.monotonic() > deadline:
+            page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "chat-failure.png"), full_page=True)
+            pytest.fail(f"no answer: status {status!r}, {bubbles.count()} answers (was {before})")
+        time.sleep(0.02)
+    seen.append(bubbles.last.inner_text())
+    return seen
+
+
+def test_review_a_contract_stream_rate_and_store_feedback(browser, chat_app, tmp_path: Path) -> None:
+    page = login(browser, chat_app)
+    contract = tmp_path / "msa.txt"
+    contract.write_text(CONTRACT, encoding="utf-8")
+    assert "Loaded msa.txt: TXT" in upload(page, contract)
+
+    # the default task: find the Governing Law clause (CUAD); the answer streams in
+    seen = run_and_watch(page, lambda: page.locator("#run").click())
+    final = seen[-1]
+    answer = final.split("Sources:")[0].strip()
+    assert answer and answer != "\u2026"
+    partial = [s.split("Sources:")[0].strip() for s in seen[:-1]]
+    # it streamed: a placeholder, then a beginning of the answer, before the whole answer
+    assert any(p and p != "\u2026" and p != answer and answer.startswith(p) for p in partial), seen
+    sources = wait_text(page.locator("#sources"), "Excerpts sent to the model")
+    assert "[chunk " in sources and "3. Governing Law. This Agreement shall be governed" in sources
+    assert "Sources:" in final
+
+    # thumbs down with a better answer -> one feedback row with the exact prompt
+    page.locator("#better-answer textarea").fill(BETTER)
+    page.locator("#thumbs-down").click()
+    wait_text(page.locator("#feedback-status"), "saved with your better answer")
+    assert page.locator("#thumbs-up").is_disabled()
+    with open_store(chat_app.store_url) as store:
+        (row,) = store.list_feedback()
+    assert row["user"] == "alice" and row["rating"] == -1 and row["better_answer"] == BETTER
+    assert row["prompt"][0]["role"] == "system" and row["prompt"][-1]["role"] == "user"
+    assert "Governing Law. This Agreement shall be governed" in row["prompt"][-1]["content"]
+    assert row["response"].strip()[:20] in answer.replace("\n", " ") or row["response"].strip()[:20] in answer
+    assert row["meta"]["document"]["name"] == "msa.txt" and row["meta"]["task"]["category"] == "Governing Law"
+
+    # a typed question with markup stays text; nothing from the contract or the question ever ran
+    question = 'Who pays <img src=x onerror="window.__xss = 3"> the fees?'
+    page.locator("#message textarea").fill(question)
+    run_and_watch(page, lambda: page.locator("#message textarea").press("Enter"))
+    assert 'onerror="window.__xss = 3"' in page.locator("#chat").inner_text()
+    assert page.evaluate("window.__xss") is None
+    assert "<script>window.__xss = 1</script>" in page.locator("#sources").inner_text() or \
+        "window.__xss" not in page.locator("#sources").inner_text()
+
+    # the conversation downloads as JSON
+    with page.expect_download() as info:
+        page.locator("#export").click()
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert [t["asked"] for t in exported["turns"]] == ["Find the Governing Law clause.", question]
+    assert exported["turns"][0]["feedback"]["rating"] == -1 and exported["user"] == "alice"
+    page.context.close()
+
+
+def test_pdf_and_docx_uploads_other_tasks_and_a_bad_file(browser, chat_app, tmp_path: Path) -> None:
+    from test_documents import make_docx, make_pdf
+
+    page = login(browser, chat_app)
+    pdf = tmp_path / "lease.pdf"
+    pdf.write_bytes(make_pdf([["LEASE AGREEMENT", "1. Rent. Tenant shall pay rent of $2,000 on the first day of "
+                               "each month.", "2. Term. The term ends on December 31, 2026."],
+                              ["3. Notice. Tenant shall give sixty (60) days prior written notice before leaving."]]))
+    status = upload(page, pdf)
+    assert "Loaded lease.pdf: PDF, 2 pages" in status
+    pick(page, "task", "Summarize obligations and dates")
+    page.locator("#category").wait_for(state="hidden", timeout=10_000)  # only the clause task needs it
+    run_and_watch(page, lambda: page.locator("#run").click())
+    sources = page.locator("#sources").inner_text()
+    assert ", p. 1, chars " in sources or ", p. 2, chars " in sources
+    assert page.locator("#thumbs-up").is_enabled()
+    page.locator("#thumbs-up").click()
+    wait_text(page.locator("#feedback-status"), "saved")
+
+    docx = tmp_path / "nda.docx"
+    docx.write_bytes(make_docx(["MUTUAL NONDISCLOSURE AGREEMENT",
+                                "The Receiving Party shall not disclose Confidential Information for five (5) years.",
+                                "We may terminate your account at any time for any reason."]))
+    assert "Loaded nda.docx: DOCX" in upload(page, docx)
+    pick(page, "task", "Flag potentially unfair clauses")
+    run_and_watch(page, lambda: page.locator("#run").click())
+    assert "terminate your account" in page.locator("#sources").inner_text()
+
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7\n this is not really a pdf")
+    status = upload(page, broken)
+    assert "Not loaded: broken.pdf: cannot read this PDF" in status
+    # the app still works: a question without a contract goes out as typed
+    page.locator("#message textarea").fill("What is a limitation of liability clause?")
+    run_and_watch(page, lambda: page.locator("#send").click())
+    with open_store(chat_app.store_url) as store:
+        ratings = [row["rating"] for row in store.list_feedback() if row["meta"]["document"]
+                   and row["meta"]["document"]["name"] == "lease.pdf"]
+    assert ratings == [1]
+    page.context.close()

@@ -1,0 +1,176 @@
+"""DPO stage on the tiny model: the margin rises, the reference is the SFT policy, the adapter is servable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lexalign.config import ConfigError, load_config
+from lexalign.rlhf.dpo import DPOStageConfig, train_dpo
+from lexalign.runs import is_complete, read_manifest, read_metrics
+
+pytest_plugins = ["test_reward_support"]
+
+from test_reward_support import REPO  # noqa: E402
+
+DPO_YAML = REPO / "configs" / "dpo.yaml"
+
+
+def dpo_config(sft_run: Path, pairs: tuple[Path, Path, Path], out: Path, *extra: str) -> DPOStageConfig:
+    return load_config(DPOStageConfig, DPO_YAML, [
+        f"sft_run={sft_run}", f"output_dir={out}", f"data.train=[{pairs[0]}]", f"data.valid=[{pairs[1]}]",
+        "data.max_valid_pairs=0", "model.threads=1", "training.max_steps=30", "training.learning_rate=2e-3",
+        "training.warmup_steps=0", "training.eval_steps=30", "training.save_steps=15", "training.logging_steps=5",
+        "training.max_length=192", "eval.reward_run=", *extra])
+
+
+@pytest.fixture(scope="module")
+def dpo_run(align_sft_run: Path, align_pairs, align_reward_run: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dpo")
+    return train_dpo(dpo_config(align_sft_run, align_pairs, out, f"eval.reward_run={align_reward_run}",
+                                "eval.num_prompts=6", "eval.max_new_tokens=16", f"eval.prompts=[{align_pairs[1]}]"))
+
+
+def test_dpo_raises_the_held_out_margin(dpo_run: Path) -> None:
+    results = read_manifest(dpo_run)["results"]
+    assert results["initial_eval_rewards_margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at start
+    assert results["eval_rewards_margins"] > 0.5, results
+    assert results["eval_rewards_accuracies"] >= 0.9
+    assert results["eval_logp_margin"] > results["initial_eval_logp_margin"] + 5.0, results
+    assert results["eval_loss"] < results["initial_eval_loss"]
+    metrics = read_metrics(dpo_run)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert any(key in m for m in metrics), key
+    assert results["global_step"] == 30
+
+
+def test_dpo_reference_never_moves_and_starts_equal_to_the_policy(dpo_run: Path) -> None:
+    check = read_manifest(dpo_run)["results"]["reference_check"]
+    assert check["initial_max_abs_diff"] < 1e-4 and check["drift_max_abs_diff"] < 1e-4 and check["sequences"] > 0
+    assert read_manifest(dpo_run)["results"]["reference"].startswith("frozen copy of the SFT adapter")
+
+
+def test_dpo_adapter_is_trained_servable_and_evaluated(dpo_run: Path, align_sft_run: Path) -> None:
+    from safetensors.torch import load_file
+
+    from lexalign.sft.export import adapter_info
+
+    manifest = read_manifest(dpo_run)
+    assert is_complete(dpo_run)
+    assert set(manifest["outputs"]) == {"adapter", "base_model", "lora_rank"} and manifest["outputs"]["lora_rank"] == 8
+    assert manifest["parent"] == str(align_sft_run)
+    adapter, base, rank = adapter_info(dpo_run)  # what `lexalign export` / `serve` read
+    assert rank == 8 and base == Path(read_manifest(align_sft_run)["outputs"]["base_model"])
+    assert not (adapter / "ref").exists()  # only the trained adapter, not the frozen reference copy
+    before = load_file(str(align_sft_run / "adapter" / "adapter_model.safetensors"))
+    after = load_file(str(adapter / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
+    for name in ("training.png", "rewards.png", "adapter/README.md", "adapter/tokenizer.json", "winrate_samples.jsonl"):
+        assert (dpo_run / name).exists(), name
+    win = manifest["results"]["winrate_vs_sft"]
+    assert win["prompts"] == 6 and win["wins"] + win["ties"] + win["losses"] == 6 and 0 <= win["win_rate"] <= 1
+
+
+def test_dpo_reference_equals_the_sft_model_not_the_base(align_sft_run: Path, align_pairs, tmp_path: Path) -> None:
+    """What the stage builds: TRL's reference log-probs are those of base + SFT adapter (a separate model)."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from lexalign.modeling import load_tokenizer, trained_policy
+    from lexalign.rlhf.dpo import completion_logps, reference_logps, to_dpo_records
+    from lexalign.rlhf.policy import load_policy
+    from lexalign.training import load_pairs
+
+    config = dpo_config(align_sft_run, align_pairs, tmp_path)
+    sft = trained_policy(config.sft_run, "sft_run")
+    tokenizer = load_tokenizer(sft.tokenizer_dir)
+    model, _, _, peft_config = load_policy(config.model, sft)
+    pairs = load_pairs([str(align_pairs[1])])[:4]
+    args = DPOConfig(output_dir=str(tmp_path / "ckpt"), report_to="none", use_cpu=True, bf16=False,
+                     max_length=192, per_device_train_batch_size=4, max_steps=3, learning_rate=5e-3,
+                     save_strategy="no")
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(to_dpo_records(pairs)),
+                         processing_class=tokenizer, peft_config=peft_config)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    reference = reference_logps(trainer, batch)
+
+    base = AutoModelForCausalLM.from_pretrained(str(sft.base)).eval()
+    base_logps = completion_logps(base, batch)
+    sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(sft.base)), str(sft.adapter)).eval()
+    sft_logps = completion_logps(sft_model, batch)
+    assert torch.allclose(reference, sft_logps, atol=1e-3), (reference, sft_logps)
+    assert (reference - base_logps).abs().max() > 1.0  # the adapter-disabled base would be the wrong reference
+    trainer.train()
+    assert torch.allclose(reference_logps(trainer, batch), sft_logps, atol=1e-3)  # still SFT after training
+    assert (completion_logps(trainer.model, batch) - sft_logps).abs().max() > 1e-2  # while the policy moved
+
+
+def test_dpo_resumes_from_its_checkpoint(align_sft_run: Path, align_pairs, tmp_path: Path) -> None:
+    first = train_dpo(dpo_config(align_sft_run, align_pairs, tmp_path, "training.max_steps=4",
+                                 "training.save_steps=4", "training.eval_steps=4", "data.max_train_pairs=32",
+                                 "training.logging_steps=1"))
+    assert (first / "checkpoints" / "checkpoint-4").is_dir()
+    again = train_dpo(dpo_config(align_sft_run, align_pairs, tmp_path, "training.max_steps=6",
+                                 "training.save_steps=4", "training.eval_steps=6", "data.max_train_pairs=32",
+                                 "training.logging_steps=1"))
+    assert read_manifest(again)["results"]["global_step"] == 6
+    steps = [m["step"] for m in read_metrics(again) if "loss" in m]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 from the first run, 5-6 resumed; none twice
+    assert read_manifest(again)["results"]["reference_check"]["drift_max_abs_diff"] < 1e-4
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture()
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lexalign.modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(lexalign.modeling, "load_model", refuse)
+
+
+def test_missing_sft_run_and_bad_pairs_fail_before_loading(align_pairs, align_sft_run: Path, tmp_path: Path,
+                                                           no_model_loading) -> None:
+    from lexalign.data.jsonl import DataError
+    from lexalign.runs import RunDirError
+
+    with pytest.raises(RunDirError, match="sft_run: .* does not exist"):
+        train_dpo(dpo_config(tmp_path / "missing", align_pairs, tmp_path))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(align_pairs[0].read_text().splitlines()[0] + "\n" +
+                   json.dumps({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match=f"{bad}:2: prompt, chosen and rejected must all be strings or all"):
+        train_dpo(dpo_config(align_sft_run, (bad, align_pairs[1], bad), tmp_path))
+    assert not (tmp_path / "tiny" / "dpo").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["training.loss_type=[sigmod]"], "training.loss_type"),
+    (["training.beta=0"], "training.beta"),
+    (["training.sync_ref_model=true"], "training.sync_ref_model"),
+    (["data.train=[/no/such/pairs.jsonl]"], "data.train[0]"),
+    (["model.tuning=full", "model.quantization.bits=null"], "model.tuning"),
+    (["sft_run="], "sft_run"),
+    (["eval.prompts=[/no/prompts.jsonl]"], "eval.prompts[0]"),
+])
+def test_bad_dpo_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(DPOStageConfig, DPO_YAML, overrides)
+    assert key in [p.key for p in info.value.problems]
+
+
+def test_a_reward_run_is_not_a_policy(align_reward_run: Path, align_pairs, tmp_path: Path, no_model_loading) -> None:
+    from lexalign.modeling import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="a reward run \\(a scorer, not a policy\\)"):
+        train_dpo(dpo_config(align_reward_run, align_pairs, tmp_path))

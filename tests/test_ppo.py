@@ -1,0 +1,189 @@
+"""Online RL stage (PPO, GRPO, RLOO) on the tiny model: steps with KL and reward logged, inputs checked first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lexalign.config import ConfigError, load_config
+from lexalign.rlhf.online import OnlineStageConfig, train_online
+from lexalign.runs import is_complete, read_manifest, read_metrics
+
+pytest_plugins = ["test_reward_support"]
+
+from test_reward_support import REPO  # noqa: E402
+
+PPO_YAML = REPO / "configs" / "ppo.yaml"
+
+
+def online_config(sft_run: Path, reward_run: Path, prompts: Path, out: Path, *extra: str) -> OnlineStageConfig:
+    return load_config(OnlineStageConfig, PPO_YAML, [
+        f"sft_run={sft_run}", f"reward_run={reward_run}", f"output_dir={out}", f"data.prompts=[{prompts}]",
+        "data.max_prompts=64", "model.threads=1", "ppo.total_episodes=32", "ppo.response_length=24",
+        "ppo.learning_rate=1e-3", "grpo.max_steps=4", "grpo.max_completion_length=24", "grpo.learning_rate=1e-3",
+        "rloo.max_steps=4", "rloo.max_completion_length=24", "rloo.learning_rate=1e-3", "eval.num_prompts=4",
+        "eval.max_new_tokens=16", f"eval.prompts=[{prompts}]", *extra])
+
+
+def adapter_changed(run: Path, sft_run: Path) -> int:
+    from safetensors.torch import load_file
+
+    before = load_file(str(sft_run / "adapter" / "adapter_model.safetensors"))
+    after = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    return sum(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture(scope="module")
+def ppo_run(align_sft_run: Path, align_reward_run: Path, align_chat, tmp_path_factory) -> Path:
+    return train_online(online_config(align_sft_run, align_reward_run, align_chat[0], tmp_path_factory.mktemp("ppo")))
+
+
+def test_ppo_runs_steps_with_kl_to_the_sft_reference_and_a_changing_reward(ppo_run: Path,
+                                                                         align_sft_run: Path) -> None:
+    metrics = [m for m in read_metrics(ppo_run) if "objective/kl" in m]
+    assert len(metrics) == 4  # 32 episodes / 8 prompts per step
+    kl = [m["objective/kl"] for m in metrics]
+    assert abs(kl[0]) < 1e-3, kl  # first rollout: the policy IS the reference (frozen copy of the SFT adapter)
+    assert max(abs(k) for k in kl[1:]) > 1e-3, kl  # after updates the policy has moved away from it
+    scores = [m["objective/scores"] for m in metrics]
+    assert len({round(s, 5) for s in scores}) > 1, scores
+    for key in ("objective/rlhf_reward", "objective/non_score_reward", "loss/policy_avg", "loss/value_avg"):
+        assert all(key in m for m in metrics), key
+    results = read_manifest(ppo_run)["results"]
+    assert results["reference"].startswith("frozen copy of the SFT adapter")
+    assert results["value_model"].startswith("copy of the reward model")
+    assert adapter_changed(ppo_run, align_sft_run) >= 1
+
+
+def test_ppo_run_is_complete_servable_and_evaluated(ppo_run: Path, align_sft_run: Path) -> None:
+    manifest = read_manifest(ppo_run)
+    assert is_complete(ppo_run) and ppo_run.name == "ppo"
+    assert set(manifest["outputs"]) == {"adapter", "base_model", "lora_rank"}
+    assert manifest["outputs"]["base_model"] == read_manifest(align_sft_run)["outputs"]["base_model"]
+    assert not (ppo_run / "adapter" / "ref").exists()
+    for name in ("training.png", "losses.png", "adapter/adapter_config.json", "adapter/README.md",
+                 "adapter/chat_template.jinja", "winrate_samples.jsonl"):
+        assert (ppo_run / name).exists(), name
+    win = manifest["results"]["winrate_vs_sft"]
+    assert win["prompts"] == 4 and 0 <= win["win_rate"] <= 1
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_grpo_and_rloo_run_steps_with_kl_and_reward(algorithm: str, align_sft_run: Path, align_reward_run: Path,
+                                                    align_chat, tmp_path: Path) -> None:
+    run = train_online(online_config(align_sft_run, align_reward_run, align_chat[0], tmp_path,
+                                     f"algorithm={algorithm}", "eval.num_prompts=0"))
+    assert run.name == algorithm and is_complete(run)
+    metrics = [m for m in read_metrics(run) if "kl" in m and "reward" in m]
+    assert len(metrics) == 4
+    kl = [m["kl"] for m in metrics]
+    assert abs(kl[0]) < 1e-3 and max(abs(k) for k in kl[1:]) > 1e-5, kl
+    rewards = [m["reward"] for m in metrics]
+    assert len({round(r, 5) for r in rewards}) > 1, rewards
+    assert all("rewards/reward_model/mean" in m for m in metrics)
+    results = read_manifest(run)["results"]
+    assert results["reference"].startswith("frozen copy of the SFT adapter") and results["global_step"] == 4
+    assert adapter_changed(run, align_sft_run) >= 1
+
+
+def test_reward_function_scores_in_the_training_format(align_reward_run: Path) -> None:
+    """GRPO/RLOO's reward function gives the same numbers as scoring the pair directly."""
+    from lexalign.modeling import load_reward_model, reward_scores
+    from lexalign.rlhf.online import RewardModelFunction
+
+    model, tokenizer = load_reward_model(align_reward_run / "model", "cpu")
+    prompt = [{"role": "user", "content": "Find the Governing Law clause."}]
+    completions = [[{"role": "assistant", "content": "Not present."}], [{"role": "assistant", "content": '"x"'}]]
+    scores = RewardModelFunction(model, tokenizer, 192)([prompt, prompt], completions)
+    assert scores == pytest.approx(reward_scores(model, tokenizer, [prompt, prompt], ["Not present.", '"x"'], 192))
+
+
+# --------------------------------------------------------------------------- bad inputs, before any model loads
+
+
+@pytest.fixture()
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lexalign.modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(lexalign.modeling, "load_model", refuse)
+    monkeypatch.setattr(lexalign.modeling, "load_reward_model", refuse)
+
+
+def fake_reward_run(folder: Path, model_dir: Path) -> Path:
+    """A completed 'reward' run whose model folder is ``model_dir`` (only its tokenizer is read by the checks)."""
+    shutil.copytree(model_dir, folder / "model")
+    (folder / "manifest.json").write_text(json.dumps({"stage": "reward", "outputs": {"model": "model"}}))
+    (folder / "COMPLETE").write_text("done\n")
+    return folder
+
+
+def test_tokenizer_mismatch_is_refused_before_loading(align_sft_run: Path, align_reward_run: Path, align_chat,
+                                                      tiny_corpus_text: str, tmp_path: Path,
+                                                      no_model_loading) -> None:
+    from lexalign.basemodel import make_tiny_model
+    from lexalign.errors import LexalignError
+
+    other = make_tiny_model(tmp_path / "other-model", tiny_corpus_text[:60_000], vocab_size=400)
+    run = fake_reward_run(tmp_path / "other-reward", other)
+    with pytest.raises(LexalignError, match="differs from the policy's .* in its vocabulary"):
+        train_online(online_config(align_sft_run, run, align_chat[0], tmp_path))
+    edited = tmp_path / "edited-reward"
+    shutil.copytree(align_reward_run, edited)
+    template = edited / "model" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    with pytest.raises(LexalignError, match="in its chat template"):
+        train_online(online_config(align_sft_run, edited, align_chat[0], tmp_path))
+    assert not (tmp_path / "tiny" / "ppo").exists()
+
+
+def test_missing_or_wrong_reward_run_is_clear(align_sft_run: Path, align_chat, tmp_path: Path,
+                                              no_model_loading) -> None:
+    from lexalign.errors import LexalignError
+    from lexalign.runs import RunDirError
+
+    with pytest.raises(RunDirError, match="reward_run: .* does not exist"):
+        train_online(online_config(align_sft_run, tmp_path / "none", align_chat[0], tmp_path))
+    with pytest.raises(LexalignError, match="a 'sft' run, not a reward run"):
+        train_online(online_config(align_sft_run, align_sft_run, align_chat[0], tmp_path))
+
+
+def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_reward_run: Path, align_chat,
+                                                   tmp_path: Path, no_model_loading) -> None:
+    from lexalign.data.jsonl import DataError
+
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text(align_chat[0].read_text().splitlines()[0] + "\n" +
+                   json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+    with pytest.raises(DataError, match=f"{bad}:2: .*the last message must be 'assistant'"):
+        train_online(online_config(align_sft_run, align_reward_run, bad, tmp_path))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["ppo.stop_token=null"], "ppo.stop_token"),
+    (["ppo.max_steps=10"], "ppo.max_steps"),
+    (["ppo.num_mini_batches=3"], "ppo.num_mini_batches"),
+    (["ppo.ref_adapter_name=other"], "ppo.ref_adapter_name"),
+    (["algorithm=grpo", "grpo.use_vllm=true"], "grpo.use_vllm"),
+    (["algorithm=grpo", "grpo.num_generations=1"], "grpo.num_generations"),
+    (["algorithm=rloo", "rloo.beta=-1"], "rloo.beta"),
+    (["algorithm=a2c"], "algorithm"),
+    (["reward_run="], "reward_run"),
+    (["data.prompts=[/no/prompts.jsonl]"], "data.prompts[0]"),
+])
+def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(OnlineStageConfig, PPO_YAML, overrides)
+    assert key in [p.key for p in info.value.problems]
+
+
+def test_inactive_algorithm_sections_are_ignored() -> None:
+    config = load_config(OnlineStageConfig, PPO_YAML, ["algorithm=rloo", "ppo.stop_token=null"])
+    assert config.run_dir == Path("runs/tiny/rloo") and config.training is config.rloo

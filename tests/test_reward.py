@@ -1,0 +1,180 @@
+"""Reward stage on the tiny model: learning, held-out accuracy, the saved form, scoring CLI, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lexalign.config import ConfigError, load_config
+from lexalign.reward.train import RewardStageConfig, calibration_table, train_reward
+from lexalign.runs import is_complete, read_manifest, read_metrics
+
+pytest_plugins = ["test_reward_support"]
+
+from test_reward_support import REPO, preference_pairs, reward_overrides, write_jsonl  # noqa: E402
+
+REWARD_YAML = REPO / "configs" / "reward.yaml"
+
+
+def test_reward_model_learns_the_preference_and_writes_a_complete_run(align_reward_run: Path) -> None:
+    manifest = read_manifest(align_reward_run)
+    results = manifest["results"]
+    assert results["pairwise_accuracy"] >= 0.9, results
+    assert results["valid_pairs"] == 48 and results["valid_prompts_also_in_train"] == 0
+    losses = [m["loss"] for m in read_metrics(align_reward_run) if "loss" in m]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert results["global_step"] == 40
+    assert manifest["outputs"]["model"] == "model" and manifest["parent"]
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "training.png", "calibration.png", "COMPLETE",
+                 "scores_valid.jsonl", "model/model.safetensors", "model/config.json", "model/tokenizer.json",
+                 "model/chat_template.jinja", "model/README.md", "model/lexalign_reward.json"):
+        assert (align_reward_run / name).exists(), name
+    assert is_complete(align_reward_run)
+    assert not (align_reward_run / "init").exists()
+
+
+def test_saved_reward_model_reloads_with_the_same_scores(align_reward_run: Path) -> None:
+    """The merged folder alone, loaded with plain transformers, gives the scores the trained model gave."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lexalign.modeling import reward_input_ids
+    from lexalign.training import load_pairs
+
+    results = read_manifest(align_reward_run)["results"]
+    assert results["reload_max_abs_diff"] < 1e-4  # in-memory (PeftModel) vs reloaded merged folder
+    folder = align_reward_run / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert len(config["id2label"]) == 1
+    assert config["pad_token_id"] is not None
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    saved = [json.loads(line) for line in (align_reward_run / "scores_valid.jsonl").read_text().splitlines()]
+    pairs = load_pairs(load_config(RewardStageConfig, align_reward_run / "config.yaml").data.valid)
+    for pair, row in list(zip(pairs, saved))[:8]:
+        prompt = [m.model_dump() for m in pair.prompt]
+        for side in ("chosen", "rejected"):
+            ids = reward_input_ids(tokenizer, prompt, [m.model_dump() for m in getattr(pair, side)], 192)
+            with torch.no_grad():
+                score = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+            assert abs(score - row[f"{side}_score"]) < 1e-4, (side, score, row)
+
+
+def test_score_cli_ranks_responses_and_reports_accuracy(align_reward_run: Path,
+                                                        align_pairs: tuple[Path, Path, Path]) -> None:
+    clause = "This Agreement shall be governed by the laws of the State of Ohio."
+    result = subprocess.run(
+        [sys.executable, "-m", "lexalign.cli", "score", "--reward", str(align_reward_run), "--device", "cpu",
+         "--system", "You are a contract-review assistant. Quote clause text exactly; say 'Not present.' when absent.",
+         "--prompt", f"Find the Governing Law clause in this excerpt.\n\nExcerpt: Payment is due within 30 days "
+         f"of invoice. {clause}", "--response", "Not present.", "--response", f'"{clause}"'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2 and clause in lines[0], result.stdout  # best first: the quoted clause
+    result = subprocess.run(
+        [sys.executable, "-m", "lexalign.cli", "score", "--reward", str(align_reward_run), "--device", "cpu",
+         "--file", str(align_pairs[1])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    accuracy = float(result.stdout.split("pairwise accuracy ")[1].split(",")[0])
+    assert accuracy == pytest.approx(read_manifest(align_reward_run)["results"]["pairwise_accuracy"], abs=1e-6)
+
+
+def test_split_by_prompt_keeps_every_prompt_on_one_side(align_pairs: tuple[Path, Path, Path]) -> None:
+    from lexalign.training import load_pairs, prompt_key, split_by_prompt
+
+    pairs = load_pairs([str(align_pairs[2])])
+    train, valid = split_by_prompt(pairs, 0.2, seed=0)
+    assert len(train) + len(valid) == len(pairs) and valid and train
+    assert not {prompt_key(p) for p in train} & {prompt_key(p) for p in valid}
+    assert len({prompt_key(p) for p in valid}) == round(0.2 * len({prompt_key(p) for p in pairs}))
+    assert split_by_prompt(pairs, 0.2, seed=0) == (train, valid)  # deterministic
+
+
+def test_calibration_table_buckets_by_gap() -> None:
+    table = calibration_table([0.01, -0.02, 3.0, 4.0, -0.5, 2.5], bins=3)
+    assert [row["pairs"] for row in table] == [2, 2, 2]
+    assert table[0]["agreement"] == 0.5 and table[-1]["agreement"] == 1.0
+    assert table[-1]["predicted"] > 0.9 > table[0]["predicted"]
+
+
+# --------------------------------------------------------------------------- bad inputs, before any model loads
+
+
+@pytest.fixture()
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lexalign.modeling
+    from transformers import AutoModelForSequenceClassification
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(lexalign.modeling, "load_model", refuse)
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", refuse)
+
+
+def test_missing_preference_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(RewardStageConfig, REWARD_YAML, [f"data.train=[{tmp_path / 'nope.jsonl'}]"])
+    assert "data.train[0]" in [p.key for p in info.value.problems]
+    assert "file not found" in str(info.value)
+
+
+def test_malformed_preference_line_names_file_and_line(align_sft_run: Path, align_pairs, tmp_path: Path,
+                                                       no_model_loading) -> None:
+    from lexalign.data.jsonl import DataError
+
+    bad = tmp_path / "bad.jsonl"
+    good = preference_pairs(2, seed=3, prefix="bad")
+    write_jsonl(bad, good)
+    with bad.open("a") as handle:
+        handle.write(json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
+        handle.write("{not json\n")
+    config = load_config(RewardStageConfig, REWARD_YAML, reward_overrides(align_sft_run, align_pairs, tmp_path) +
+                         [f"data.train=[{bad}]"])
+    with pytest.raises(DataError) as info:
+        train_reward(config)
+    assert f"{bad}:5: chosen and rejected are identical" in str(info.value)
+    assert f"{bad}:6: not valid JSON" in str(info.value)
+    assert not (tmp_path / "tiny" / "reward").exists()
+
+
+def test_missing_or_incomplete_sft_run_is_clear(align_sft_run: Path, align_pairs, tmp_path: Path,
+                                                no_model_loading) -> None:
+    from lexalign.runs import RunDirError
+
+    config = load_config(RewardStageConfig, REWARD_YAML,
+                         reward_overrides(tmp_path / "no-such-run", align_pairs, tmp_path))
+    with pytest.raises(RunDirError, match="does not exist; run the stage that produces it first"):
+        train_reward(config)
+    partial = tmp_path / "partial-sft"
+    shutil.copytree(align_sft_run, partial)
+    (partial / "COMPLETE").unlink()
+    config = load_config(RewardStageConfig, REWARD_YAML, reward_overrides(partial, align_pairs, tmp_path))
+    with pytest.raises(RunDirError, match="not a completed run"):
+        train_reward(config)
+
+
+def test_missing_reward_run_is_a_clear_cli_error(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "lexalign.cli", "score", "--reward", str(tmp_path / "nope"),
+                             "--prompt", "p", "--response", "r"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "neither a reward run directory" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["training.max_length=8"], "training.max_length"),
+    (["data.valid_fraction=1.5"], "data.valid_fraction"),
+    (["sft_run=", "model.path="], "model.path"),
+    (["data.margin_scale=-1"], "data.margin_scale"),
+    (["training.center_rewards_coefficent=0.1"], "training.center_rewards_coefficent"),
+])
+def test_bad_reward_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(RewardStageConfig, REWARD_YAML, overrides)
+    assert key in [p.key for p in info.value.problems]
