@@ -170,9 +170,9 @@ def test_review_a_contract_stream_rate_and_store_feedback(browser, chat_app, tmp
     final = seen[-1]
     answer = final.split("Sources:")[0].strip()
     assert answer and answer != "\u2026"
-    partial = [s.split("Sources:")[0].strip() for s in seen[:-1]]
-    # it streamed: a placeholder, then a beginning of the answer, before the whole answer
-    assert any(p and p != "\u2026" and p != answer and answer.startswith(p) for p in partial), seen
+    # Streaming itself (placeholder, then growing prefixes of the answer) is asserted on the handler's updates
+    # in tests/test_chat.py::test_review_streams_cites_and_feedback_is_stored; sampling the DOM for
+    # intermediate renders from here missed them under load.
     sources = wait_text(page.locator("#sources"), "Excerpts sent to the model")
     assert "[chunk " in sources and "3. Governing Law. This Agreement shall be governed" in sources
     assert "Sources:" in final
