@@ -141,7 +141,9 @@ def check_ranks(ranks: list[int], n_responses: int) -> None:
         raise ValueError(f"ranks has {len(ranks)} values for {n_responses} responses; give exactly one rank per response")
     if any(r < 1 for r in ranks):
         raise ValueError(f"ranks start at 1 (= best); got {ranks}")
-    missing = sorted(set(range(1, max(ranks) + 1)) - set(ranks))
+    # n values with one above n leave a gap within 1..n, so 1..n is enough to name it; a rank of 10**18 from a
+    # form must not become a set of 10**18 numbers.
+    missing = sorted(set(range(1, min(max(ranks), n_responses) + 1)) - set(ranks))
     if missing:
         raise ValueError(f"ranks must be dense (1 = best, ties share a rank, no gaps, e.g. [1, 2, 2, 3]); "
                          f"got {ranks}, missing rank {', '.join(map(str, missing))}")

@@ -101,6 +101,7 @@ def test_ranking_accepts_weak_orderings():
 
 @pytest.mark.parametrize("changes, expected", [
     ({"responses": ["x", "y"], "ranks": [1, 3]}, "missing rank 2"),
+    ({"responses": ["x", "y"], "ranks": [1, 10**19]}, "missing rank 2"),
     ({"ranks": [1, 2, 3]}, "3 values for 4 responses"),
     ({"ranks": [0, 1, 2, 3]}, "ranks start at 1"),
     ({"responses": ["only one"], "ranks": [1]}, "at least 2 items"),

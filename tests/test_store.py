@@ -287,6 +287,7 @@ def ids(view) -> list[int]:
 
 @pytest.mark.parametrize("make_ranks, words", [
     (lambda i: {i[0]: 1, i[1]: 3, i[2]: 1}, "missing rank 2"),          # gap: not dense
+    (lambda i: {i[0]: 1, i[1]: 10**18, i[2]: 2}, "missing rank 3"),    # a huge rank is a gap, not a huge set
     (lambda i: {i[0]: 0, i[1]: 1, i[2]: 2}, "start at 1"),
     (lambda i: {i[0]: 1, i[1]: 2}, "no rank for candidate"),           # incomplete
     (lambda i: {i[0]: 1, i[1]: 2, i[2]: 3, 99999: 4}, "unknown candidate id 99999"),
