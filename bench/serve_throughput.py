@@ -128,7 +128,8 @@ async def _burst(client, model: str, prompts: list[list[dict[str, str]]], tokens
     return time.perf_counter() - started, list(results)
 
 
-def bench_vllm(model_dir: Path, prompts: list[list[dict[str, str]]], tokens: int, work: Path) -> dict:
+def bench_vllm(model_dir: Path, prompts: list[list[dict[str, str]]], tokens: int, work: Path,
+               serve_overrides: list[str]) -> dict:
     from openai import AsyncOpenAI
 
     from lexalign.config import load_config
@@ -136,7 +137,7 @@ def bench_vllm(model_dir: Path, prompts: list[list[dict[str, str]]], tokens: int
 
     config = load_config(ServeConfig, ROOT / "configs" / "serve.yaml", [
         f"run={model_dir}", "port=0", f"work_dir={work}", "dtype=float32", "max_model_len=1024",
-        f"max_num_seqs={len(prompts)}", "cpu_kvcache_gib=2", "shutdown_timeout_s=5"])
+        f"max_num_seqs={len(prompts)}", "cpu_kvcache_gib=2", "shutdown_timeout_s=5", *serve_overrides])
     wall_start = time.perf_counter()
     with start_server(config, ephemeral_key=True) as server:
         start_s = time.perf_counter() - wall_start
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=128, help="output tokens per request (default 128)")
     parser.add_argument("--hf-threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
                         help="intra-op thread counts tried for the baseline; the fastest is used (default 1,2)")
+    parser.add_argument("--serve", nargs="*", default=[], metavar="key=value",
+                        help="serve config overrides for the server, e.g. cpu_reserved_cores=0")
     parser.add_argument("--model-dir", type=Path, default=OUT / "base-100m-random", help="where the model is built")
     parser.add_argument("--out", type=Path, default=OUT / "serve_throughput.json")
     args = parser.parse_args(argv)
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {baselines[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
     hf = max(baselines, key=lambda b: b["tokens_per_s"])
     print(f"vLLM server: {len(prompts)} concurrent streaming requests x {args.tokens} tokens, float32 ...", flush=True)
-    served = bench_vllm(model_dir, prompts, args.tokens, OUT / "serve-work")
+    served = bench_vllm(model_dir, prompts, args.tokens, OUT / "serve-work", args.serve)
+    served["serve_overrides"] = args.serve
     load_after = load_average()
     ratio = served["tokens_per_s"] / hf["tokens_per_s"]
     result = {

@@ -108,6 +108,10 @@ class ServeConfig:
     chat_template: str | None = None  # null = the run's saved chat_template.jinja
     seed: int = 0
     cpu_kvcache_gib: int = 1          # CPU engine: KV-cache size (VLLM_CPU_KVCACHE_SPACE), GiB
+    # CPU engine: cores kept free of the model's OpenMP threads for vLLM's scheduler/API server
+    # (VLLM_CPU_NUM_OF_RESERVED_CPU); null = vLLM's default (one per worker on x86). On a 2-core machine
+    # the default leaves ONE core for the model; 0 lets the model use both (the processes then share them).
+    cpu_reserved_cores: int | None = None
     gpu_memory_utilization: float = 0.9  # GPU engine: share of GPU memory for weights + KV cache
     tensor_parallel_size: int = 1     # GPU engine: GPUs to shard the model over
     quantization: str | None = None   # GPU engine: e.g. awq, gptq, fp8, bitsandbytes (null = none)
@@ -135,6 +139,8 @@ class ServeConfig:
                             self.max_num_seqs, "expected >= 1, or null")
         found += problem_if(self.max_lora_rank is not None and self.max_lora_rank not in LORA_RANKS, "max_lora_rank",
                             self.max_lora_rank, f"vLLM accepts one of {', '.join(map(str, LORA_RANKS))} (or null: from the adapter)")
+        found += problem_if(self.cpu_reserved_cores is not None and self.cpu_reserved_cores < 0, "cpu_reserved_cores",
+                            self.cpu_reserved_cores, "expected a number of cores >= 0, or null for vLLM's default")
         found += problem_if(self.cpu_kvcache_gib < 1, "cpu_kvcache_gib", self.cpu_kvcache_gib,
                             "expected a whole number of GiB >= 1 (vLLM's CPU engine needs a KV-cache size)")
         found += problem_if(not 0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
@@ -490,6 +496,8 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
+        if config.cpu_reserved_cores is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.cpu_reserved_cores)
     else:
         command += ["--gpu-memory-utilization", str(config.gpu_memory_utilization),
                     "--tensor-parallel-size", str(config.tensor_parallel_size)]

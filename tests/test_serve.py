@@ -114,6 +114,9 @@ def test_cpu_command_serves_the_adapter_with_its_rank_template_and_kv_cache(sft_
     assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
     assert "--gpu-memory-utilization" not in command and "--api-key" not in command
     assert "VLLM_API_KEY" not in plan.env and plan.log_path == tmp_path / "server-8123.log"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in plan.env  # vLLM's own default unless asked
+    both = plan_launch(serve_config(f"run={sft_run}", "cpu_reserved_cores=0"), CPU_ENGINE)
+    assert both.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     with pytest.raises(ServeError, match="below the adapter's rank"):
         plan_launch(serve_config(f"run={sft_run}", "max_lora_rank=1"), CPU_ENGINE)
 
@@ -200,10 +203,10 @@ def test_bad_serve_configs_list_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         serve_config("port=70000", "max_lora_rank=12", "cpu_kvcache_gib=0", "gpu_memory_utilization=1.5",
                      "api_key_env=not a name", "extra_args=[--api-key, x]", f"engine_python={tmp_path / 'nope'}",
-                     "model_name=a b", "dtype=int8")
+                     "model_name=a b", "dtype=int8", "cpu_reserved_cores=-1")
     keys = {p.key for p in info.value.problems}
     assert keys == {"port", "max_lora_rank", "cpu_kvcache_gib", "gpu_memory_utilization", "api_key_env",
-                    "extra_args[0]", "engine_python", "model_name", "dtype"}
+                    "extra_args[0]", "engine_python", "model_name", "dtype", "cpu_reserved_cores"}
 
 
 def lexalign(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
