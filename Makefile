@@ -45,7 +45,6 @@ postgres:
 
 # The whole chain on the embedded default: base -> SFT -> rankings -> reward -> DPO -> PPO -> eval -> report.
 demo: setup serve-setup
-	$(BIN)/lexalign data stats
 	$(BIN)/lexalign pipeline --config configs/pipeline/tiny.yaml
 
 test: setup serve-setup browser postgres

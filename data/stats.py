@@ -173,9 +173,7 @@ def format_stats(stats: dict[str, Any], folder: Path) -> str:
     return "\n\n".join(blocks)
 
 
-def print_stats(folder: str | Path | None = None) -> None:
-    """Print the tables for a built folder (default: the shipped datasets)."""
-    folder = Path(folder) if folder is not None else shipped_dir()
+def load_stats(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; build one with `lexalign data build --out {folder}`")
     stats = compute_stats(folder)
@@ -184,4 +182,49 @@ def print_stats(folder: str | Path | None = None) -> None:
     saved = folder / "stats.json"
     if saved.is_file():
         stats["splits"] = json.loads(saved.read_text(encoding="utf-8")).get("splits", {})
-    print(format_stats(stats, folder))
+    return stats
+
+
+def data_card(stats: dict[str, Any], folder: Path) -> str:
+    """A short markdown card: what the datasets hold, where they come from, and their license."""
+    lines = [f"# Data card: `{folder}`", ""]
+    sft = stats.get("sft", {})
+    if sft:
+        lines += ["| SFT chat records | " + " | ".join(sft) + " |", "|---|" + "---|" * len(sft)]
+        tasks = sorted({t for s in sft.values() for t in s["by_source_task"]})
+        lines += [f"| {t} | " + " | ".join(str(sft[s]["by_source_task"].get(t, 0)) for s in sft) + " |" for t in tasks]
+        lines += ["| **total** | " + " | ".join(f"**{sft[s]['records']}**" for s in sft) + " |", ""]
+    rankings, pairs = stats.get("acord_rankings", {}), stats.get("acord_pairs", {})
+    if rankings or pairs:
+        splits = list(rankings or pairs)
+        lines += ["| ACORD (lawyers' 1-5 star ratings) | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+        if rankings:
+            lines.append("| ranking groups | " + " | ".join(str(rankings.get(s, {}).get("records", 0)) for s in splits) + " |")
+        if pairs:
+            lines.append("| preference pairs | " + " | ".join(str(pairs.get(s, {}).get("pairs", 0)) for s in splits) + " |")
+        lines.append("")
+    if "pretrain" in stats:
+        lines += [f"Pretraining corpus: {stats['pretrain']['bytes']:,} bytes of contract text.", ""]
+    lines += ["Splits are by document (CUAD contract, CLAUDETTE company, ACORD query), so no document is in two "
+              "splits. Sources: CUAD, CLAUDETTE and ACORD, each CC BY 4.0; see `ATTRIBUTION.md` and `LICENSES/` in "
+              f"`{folder}`.", ""]
+    return "\n".join(lines)
+
+
+def print_stats(folder: str | Path | None = None, out: str | Path | None = None) -> None:
+    """Print the tables for a built folder (default: the shipped datasets); with ``out``, also write
+    ``stats.json``, ``stats.txt`` and a data card ``README.md`` there (the pipeline's data step)."""
+    folder = Path(folder) if folder is not None else shipped_dir()
+    stats = load_stats(folder)
+    text = format_stats(stats, folder)
+    print(text)
+    if out is not None:
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "stats.txt").write_text(text + "\n", encoding="utf-8")
+            (out / "README.md").write_text(data_card(stats, folder), encoding="utf-8")
+            # written last: the pipeline takes stats.json as the sign that the step completed
+            (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise DataError(f"{out}: cannot write the data statistics ({err.strerror or err})") from None

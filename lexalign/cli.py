@@ -35,7 +35,7 @@ def _data_build(args: argparse.Namespace) -> None:
 def _data_stats(args: argparse.Namespace) -> None:
     from lexalign.data.stats import print_stats
 
-    print_stats(args.dir)
+    print_stats(args.dir, args.out)
 
 
 def _base_build(args: argparse.Namespace) -> None:
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_data_build)
     stats = data_commands.add_parser("stats", help="counts, lengths and label balance of a built dataset folder")
     stats.add_argument("dir", nargs="?", default=None, help="built dataset folder (default: the shipped one)")
+    stats.add_argument("--out", default=None, metavar="DIR",
+                       help="also write stats.json, stats.txt and a data card (README.md) into DIR")
     stats.set_defaults(handler=_data_stats)
 
     base = commands.add_parser("base", help="the tiny embedded base model")

@@ -91,6 +91,9 @@ def cards(run_root: Path) -> list[str]:
         lines += [f"### {card.parent.relative_to(run_root)}", "", card.read_text().strip(), ""]
     from lexalign.data.paths import shipped_dir
 
+    data_card = run_root / "data" / "README.md"
+    if data_card.is_file():
+        lines += [data_card.read_text().strip().replace("# Data card", "### Data card", 1), ""]
     attribution = shipped_dir() / "ATTRIBUTION.md"
     if attribution.is_file():
         lines += ["### Data", "", attribution.read_text().strip(), ""]

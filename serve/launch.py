@@ -112,6 +112,10 @@ class ServeConfig:
     # (VLLM_CPU_NUM_OF_RESERVED_CPU); null = vLLM's default (one per worker on x86). On a 2-core machine
     # the default leaves ONE core for the model; 0 lets the model use both (the processes then share them).
     cpu_reserved_cores: int | None = None
+    # CPU engine: vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a request with a
+    # seed is prefilled in chunks, and one such request kills the engine for every client. Off, each prompt
+    # is prefilled in one step (the step's token budget is raised to max_model_len).
+    cpu_chunked_prefill: bool = False
     gpu_memory_utilization: float = 0.9  # GPU engine: share of GPU memory for weights + KV cache
     tensor_parallel_size: int = 1     # GPU engine: GPUs to shard the model over
     quantization: str | None = None   # GPU engine: e.g. awq, gptq, fp8, bitsandbytes (null = none)
@@ -496,6 +500,9 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
+        if not config.cpu_chunked_prefill:
+            context = config.max_model_len or _max_positions(target.base_model)
+            command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(context, 2048))]
         if config.cpu_reserved_cores is not None:
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.cpu_reserved_cores)
     else:
@@ -508,6 +515,18 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
     command += list(config.extra_args)
     return LaunchPlan(engine, target, device, dtype, config.host, port, command, env, work_dir,
                       work_dir / f"server-{port}.log")
+
+
+def _max_positions(model_dir: Path) -> int:
+    """The model's context length from its config.json (what vLLM takes as max_model_len when none is set)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ServeError(f"{model_dir / 'config.json'}: cannot read the model's config ({err}); set max_model_len") from None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ServeError(f"{model_dir / 'config.json'}: no context length (max_position_embeddings); set max_model_len")
 
 
 # =========================================================================== the running server

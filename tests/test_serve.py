@@ -115,6 +115,9 @@ def test_cpu_command_serves_the_adapter_with_its_rank_template_and_kv_cache(sft_
     assert "--gpu-memory-utilization" not in command and "--api-key" not in command
     assert "VLLM_API_KEY" not in plan.env and plan.log_path == tmp_path / "server-8123.log"
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in plan.env  # vLLM's own default unless asked
+    assert "--no-enable-chunked-prefill" in command and arg(command, "--max-num-batched-tokens") == "2048"
+    chunked = plan_launch(serve_config(f"run={sft_run}", "cpu_chunked_prefill=true"), CPU_ENGINE)
+    assert "--no-enable-chunked-prefill" not in chunked.command
     both = plan_launch(serve_config(f"run={sft_run}", "cpu_reserved_cores=0"), CPU_ENGINE)
     assert both.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     with pytest.raises(ServeError, match="below the adapter's rank"):
@@ -294,6 +297,27 @@ def test_requests_need_the_key(served) -> None:
     assert raw.value.code == 401
     with urllib.request.urlopen(f"{served.root_url}/health", timeout=10) as health:  # no key needed
         assert health.status == 200
+
+
+@pytest.mark.slow
+def test_concurrent_seeded_sampling_of_long_prompts_keeps_the_engine_alive(served) -> None:
+    """More prompt tokens at once than one engine step takes, each request with a seed (what `lexalign
+    candidates` sends). With chunked prefill, vLLM 0.32's CPU worker dies on this and every client gets 500s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = served.client()
+    clause = "The Supplier shall indemnify the Customer against all losses arising from any breach. "
+    prompts = [[{"role": "user", "content": f"Contract {i}: " + clause * 12 + "Find the indemnity clause."}]
+               for i in range(8)]  # ~300 tokens each, 2 answers each: about 4800 prompt tokens in flight
+
+    def sample(i: int):
+        return client.chat.completions.create(model="tiny-sft", messages=prompts[i], max_tokens=8, temperature=0.9,
+                                              n=2, seed=100 + i)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(sample, range(8)))
+    assert all(len(r.choices) == 2 and r.usage.prompt_tokens > 250 for r in responses)
+    assert len(sample(3).choices) == 2  # and the engine still serves
 
 
 @pytest.mark.slow
