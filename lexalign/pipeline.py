@@ -113,6 +113,13 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"steps": {}}
 
 
+def write_state(path: Path, state: dict[str, Any], ids: list[str]) -> None:
+    """Steps in the config's order (a step added to the config later is not listed last); steps no longer
+    in the config are dropped."""
+    state["steps"] = {step_id: state["steps"][step_id] for step_id in ids if step_id in state["steps"]}
+    write_json_atomic(path, state)
+
+
 def tail(path: Path, lines: int = 25) -> str:
     text = path.read_text(errors="replace").splitlines() if path.is_file() else []
     return "\n".join(text[-lines:])
@@ -150,7 +157,7 @@ def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str 
         if process.returncode != 0 or not output_done(step, config):
             state["steps"][step.id] = {"status": "failed", "exit_code": process.returncode, "seconds": round(elapsed, 1),
                                        "log": str(log_path)}
-            write_json_atomic(state_path, state)
+            write_state(state_path, state, ids)
             reason = (f"exit code {process.returncode}" if process.returncode != 0
                       else f"it exited 0 but {expand(step.output, config)} is not complete")
             raise PipelineError(f"step '{step.id}' failed after {elapsed:.0f} s ({reason}); log {log_path}:\n"
@@ -160,8 +167,8 @@ def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str 
                                    "seconds": round(elapsed, 1), "output": expand(step.output, config),
                                    "command": "lexalign " + " ".join(argv), "log": str(log_path), "skipped": False,
                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(state_path, state)
+        write_state(state_path, state, ids)
         logger.info("%s: done in %.0f s (pipeline %.0f s)", label, elapsed, time.time() - started)
     state["wall_time_s"] = round(time.time() - started, 1)
-    write_json_atomic(state_path, state)
+    write_state(state_path, state, ids)
     return root

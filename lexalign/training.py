@@ -166,6 +166,16 @@ def load_pairs(files: list[str], limit: int = 0) -> list[Any]:
     return pairs[:limit] if limit else pairs
 
 
+def sample_in_order(items: list[Any], limit: int, seed: int) -> list[Any]:
+    """At most ``limit`` items (0 = all): a seeded random draw, kept in the original order."""
+    import random
+
+    if not limit or len(items) <= limit:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
 def prompt_key(pair: Any) -> str:
     """The unit of a held-out split: ``meta.prompt_id``, else a hash of the prompt itself."""
     import hashlib

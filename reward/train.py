@@ -39,7 +39,7 @@ from typing import Any
 
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
-from lexalign.runs import RunDir
+from lexalign.runs import RunDir, writes_to
 from lexalign.training import load_pairs, preference_file_problems, prompt_key, split_by_prompt
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,8 @@ def score_pairs(model: Any, tokenizer: Any, pairs: list[Any], max_length: int) -
 
 def run_reward(config_path: str | Path | None, overrides: list[str]) -> Path:
     config = load_config(RewardStageConfig, config_path, overrides)
-    return train_reward(config)
+    with writes_to(config.run_dir):
+        return train_reward(config)
 
 
 def check_inputs(config: RewardStageConfig) -> tuple[Path, Path | None, list[Any], list[Any], bool]:

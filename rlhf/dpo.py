@@ -27,8 +27,8 @@ from typing import Any
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
-from lexalign.runs import RunDir
-from lexalign.training import load_pairs, preference_file_problems, prompt_key, split_by_prompt
+from lexalign.runs import RunDir, writes_to
+from lexalign.training import load_pairs, preference_file_problems, prompt_key, sample_in_order, split_by_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class DPODataSection:
     valid: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_valid.jsonl"])  # [] = split by prompt
     valid_fraction: float = 0.1
     split_seed: int = 0
-    max_train_pairs: int = 0  # 0 = all
+    max_train_pairs: int = 0  # 0 = all; else a seeded draw (split_seed), kept in file order
     max_valid_pairs: int = 0
 
     def problems(self) -> list[Problem]:
@@ -136,7 +136,8 @@ def check_batch(trainer: Any, n: int = 8) -> dict[str, Any]:
 
 def run_dpo(config_path: str | Path | None, overrides: list[str]) -> Path:
     config = load_config(DPOStageConfig, config_path, overrides)
-    return train_dpo(config)
+    with writes_to(config.run_dir):
+        return train_dpo(config)
 
 
 def check_inputs(config: DPOStageConfig) -> tuple[Any, list[Any], list[Any], Path | None]:
@@ -150,10 +151,9 @@ def check_inputs(config: DPOStageConfig) -> tuple[Any, list[Any], list[Any], Pat
         valid = load_pairs(config.data.valid)
     else:
         train, valid = split_by_prompt(train, config.data.valid_fraction, config.data.split_seed)
-    if config.data.max_train_pairs:
-        train = train[: config.data.max_train_pairs]
-    if config.data.max_valid_pairs:
-        valid = valid[: config.data.max_valid_pairs]
+    # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
+    train = sample_in_order(train, config.data.max_train_pairs, config.data.split_seed)
+    valid = sample_in_order(valid, config.data.max_valid_pairs, config.data.split_seed)
     reward_dir = None
     if config.eval.reward_run and config.eval.num_prompts:
         reward_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run")
@@ -176,6 +176,7 @@ def train_dpo(config: DPOStageConfig) -> Path:
         metrics_callback,
         mixed_precision,
         plot_training,
+        ready_for_distributed_training,
         trim_metrics_after,
     )
 
@@ -203,6 +204,9 @@ def train_dpo(config: DPOStageConfig) -> Path:
         logger.warning("%d held-out prompts also appear in the training pairs", shared)
     logger.info("data: %d train pairs, %d held-out pairs", len(train_dataset), len(valid_dataset))
 
+    from transformers import set_seed
+
+    set_seed(int(config.training.get("seed", 42)))  # before the trained adapter is set up: same seed, same run
     model, device, dtype, peft_config = load_policy(config.model, sft, bool(config.training.get("gradient_checkpointing")))
     trainer = DPOTrainer(
         model=model,
@@ -222,6 +226,7 @@ def train_dpo(config: DPOStageConfig) -> Path:
     reference_before = reference_logps(trainer, batch)
     initial_diff = (completion_logps(trainer.model, batch) - reference_before).abs().max().item()
     initial_eval = trainer.evaluate() if not checkpoint else {}
+    ready_for_distributed_training(trainer)  # else DDP never wraps the model after that evaluate()
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
     drift = (reference_logps(trainer, batch) - reference_before).abs().max().item()

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
-from lexalign.runs import RunDir
+from lexalign.runs import RunDir, writes_to
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental.ppo is used on purpose (see above)
 
@@ -158,7 +158,8 @@ class RewardModelFunction:
 
 def run_online(config_path: str | Path | None, overrides: list[str]) -> Path:
     config = load_config(OnlineStageConfig, config_path, overrides)
-    return train_online(config)
+    with writes_to(config.run_dir):
+        return train_online(config)
 
 
 def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path, Path | None]:

@@ -116,12 +116,18 @@ def test_shipped_prefix_resolves():
     assert resolve_data_path("other/file.jsonl") == Path("other/file.jsonl")
 
 
-def test_stats_cli_smoke():
+def test_stats_cli_smoke(tmp_path):
     exe = shutil.which("lexalign")
     command = [exe] if exe else [sys.executable, "-m", "lexalign.cli"]
-    result = subprocess.run(command + ["data", "stats"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command + ["data", "stats", "--out", str(tmp_path / "card")], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for text in ("SFT chat records", "cuad/extract", "claudette/unfair", "ACORD ranking groups", "pretraining corpus"):
         assert text in result.stdout
+    stats = json.loads((tmp_path / "card" / "stats.json").read_text())  # the pipeline's data step writes these
+    assert stats["sft"]["train"]["records"] == 4000 and stats["acord_pairs"]["valid"]["pairs"] == 156
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "| **total** | **4000** | **500** | **500** |" in card and "CC BY 4.0" in card
+    assert (tmp_path / "card" / "stats.txt").read_text().strip() == result.stdout.strip()
     missing = subprocess.run(command + ["data", "stats", "/nonexistent/folder"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no such folder" in missing.stderr and "Traceback" not in missing.stderr

@@ -88,6 +88,15 @@ def test_pipeline_skips_unchanged_and_reruns_changed_steps(tmp_path: Path, input
     assert "Pipeline steps and wall time" in text and "| sft | complete |" in text
     assert (report / "report.html").is_file() and (report / "sft-training.png").is_file()
 
+    data = yaml.safe_load(config.read_text())       # a step added in front: it runs, the others stay skipped
+    data["steps"].insert(0, {"id": "data", "command": ["data", "stats", "--out", "{run}/data"],
+                             "output": "{run}/data/stats.json"})
+    config.write_text(yaml.safe_dump(data))
+    run_pipeline(config, [])
+    fifth = state(tmp_path)
+    assert list(fifth) == ["data", "base", "sft"]  # listed (and reported) in the config's order
+    assert not fifth["data"]["skipped"] and fifth["base"]["skipped"] and fifth["sft"]["skipped"]
+
 
 def test_failed_step_stops_the_chain_and_names_it(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
     corpus, chat = inputs
