@@ -192,9 +192,32 @@ def load_model(
     model = model_class.from_pretrained(str(path), **load_kwargs)
     if not section.quantization.bits:
         model.to(device)
+    elif device.type == "cpu":
+        release_weight_file(model)
     logger.info("loaded %s (%s, %.1fM parameters) for %s", path, type(model).__name__,
                 sum(p.numel() for p in model.parameters()) / 1e6, section.mode)
     return model, device, dtype
+
+
+def release_weight_file(model: Any) -> None:
+    """Copy the tensors a quantized CPU model keeps in full precision (embeddings, norms, head) out of the
+    memory-mapped checkpoint, so the mapping closes. Otherwise those few tensors keep the whole
+    full-precision file mapped, and every page that quantization read stays resident: about the fp32 model's
+    size of RSS (0.4 GB for 100M parameters, 28 GB for 7B) for a model whose 4-bit weights are a fraction of it."""
+    import gc
+
+    import torch
+
+    quantized = ("Params4bit", "Int8Params")
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if type(param).__name__ not in quantized:
+                    param.data = param.data.clone()
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
+    gc.collect()
 
 
 CPU_4BIT_BLOCK = 32

@@ -165,6 +165,24 @@ def test_qlora_sft_trains_4bit_base(tiny_model_dir: Path, chat_data: tuple[Path,
     assert all(t.abs().sum() > 0 for n, t in lora_tensors(run / "adapter").items() if "lora_B" in n)
 
 
+def test_a_4bit_cpu_model_does_not_keep_its_full_precision_file_mapped(tiny_model_dir: Path) -> None:
+    """The tensors kept in full precision (embeddings, norms) are copied out of the checkpoint's memory map;
+    otherwise they pin the whole fp32 file, and every page quantization read stays resident."""
+    from safetensors.torch import load_file
+
+    from lexalign.modeling import ModelSection, QuantizationSection, load_model
+
+    model, _, _ = load_model(ModelSection(path=str(tiny_model_dir), quantization=QuantizationSection(bits=4)))
+    maps = Path("/proc/self/maps").read_text()
+    assert str(tiny_model_dir / "model.safetensors") not in maps
+    saved = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert torch.equal(model.model.embed_tokens.weight, saved["model.embed_tokens.weight"])
+    assert torch.equal(model.model.norm.weight, saved["model.norm.weight"])
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Params4bit"
+    if model.config.tie_word_embeddings:
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
 def test_full_finetuning_changes_the_weights(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
