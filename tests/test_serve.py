@@ -114,12 +114,12 @@ def test_cpu_command_serves_the_adapter_with_its_rank_template_and_kv_cache(sft_
     assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
     assert "--gpu-memory-utilization" not in command and "--api-key" not in command
     assert "VLLM_API_KEY" not in plan.env and plan.log_path == tmp_path / "server-8123.log"
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in plan.env  # vLLM's own default unless asked
+    assert plan.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"  # configs/serve.yaml: the model uses every core
+    default = plan_launch(serve_config(f"run={sft_run}", "cpu_reserved_cores=null"), CPU_ENGINE)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in default.env  # null: vLLM's own default
     assert "--no-enable-chunked-prefill" in command and arg(command, "--max-num-batched-tokens") == "2048"
     chunked = plan_launch(serve_config(f"run={sft_run}", "cpu_chunked_prefill=true"), CPU_ENGINE)
     assert "--no-enable-chunked-prefill" not in chunked.command
-    both = plan_launch(serve_config(f"run={sft_run}", "cpu_reserved_cores=0"), CPU_ENGINE)
-    assert both.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     with pytest.raises(ServeError, match="below the adapter's rank"):
         plan_launch(serve_config(f"run={sft_run}", "max_lora_rank=1"), CPU_ENGINE)
 
