@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lexalign.config import ConfigError, Problem
+from lexalign.config import ConfigError, Problem, problem_if
 from lexalign.plots import plot_curves
 from lexalign.runs import RunDir, read_metrics
 
@@ -164,6 +165,43 @@ def load_pairs(files: list[str], limit: int = 0) -> list[Any]:
     for value in files:
         pairs += read_jsonl(resolve_data_path(value), PreferencePair)
     return pairs[:limit] if limit else pairs
+
+
+@dataclass
+class PreferenceDataSection:
+    """The preference pairs of a stage (reward model, DPO): training pairs and held-out pairs."""
+
+    # Preference-pair JSONL files (lexalign.data.schemas.PreferencePair); "shipped:<file>" = data/shipped/<file>.
+    # Add the store export with e.g. train=[shipped:acord_pairs_train.jsonl,runs/prefs/preferences.jsonl].
+    train: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_train.jsonl"])
+    # Held-out pairs; [] = split the train pairs by meta.prompt_id (valid_fraction of the prompts).
+    valid: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_valid.jsonl"])
+    valid_fraction: float = 0.1
+    split_seed: int = 0
+    max_train_pairs: int = 0  # 0 = all; else a seeded draw (split_seed), kept in file order
+    max_valid_pairs: int = 0
+
+    def problems(self) -> list[Problem]:
+        found = problem_if(not self.train, "train", self.train, "list at least one preference-pair JSONL file")
+        found += preference_file_problems(self.train, "train") + preference_file_problems(self.valid, "valid")
+        found += problem_if(not 0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction,
+                            "a fraction of the prompts in (0, 1), used when valid is []")
+        for key in ("max_train_pairs", "max_valid_pairs"):
+            found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
+        return found
+
+    def load(self) -> tuple[list[Any], list[Any], bool]:
+        """(training pairs, held-out pairs, whether the held-out pairs were split off by prompt); every line
+        validated (a bad one -> DataError naming file:line)."""
+        train = load_pairs(self.train)
+        split = not self.valid
+        if split:
+            train, valid = split_by_prompt(train, self.valid_fraction, self.split_seed)
+        else:
+            valid = load_pairs(self.valid)
+        # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
+        return (sample_in_order(train, self.max_train_pairs, self.split_seed),
+                sample_in_order(valid, self.max_valid_pairs, self.split_seed), split)
 
 
 def sample_in_order(items: list[Any], limit: int, seed: int) -> list[Any]:

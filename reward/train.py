@@ -40,7 +40,7 @@ from typing import Any
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.runs import RunDir, writes_to
-from lexalign.training import load_pairs, preference_file_problems, prompt_key, split_by_prompt
+from lexalign.training import PreferenceDataSection, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,28 +50,12 @@ FORMAT = "chat template of the prompt with the generation header, the response, 
 
 
 @dataclass
-class RewardDataSection:
-    # Preference-pair JSONL files (lexalign.data.schemas.PreferencePair); "shipped:<file>" = data/shipped/<file>.
-    # Add the store export with e.g. train=[shipped:acord_pairs_train.jsonl,runs/prefs/preferences.jsonl].
-    train: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_train.jsonl"])
-    # Held-out pairs; [] = split the train pairs by meta.prompt_id (valid_fraction of the prompts).
-    valid: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_valid.jsonl"])
-    valid_fraction: float = 0.1
-    split_seed: int = 0
-    max_train_pairs: int = 0  # 0 = all
-    max_valid_pairs: int = 0
+class RewardDataSection(PreferenceDataSection):
     margin: bool = True  # use the pairs' margin in the loss (pairs without one get 0)
     margin_scale: float = 1.0
 
     def problems(self) -> list[Problem]:
-        found = problem_if(not self.train, "train", self.train, "list at least one preference-pair JSONL file")
-        found += preference_file_problems(self.train, "train") + preference_file_problems(self.valid, "valid")
-        found += problem_if(not 0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction,
-                            "a fraction of the prompts in (0, 1), used when valid is []")
-        found += problem_if(self.margin_scale < 0, "margin_scale", self.margin_scale, "must be >= 0")
-        for key in ("max_train_pairs", "max_valid_pairs"):
-            found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
-        return found
+        return super().problems() + problem_if(self.margin_scale < 0, "margin_scale", self.margin_scale, "must be >= 0")
 
 
 @dataclass
@@ -317,17 +301,7 @@ def check_inputs(config: RewardStageConfig) -> tuple[Path, Path | None, list[Any
         base, adapter = check_model_dir(config.model.path), None
     if config.model.tuning == "full" and adapter is None and config.model.quantization.bits:
         raise ModelLoadError("full fine-tuning cannot update quantized weights; set model.quantization.bits: null")
-    train = load_pairs(config.data.train)
-    if config.data.valid:
-        valid = load_pairs(config.data.valid)
-        split = False
-    else:
-        train, valid = split_by_prompt(train, config.data.valid_fraction, config.data.split_seed)
-        split = True
-    if config.data.max_train_pairs:
-        train = train[: config.data.max_train_pairs]
-    if config.data.max_valid_pairs:
-        valid = valid[: config.data.max_valid_pairs]
+    train, valid, split = config.data.load()
     return base, adapter, train, valid, split
 
 

@@ -17,7 +17,6 @@ in ``training``. The output adapter sits on the SFT base with the same manifest 
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
 from lexalign.runs import RunDir, writes_to
-from lexalign.training import load_pairs, preference_file_problems, prompt_key, sample_in_order, split_by_prompt
+from lexalign.training import PreferenceDataSection, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +38,6 @@ REWARD_METRICS = ("rewards/margins", "eval_rewards/margins", "rewards/accuracies
 
 
 @dataclass
-class DPODataSection:
-    # Preference-pair JSONL files; add the store export: train=[shipped:acord_pairs_train.jsonl,<export>/preferences.jsonl]
-    train: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_train.jsonl"])
-    valid: list[str] = field(default_factory=lambda: ["shipped:acord_pairs_valid.jsonl"])  # [] = split by prompt
-    valid_fraction: float = 0.1
-    split_seed: int = 0
-    max_train_pairs: int = 0  # 0 = all; else a seeded draw (split_seed), kept in file order
-    max_valid_pairs: int = 0
-
-    def problems(self) -> list[Problem]:
-        found = problem_if(not self.train, "train", self.train, "list at least one preference-pair JSONL file")
-        found += preference_file_problems(self.train, "train") + preference_file_problems(self.valid, "valid")
-        found += problem_if(not 0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction,
-                            "a fraction of the prompts in (0, 1), used when valid is []")
-        for key in ("max_train_pairs", "max_valid_pairs"):
-            found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
-        return found
-
-
-@dataclass
 class DPOStageConfig:
     name: str = "tiny"
     output_dir: str = "runs"
@@ -66,7 +45,7 @@ class DPOStageConfig:
     sft_run: str = "runs/tiny/sft"  # a completed SFT run: its adapter is trained further
     # path "" = the SFT run's base model. lora: only used when SFT trained the full model (a new adapter on it).
     model: RunModelSection = field(default_factory=RunModelSection)
-    data: DPODataSection = field(default_factory=DPODataSection)
+    data: PreferenceDataSection = field(default_factory=PreferenceDataSection)
     # Arguments of trl.DPOConfig: beta, loss_type (a list, e.g. [sigmoid] or [ipo]), max_length, ...
     training: dict[str, Any] = trl_section("trl.DPOConfig")
     # Reward-model win rate of the DPO policy against the SFT policy (reward_run "" = skipped).
@@ -146,14 +125,7 @@ def check_inputs(config: DPOStageConfig) -> tuple[Any, list[Any], list[Any], Pat
     from lexalign.rlhf.policy import check_same_tokenizer, reward_model_dir
 
     sft = trained_policy(config.sft_run, "sft_run", config.model.path)
-    train = load_pairs(config.data.train)
-    if config.data.valid:
-        valid = load_pairs(config.data.valid)
-    else:
-        train, valid = split_by_prompt(train, config.data.valid_fraction, config.data.split_seed)
-    # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
-    train = sample_in_order(train, config.data.max_train_pairs, config.data.split_seed)
-    valid = sample_in_order(valid, config.data.max_valid_pairs, config.data.split_seed)
+    train, valid, _ = config.data.load()
     reward_dir = None
     if config.eval.reward_run and config.eval.num_prompts:
         reward_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run")
@@ -168,7 +140,7 @@ def train_dpo(config: DPOStageConfig) -> Path:
     from lexalign.data.paths import resolve_data_path
     from lexalign.modeling import choose_compute_dtype, choose_device, load_tokenizer
     from lexalign.rlhf.policy import load_policy, save_policy_adapter
-    from lexalign.rlhf.winrate import policy_winrate, write_winrate
+    from lexalign.rlhf.winrate import trained_run_winrate
     from lexalign.training import (
         checkpoint_step,
         find_resume_checkpoint,
@@ -264,11 +236,7 @@ def train_dpo(config: DPOStageConfig) -> Path:
         "compute_dtype": str(dtype).removeprefix("torch."),
     }
     if reward_dir is not None:
-        from lexalign.modeling import TrainedPolicy
-
-        policy = TrainedPolicy(run.path, sft.base, out)
-        results["winrate_vs_sft"] = write_winrate(
-            policy_winrate(policy, sft, reward_dir, config.eval, config.model.device), run.path)
+        results["winrate_vs_sft"] = trained_run_winrate(run.path, sft, out, reward_dir, config.eval, config.model.device)
     write_model_card(out, config, results, sft)
     run.complete(outputs={"adapter": "adapter", "base_model": str(sft.base), "lora_rank": rank}, results=results)
     return run.path

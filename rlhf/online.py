@@ -189,7 +189,7 @@ def train_online(config: OnlineStageConfig) -> Path:
     from lexalign.data.paths import resolve_data_path
     from lexalign.modeling import choose_compute_dtype, choose_device, load_reward_model, load_tokenizer
     from lexalign.rlhf.policy import REF_ADAPTER, load_policy, save_policy_adapter
-    from lexalign.rlhf.winrate import policy_winrate, prompt_ids, sample_prompts, write_winrate
+    from lexalign.rlhf.winrate import prompt_ids, sample_prompts, trained_run_winrate
     from lexalign.training import (
         checkpoint_step,
         find_resume_checkpoint,
@@ -303,11 +303,7 @@ def train_online(config: OnlineStageConfig) -> Path:
         "compute_dtype": str(dtype).removeprefix("torch."),
     }
     if eval_dir is not None:
-        from lexalign.modeling import TrainedPolicy
-
-        policy = TrainedPolicy(run.path, sft.base, out)
-        results["winrate_vs_sft"] = write_winrate(
-            policy_winrate(policy, sft, eval_dir, config.eval, config.model.device), run.path)
+        results["winrate_vs_sft"] = trained_run_winrate(run.path, sft, out, eval_dir, config.eval, config.model.device)
     write_model_card(out, config, results, sft)
     run.complete(outputs={"adapter": "adapter", "base_model": str(sft.base), "lora_rank": rank}, results=results)
     return run.path

@@ -6,7 +6,7 @@ Both policies answer the same prompts with transformers (greedy, so the comparis
 reward model scores every answer in its one format, and a prompt is a win when the policy's answer scores
 higher (ties count one half). Reusable pieces: ``load_prompts`` (chat records or preference pairs ->
 prompts), ``generate_answers`` (a run's policy -> answers), ``policy_winrate`` (all of it). The DPO and PPO
-stages call ``policy_winrate`` at their end when a reward model is configured.
+stages call it at their end (``trained_run_winrate``) when a reward model is configured.
 """
 
 from __future__ import annotations
@@ -206,6 +206,16 @@ def write_winrate(result: dict[str, Any], run_path: Path) -> dict[str, Any]:
         for sample in result["samples"]:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
     return {k: v for k, v in result.items() if k != "samples"}
+
+
+def trained_run_winrate(run_path: Path, sft: Any, adapter: Path, reward_dir: Path, section: WinRateSection,
+                        device: str) -> dict[str, Any]:
+    """The end of a DPO/PPO stage: its freshly saved adapter against its SFT run, judged by the reward model;
+    samples written into the run, the summary returned for the manifest."""
+    from lexalign.modeling import TrainedPolicy
+
+    policy = TrainedPolicy(run_path, sft.base, adapter)
+    return write_winrate(policy_winrate(policy, sft, reward_dir, section, device), run_path)
 
 
 def run_winrate_command(args: argparse.Namespace) -> None:

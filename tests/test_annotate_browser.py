@@ -7,7 +7,6 @@ with users and tasks; the tests log in through Gradio's login page, rank, submit
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import requests
+
+from app_support import chromium, free_port, start_app, stop_app
 
 from lexalign.data.store import open_store
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 USERS = {"alice": ("alice-password", "annotator"), "bob": ("bob-password", "annotator"),
          "root": ("root-password", "admin")}
 GOOD = "**New York** law governs this agreement."
@@ -31,36 +30,13 @@ XSS_IMG = '<img src=x onerror="window.__xss = 2"> Not present.'
 ALICE_RATIONALE = "Only answer NY quotes the excerpt; damages < fees. (alice-secret-note)"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(root: Path, url: str) -> tuple[subprocess.Popen, str]:
+def start_annotate(root: Path, url: str) -> tuple[subprocess.Popen, str]:
     """`lexalign annotate` on a free port in a subprocess; returns (process, base URL) once it answers."""
     port = free_port()
-    log = (root / "server.log").open("a")
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lexalign.cli", "annotate", "--config", str(REPO / "configs" / "annotate.yaml"),
-         f"store={url}", f"port={port}", f"export_dir={root / 'exports'}"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-    base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(base, timeout=2).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not answer within 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    proc = start_app([sys.executable, "-m", "lexalign.cli", "annotate", "--config", str(REPO / "configs" / "annotate.yaml"),
+                      f"store={url}", f"port={port}", f"export_dir={root / 'exports'}"], root / "server.log", port, env)
+    return proc, f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")
@@ -75,25 +51,15 @@ def server(tmp_path_factory):
                       {"role": "user", "content": f"Find the Governing Law clause.\n\nExcerpt:\n"
                                                   f"{i}. This Agreement is governed by the laws of New York."}]
             store.add_task(f"gl-{i}", prompt, [GOOD, XSS_SCRIPT, XSS_IMG], {"doc": i}, k=2)
-    proc, base = start_app(root, url)
+    proc, base = start_annotate(root, url)
     yield SimpleNamespace(url=base, store_url=url, root=root)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_app(proc)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def login(browser, server, user: str):
@@ -314,7 +280,7 @@ def test_sigkill_of_the_app_server_mid_load_keeps_every_acknowledged_submission(
             store.add_annotator(name, f"{name}-password")
         for i in range(400):
             store.add_task(f"kill-{i}", "Which law governs?", [f"A{i}", f"B{i}", f"C{i}"], k=2)
-    proc, base = start_app(tmp_path, url)
+    proc, base = start_annotate(tmp_path, url)
     acked: list[tuple[str, str]] = []  # (annotator, prompt_id) whose submission the server confirmed
     lock = threading.Lock()
     stop = threading.Event()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import requests
+
+from app_support import chromium, free_port, start_app, stop_app
 
 from lexalign.data.store import open_store
 
@@ -25,7 +25,6 @@ pytest_plugins = ["test_serve_support"]
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "alice-password"
 CONTRACT = """MASTER SERVICES AGREEMENT
 This Master Services Agreement is entered into as of January 1, 2020 by and between Acme Corporation and Beta LLC.
@@ -37,12 +36,6 @@ This Master Services Agreement is entered into as of January 1, 2020 by and betw
 BETTER = "This Agreement shall be governed by the laws of the State of New York. [chunk 3]"
 
 
-def free_port() -> int:
-    from lexalign.serve.launch import free_port as pick
-
-    return pick()
-
-
 @pytest.fixture(scope="module")
 def chat_app(served, tmp_path_factory):
     root = tmp_path_factory.mktemp("chat-app")
@@ -50,49 +43,23 @@ def chat_app(served, tmp_path_factory):
     with open_store(url) as store:
         store.add_annotator("alice", PASSWORD)
     port = free_port()
-    log = (root / "chat.log").open("w")
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost",
                LEXALIGN_API_KEY=served.api_key)
     # The test model: 512-token context, ~2 characters per token; its base writes max_tokens of text
     # (the briefly tuned adapter often stops at once), so the UI talks to the base here.
-    proc = subprocess.Popen(
+    proc = start_app(
         [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
          "--endpoint", served.base_url, f"store={url}", f"port={port}", "model=tiny-base", "chars_per_token=1.8",
-         "chunk_chars=200", "chunk_overlap=40", "max_tokens=96"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+         "chunk_chars=200", "chunk_overlap=40", "max_tokens=96"], root / "chat.log", port, env)
     base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the chat app exited with {proc.returncode}:\n{(root / 'chat.log').read_text()[-3000:]}")
-        try:
-            if requests.get(base, timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the chat app did not answer within 120 s:\n{(root / 'chat.log').read_text()[-3000:]}")
-        time.sleep(0.5)
     yield SimpleNamespace(url=base, store_url=url, root=root)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_app(proc)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def login(browser, chat_app):

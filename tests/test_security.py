@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from app_support import free_port, start_app, stop_app
 from test_postgres import postgres  # noqa: F401 - the session's PostgreSQL cluster fixture
 
 pytestmark = pytest.mark.slow
@@ -34,12 +33,6 @@ SECRET_ENV = {"LEXALIGN_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "OPENAI_API_KEY
               "WANDB_API_KEY": "wandb-" + secrets.token_hex(8)}
 USERS = {"alice": ("alice-" + secrets.token_hex(6), "annotator"), "bob": ("bob-" + secrets.token_hex(6), "annotator"),
          "root": ("root-" + secrets.token_hex(6), "admin")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_with_secrets() -> dict[str, str]:
@@ -54,25 +47,6 @@ def secrets_in(text: str | bytes, extra: list[str]) -> list[str]:
 
 def files_under(*folders: Path) -> list[Path]:
     return [p for folder in folders if folder.exists() for p in sorted(folder.rglob("*")) if p.is_file()]
-
-
-def start(command: list[str], log: Path, port: int) -> subprocess.Popen:
-    out = log.open("w")
-    proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env_with_secrets(),
-                            start_new_session=True)
-    out.close()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{command[3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"{command[3]} did not answer within 180 s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +65,9 @@ def apps(postgres, tmp_path_factory):  # noqa: F811
         lines += [f"export_dir: {root / 'exports'}"] if app == "annotate" else [f"endpoint: http://127.0.0.1:{free_port()}/v1"]
         configs[app] = root / f"{app}.yaml"
         configs[app].write_text("\n".join(lines) + "\n")  # the database password sits in the config file
-    procs = {app: start([sys.executable, "-m", "lexalign.cli", app, "--config", str(configs[app])],
-                        root / f"{app}.log", ports[app]) for app in ("annotate", "chat")}
+    procs = {app: start_app([sys.executable, "-m", "lexalign.cli", app, "--config", str(configs[app])],
+                            root / f"{app}.log", ports[app], env_with_secrets(), timeout_s=180, new_session=True)
+             for app in ("annotate", "chat")}
     with open_store(url) as store:
         for name, (password, role) in USERS.items():
             store.add_annotator(name, password, role, actor="test-admin")
@@ -101,11 +76,7 @@ def apps(postgres, tmp_path_factory):  # noqa: F811
     yield SimpleNamespace(url=url, root=root, password=postgres.password,
                           base={app: f"http://127.0.0.1:{port}/" for app, port in ports.items()}, procs=procs)
     for proc in procs.values():
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_app(proc, timeout_s=20)
 
 
 def login(base: str, user: str, password: str) -> requests.Session:
