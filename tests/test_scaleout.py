@@ -191,7 +191,10 @@ def test_accelerate_cpu_flag_alone_starts_one_process(tmp_path) -> None:
     a single process (accelerate's MULTI_CPU launcher is mpirun). If this starts failing, accelerate changed and
     the config's comment should be revisited."""
     script = tmp_path / "ranks.py"
-    script.write_text("import os\nprint('WORLD', os.environ.get('WORLD_SIZE', '1'), flush=True)\n")
+    # one write per line: print('WORLD', n) writes its pieces separately, and two ranks sharing the pipe
+    # interleaved them ("WORLDWORLD 2\n 2\n")
+    script.write_text("import os, sys\nsys.stdout.write(f\"WORLD {os.environ.get('WORLD_SIZE', '1')}\\n\")\n"
+                      "sys.stdout.flush()\n")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     cpu_flag = subprocess.run([accelerate_bin(), "launch", "--cpu", "--num_processes", "2", str(script)],
                               capture_output=True, text=True, timeout=300, env=env)
