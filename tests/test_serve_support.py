@@ -9,7 +9,8 @@ Fixtures:
                    Governing Law records), made with lexalign.sft.train.train_sft: what users serve
     engine         lexalign.serve.launch.Engine: the vLLM engine environment, found the way `lexalign serve`
                    finds it ($LEXALIGN_ENGINE_PYTHON, .venv-serve, ...); the test fails with the fix if none
-    served         ServerHandle: vLLM serving sft_run (base `tiny-base` + adapter `tiny-sft`), with a random key
+    served         ServerHandle: vLLM serving sft_run (base `tiny-base` + adapter `tiny-sft`) behind the
+                   authenticating API front (serve/gateway.py), with a random key
     store_url      str: a fresh SQLite preference store per test (function scope)
 """
 
