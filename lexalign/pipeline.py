@@ -42,6 +42,12 @@ class StepSection:
     inputs: list[str] = field(default_factory=list)
     # The run directory (or file) the step produces; a directory counts as done only with its COMPLETE marker.
     output: str = ""
+    # More run directories or files of the same step (one eval folder per model of `lexalign eval model=[...]`):
+    # the step is done when every one of them is.
+    outputs: list[str] = field(default_factory=list)
+
+    def all_outputs(self) -> list[str]:
+        return [o for o in [self.output, *self.outputs] if o]
 
     def problems(self) -> list[Problem]:
         found = []
@@ -49,8 +55,8 @@ class StepSection:
             found.append(Problem("id", "every step needs an id (used by --from and in the report)", self.id))
         if not self.command:
             found.append(Problem("command", "the lexalign subcommand to run, e.g. [sft]", self.command))
-        if not self.output:
-            found.append(Problem("output", "the run directory or file the step writes", self.output))
+        if not self.all_outputs():
+            found.append(Problem("output", "the run directory or file the step writes (outputs: several)", self.output))
         return found
 
 
@@ -105,8 +111,15 @@ def fingerprint(step: StepSection, config: PipelineConfig) -> str:
 
 
 def output_done(step: StepSection, config: PipelineConfig) -> bool:
-    path = Path(expand(step.output, config))
-    return is_complete(path) if path.is_dir() else path.is_file()
+    def done(output: str) -> bool:
+        path = Path(expand(output, config))
+        return is_complete(path) if path.is_dir() else path.is_file()
+
+    return all(done(output) for output in step.all_outputs())
+
+
+def outputs_text(step: StepSection, config: PipelineConfig) -> str:
+    return ", ".join(expand(output, config) for output in step.all_outputs())
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -143,7 +156,7 @@ def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str 
         current = fingerprint(step, config)
         previous = state["steps"].get(step.id, {})
         if not forced and output_done(step, config) and previous.get("fingerprint") == current:
-            logger.info("%s: unchanged, skipped (%s)", label, expand(step.output, config))
+            logger.info("%s: unchanged, skipped (%s)", label, outputs_text(step, config))
             state["steps"][step.id] = {**previous, "skipped": True}
             continue
         log_path = root / "logs" / f"{step.id}.log"
@@ -159,12 +172,12 @@ def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str 
                                        "log": str(log_path)}
             write_state(state_path, state, ids)
             reason = (f"exit code {process.returncode}" if process.returncode != 0
-                      else f"it exited 0 but {expand(step.output, config)} is not complete")
+                      else f"it exited 0 but {outputs_text(step, config)} is not complete")
             raise PipelineError(f"step '{step.id}' failed after {elapsed:.0f} s ({reason}); log {log_path}:\n"
                                 f"{tail(log_path)}")
         # The fingerprint is taken again after the run: a step may create or change its own inputs' folders.
         state["steps"][step.id] = {"status": "complete", "fingerprint": fingerprint(step, config),
-                                   "seconds": round(elapsed, 1), "output": expand(step.output, config),
+                                   "seconds": round(elapsed, 1), "output": outputs_text(step, config),
                                    "command": "lexalign " + " ".join(argv), "log": str(log_path), "skipped": False,
                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_state(state_path, state, ids)

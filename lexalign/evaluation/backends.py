@@ -6,6 +6,10 @@
     started for it (``lexalign.serve.launch.start_server``, random API key) and stopped afterwards; with
     ``backend: transformers`` the model (base + LoRA adapter, or a full model) is loaded here.
 
+``shared_server(specs, config)`` starts ONE vLLM server for several local models on the same base model (the
+base and every adapter, each under its own name: ``--lora-modules``), so that the stages of a run chain are
+evaluated with one engine start; ``open_policy(spec, config, shared=...)`` then talks to it by name.
+
 Every backend decodes greedily (temperature 0) and answers ``generate`` (chat messages -> text, finish reason,
 token counts) and ``loglikelihood`` (sum of the log-probabilities of a response's tokens after the
 chat-formatted prompt). The vLLM backend sends requests concurrently with the official ``openai`` client and
@@ -86,7 +90,7 @@ class OpenAIBackend:
     kind = "vllm"
 
     def __init__(self, base_url: str, api_key: str | None, model: str, *, base_model: str | None = None,
-                 concurrency: int = 8, timeout_s: float = 300.0, source: str = "") -> None:
+                 concurrency: int = 8, timeout_s: float = 300.0, source: str = "", lora_engine: bool = False) -> None:
         from openai import OpenAI
 
         self.base_url = base_url.rstrip("/")
@@ -94,6 +98,8 @@ class OpenAIBackend:
         self.api_key = api_key
         self.model = model
         self.base_model = base_model
+        # the server has LoRA adapters loaded (this model may be the base beside them): see ``loglikelihood``
+        self.lora_engine = lora_engine or base_model is not None
         self.concurrency = concurrency
         self.source = source or base_url
         self.client = OpenAI(base_url=self.base_url, api_key=api_key or "no-key", timeout=timeout_s, max_retries=2)
@@ -218,12 +224,12 @@ class OpenAIBackend:
                       desc: str = "scoring") -> list[LogLikelihood]:
         """Log-likelihood of each response after its prompt, from vLLM's ``prompt_logprobs``.
 
-        When the server has a LoRA adapter the requests go one at a time: vLLM (up to at least 0.32) maps LoRA weights per
-        sampled sequence, not per prompt token, when it computes prompt logprobs, and crashes the engine on a
-        batch of several such requests (vllm-project/vllm#29955, #16668); a request alone in the batch is
-        computed correctly (the tests compare it with transformers)."""
+        When the server has LoRA adapters the requests go one at a time (for the base beside them too): vLLM (up
+        to at least 0.32) maps LoRA weights per sampled sequence, not per prompt token, when it computes prompt
+        logprobs, and crashes the engine on a batch of several such requests (vllm-project/vllm#29955, #16668);
+        a request alone in the batch is computed correctly (the tests compare it with transformers)."""
         model = model or self.model
-        workers = 1 if self.base_model else self.concurrency
+        workers = 1 if self.lora_engine else self.concurrency
         return parallel_map(lambda r: self._loglik_one(r, model), requests, workers, desc)
 
     def describe(self) -> dict[str, Any]:
@@ -380,12 +386,72 @@ class TransformersBackend:
 # =========================================================================== opening
 
 
+def shared_targets(specs: list[str]) -> dict[str, Any]:
+    """spec -> resolved serve target of local models that one engine can serve together (one base model, one
+    chat template); a LexalignError naming both models and their bases otherwise."""
+    from lexalign.serve.launch import check_shared_engine, resolve_target
+
+    targets = {spec: resolve_target(spec) for spec in specs}
+    check_shared_engine(list(targets.values()))
+    return targets
+
+
+@dataclass
+class SharedServer:
+    """One vLLM server for several local models on one base: the API name of each model spec."""
+
+    server: Any                   # lexalign.serve.launch.ServerHandle
+    names: dict[str, str]         # spec -> served model name
+    base_name: str                # the base model's name (what an adapter's "base" is)
+    adapters: set[str]            # the specs served as LoRA adapters
+
+
 @contextlib.contextmanager
-def open_policy(spec: str, config: Any) -> Iterator[Any]:
-    """A backend for ``spec`` (URL, run directory or model folder) as the eval config says; closed afterwards."""
+def shared_server(specs: list[str], config: Any, also: str | None = None) -> Iterator[SharedServer | None]:
+    """One server for the local ``specs`` (which must share a base model) and for ``also`` (the other policy of the
+    win rate) when it shares that base too; None when there is nothing to share (fewer than two local models,
+    or the transformers backend): each model then gets its own backend from ``open_policy``."""
+    from dataclasses import replace
+
+    from lexalign.serve.launch import ServeConfig, start_server
+
+    local = [spec for spec in dict.fromkeys(specs) if not is_url(spec)]
+    if also and not is_url(also) and Path(also).exists() and local:
+        try:
+            shared_targets([local[0], also])
+            local += [also] if all(Path(also).resolve() != Path(spec).resolve() for spec in local) else []
+        except LexalignError as err:
+            logger.info("the win rate's other policy gets its own server: %s", err)
+    if config.backend != "vllm" or len(local) < 2:
+        yield None
+        return
+    targets = shared_targets(local)
+    # an adapter first: the plan serves the base under that adapter's base name
+    ordered = sorted(local, key=lambda spec: targets[spec].adapter is None)
+    serve_fields = {f: getattr(config.server, f) for f in ServeConfig.__dataclass_fields__}
+    serve_config = replace(ServeConfig(**serve_fields), run=ordered[0], more_runs=ordered[1:])
+    logger.info("one vLLM server for %d models on %s", len(ordered), targets[ordered[0]].base_model)
+    with start_server(serve_config, ephemeral_key=True) as server:
+        plan = server.plan
+        names = {spec: plan.served_name(target) for spec, target in zip(ordered, (plan.target, *plan.more_targets))}
+        yield SharedServer(server, names, plan.target.base_name or plan.target.model_name,
+                           {spec for spec in ordered if targets[spec].adapter is not None})
+
+
+@contextlib.contextmanager
+def open_policy(spec: str, config: Any, shared: SharedServer | None = None) -> Iterator[Any]:
+    """A backend for ``spec`` (URL, run directory or model folder) as the eval config says; closed afterwards.
+    With ``shared`` (``shared_server``) a model it serves is asked there, by its name."""
     import os
 
     generation = config.generation
+    if shared is not None and spec in shared.names:
+        server = shared.server
+        yield OpenAIBackend(server.base_url, server.api_key, shared.names[spec],
+                            base_model=shared.base_name if spec in shared.adapters else None,
+                            concurrency=generation.concurrency, timeout_s=generation.request_timeout_s,
+                            source=str(spec), lora_engine=bool(shared.adapters))
+        return
     if is_url(spec):
         api_key = os.environ.get(config.api_key_env, "").strip() or None
         models = list_models(spec, api_key)

@@ -36,9 +36,15 @@ def text_tokens(text: str) -> list[str]:
     return normalize_text(text).split()
 
 
+# "Not present" as the answer's first sentence, after leading quotes or markdown; "Not presently ..." is not it.
+_NOT_PRESENT_START = re.compile(r"^[\s\"'“”‘’*_`>#-]*not[ \t]+present[ \t]*(?:[.!;:,\"”'’*_`\n]|$)",
+                                re.IGNORECASE)
+
+
 def is_not_present(answer: str) -> bool:
-    """The answer says 'Not present.' (case, surrounding quotes/space and the final period ignored)."""
-    return normalize_text(answer) == normalize_text(NOT_PRESENT)
+    """The answer says 'Not present.': exactly (case, surrounding quotes/space and the final period ignored) or as
+    its first sentence (a model that adds an explanation has still given the verdict)."""
+    return normalize_text(answer) == normalize_text(NOT_PRESENT) or bool(_NOT_PRESENT_START.match(answer))
 
 
 def answer_spans(answer: str) -> list[str]:

@@ -1,7 +1,8 @@
-"""Eval results as files: results.json, results.md (markdown tables), eval.png (bar chart), predictions.jsonl.
+"""Eval results as files: results.json, results.md (markdown tables), eval.png (bar chart with 95 % intervals),
+predictions.jsonl and item_scores.json (each task's per-item rows, for paired stage-vs-stage differences).
 
 ``write_comparison`` puts several eval results side by side (e.g. base, sft, dpo, ppo) in one table and one
-bar chart, for pipeline reports.
+bar chart, for pipeline reports; ``plot_intervals`` draws grouped bars with their interval as error bars.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lexalign.evaluation.scoring import metric_names
+from lexalign.evaluation.uncertainty import ItemScores
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,19 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_interval(entry: dict[str, Any] | None) -> str:
+    """"[low, high]" of an interval entry, or "" when there is none."""
+    if not entry or entry.get("ci_low") is None or entry.get("ci_high") is None:
+        return ""
+    return f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def fmt_chance(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return ""
+    return f"{entry['value']:.3f} ({entry.get('what', '')})"
+
+
 def markdown(results: dict[str, Any]) -> str:
     model = results.get("model") or {}
     lines = [f"# Evaluation: {results.get('name')} / {results.get('label')}", ""]
@@ -50,15 +65,25 @@ def markdown(results: dict[str, Any]) -> str:
     for path, info in (data.get("files") or {}).items():
         lines.append(f"- data: `{path}` ({info.get('kind')}, sha256 {str(info.get('sha256'))[:12]})")
     limit = data.get("max_per_task")
-    lines.append(f"- items per task: at most {limit or 'all'} (seed {data.get('seed')}); greedy decoding")
-    lines += ["", "| Task | Metric | Value | n |", "|---|---|---:|---:|"]
+    split = f"{data['split']} split, " if data.get("split") else ""
+    lines.append(f"- items per task: {split}at most {limit or 'all'} (seeded draw, seed {data.get('seed')}; the "
+                 "drawn item ids are in results.json); greedy decoding")
+    boot = results.get("bootstrap") or {}
+    if boot:
+        lines.append(f"- 95 % CI: percentile bootstrap over the items ({boot.get('resamples')} resamples, seed "
+                     f"{boot.get('seed')}, level {boot.get('level')}); chance: what a model without skill scores")
+    lines += ["", "| Task | Metric | Value | 95 % CI | n | chance |", "|---|---|---:|---|---:|---|"]
     k = ((results.get("config") or {}).get("ranking") or {}).get("k", 5)
+    spreads = results.get("intervals") or {}
+    chance = results.get("chance") or {}
     for task, entry in (results.get("tasks") or {}).items():
         names = metric_names(task, k) if task in TASK_TITLES else []
         for i, name in enumerate(names):
             title = TASK_TITLES.get(task, task) if i == 0 else ""
             n = entry.get("n") if i == 0 else ""
-            lines.append(f"| {title} | {name} | {fmt(entry.get(name))} | {fmt(n) if n != '' else ''} |")
+            key = f"{task}/{name}"
+            lines.append(f"| {title} | {name} | {fmt(entry.get(name))} | {fmt_interval(spreads.get(key))} | "
+                         f"{fmt(n) if n != '' else ''} | {fmt_chance(chance.get(key))} |")
     unfair = (results.get("per_category") or {}).get("unfair")
     if unfair:
         lines += ["", "## Unfair-clause categories (F1 per category; n/a = neither gold nor predicted)", "",
@@ -88,24 +113,80 @@ def share_metrics(results: dict[str, Any]) -> dict[str, float]:
     return values
 
 
+Bar = tuple[float, float | None, float | None]   # value, interval low, interval high
+
+
+def bars_of(results: dict[str, Any]) -> dict[str, Bar]:
+    """The share metrics with their intervals: key -> (value, low, high) (NaN value: no bar)."""
+    spreads = results.get("intervals") or {}
+    bars = {}
+    for key, value in share_metrics(results).items():
+        entry = spreads.get(key) or {}
+        bars[key] = (value, entry.get("ci_low"), entry.get("ci_high"))
+    return bars
+
+
+def plot_intervals(values: dict[str, dict[str, Bar]], path: Path, title: str, ylabel: str = "score") -> Path:
+    """Grouped bars ``values[group][series] = (value, low, high)`` with the interval as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(values) or ["(none)"]
+    series = list(dict.fromkeys(name for group in values.values() for name in group)) or ["model"]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(groups)), 4))
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        bars = [values.get(g, {}).get(name, (float("nan"), None, None)) for g in groups]
+        heights = np.array([b[0] for b in bars], dtype=float)
+        lows = np.array([b[0] - b[1] if b[1] is not None else 0.0 for b in bars], dtype=float)
+        highs = np.array([b[2] - b[0] if b[2] is not None else 0.0 for b in bars], dtype=float)
+        errors = np.nan_to_num(np.clip(np.vstack([lows, highs]), 0.0, None))
+        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name, yerr=errors, capsize=3,
+               error_kw={"elinewidth": 1, "alpha": 0.8})
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}\n(error bars: 95 % bootstrap interval)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(results: dict[str, Any], path: Path) -> Path:
-    from lexalign.plots import plot_bars
-
     label = str(results.get("label") or "model")
-    values = {key: {label: value} for key, value in share_metrics(results).items()} or {"(none)": {label: float("nan")}}
-    return plot_bars(values, path, f"Contract-review evaluation: {results.get('name')} / {label}", ylabel="score")
+    values = {key: {label: bar} for key, bar in bars_of(results).items()}
+    return plot_intervals(values, path, f"Contract-review evaluation: {results.get('name')} / {label}")
 
 
-def write_all(run_dir: Path, results: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, str]:
+def write_all(run_dir: Path, results: dict[str, Any], predictions: list[dict[str, Any]],
+              item_scores: dict[str, ItemScores] | None = None) -> dict[str, str]:
     from lexalign.data.jsonl import write_text_atomic
     from lexalign.runs import write_json_atomic
 
     write_json_atomic(run_dir / "results.json", results)
+    # compact: one number per item and column, hundreds of items per task
+    write_text_atomic(run_dir / "item_scores.json",
+                      json.dumps({task: rows.to_json() for task, rows in (item_scores or {}).items()}) + "\n")
     write_text_atomic(run_dir / "results.md", markdown(results))
     write_text_atomic(run_dir / "predictions.jsonl",
                       "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in predictions))
     plot(results, run_dir / "eval.png")
-    return {"results": "results.json", "report": "results.md", "plot": "eval.png", "predictions": "predictions.jsonl"}
+    return {"results": "results.json", "report": "results.md", "plot": "eval.png", "predictions": "predictions.jsonl",
+            "item_scores": "item_scores.json"}
+
+
+def load_item_scores(run_dir: str | Path) -> dict[str, ItemScores]:
+    """task -> ItemScores of an eval run directory ({} for results written before per-item rows were kept)."""
+    path = Path(run_dir) / "item_scores.json"
+    if not path.is_file():
+        return {}
+    return {task: ItemScores.from_json(rows) for task, rows in json.loads(path.read_text(encoding="utf-8")).items()}
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -122,21 +203,22 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def write_comparison(results: list[dict[str, Any]], out_dir: Path, title: str = "Evaluation") -> dict[str, Path]:
     """One markdown table (metric x model) and one grouped bar chart for several eval results."""
     from lexalign.data.jsonl import write_text_atomic
-    from lexalign.plots import plot_bars
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [str(r.get("label") or f"model{i}") for i, r in enumerate(results)]
     keys = list(dict.fromkeys(key for r in results for key in (r.get("metrics") or {})))
-    lines = [f"# {title}", "", "| Metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    lines = [f"# {title}", "", "Values with their 95 % bootstrap interval.", "",
+             "| Metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(fmt((r.get("metrics") or {}).get(key)) for r in results) + " |")
+        cells = [f"{fmt((r.get('metrics') or {}).get(key))} {fmt_interval((r.get('intervals') or {}).get(key))}".strip()
+                 for r in results]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     md = out_dir / "comparison.md"
     write_text_atomic(md, "\n".join(lines) + "\n")
-    values: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, Bar]] = {}
     for label, r in zip(labels, results):
-        for key, value in share_metrics(r).items():
-            values.setdefault(key, {})[label] = value
-    png = plot_bars(values or {"(none)": {labels[0] if labels else "model": float("nan")}},
-                    out_dir / "comparison.png", title, ylabel="score")
+        for key, bar in bars_of(r).items():
+            values.setdefault(key, {})[label] = bar
+    png = plot_intervals(values, out_dir / "comparison.png", title)
     return {"markdown": md, "plot": png}

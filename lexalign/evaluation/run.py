@@ -1,11 +1,18 @@
-"""The ``lexalign eval`` stage: one model, every contract-review task, one run directory with the results.
+"""The ``lexalign eval`` stage: one or several models, every contract-review task, one run directory per model.
 
     lexalign eval --model runs/tiny/sft [--data FILE ...] [--tasks extract unfair ...] [--reward runs/tiny/reward]
                   [--against base|RUN_DIR|URL] [--config configs/eval.yaml] [key=value ...]
+    lexalign eval model=[runs/tiny/base/model,runs/tiny/sft,runs/tiny/dpo] --reward runs/tiny/reward ...
 
-Reads top to bottom: config -> data (validated, before any model loads) -> policy answers and log-likelihoods
-(vLLM server or transformers) -> the other policy's answers (win rate) -> reward-model scores -> metrics ->
-results.json, results.md, eval.png, predictions.jsonl -> COMPLETE. Python API: ``evaluate(config) -> dict``.
+Several models on one base model (adapters of the same run chain, and the base itself) are served by ONE vLLM
+server, each adapter under its own name, and scored on the same drawn items; each gets its own results folder
+(``<output_dir>/<name>/eval/<stage>``). Models on different bases in one call are an error naming both bases.
+
+Reads top to bottom: config -> data (validated, before any model loads; one seeded draw for every model) ->
+policy answers and log-likelihoods of each model (one vLLM server, or transformers) -> the other policy's
+answers (win rate) -> reward-model scores (loaded once) -> metrics with bootstrap intervals -> per model:
+results.json, results.md, eval.png, predictions.jsonl, item_scores.json -> COMPLETE.
+Python API: ``evaluate(config) -> dict`` (one model), ``evaluate_all(config) -> list[dict]`` (one or several).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if, to_dict
+from lexalign.errors import LexalignError
 from lexalign.runs import is_complete
 from lexalign.serve.launch import ServeConfig
 
@@ -32,11 +40,12 @@ ALL = ["extract", "presence", "normalize", "unfair", "ranking", "preferences", "
 @dataclass
 class EvalDataSection:
     # Which shipped held-out split to use when `files` is empty: sft_<split>, acord_rankings_<split>, acord_pairs_<split>.
-    split: Literal["valid", "test"] = "valid"
+    # test measures; valid is for tuning choices (a number tuned on the test split no longer measures anything).
+    split: Literal["valid", "test"] = "test"
     # Your own files (`--data`): chat records with gold `meta`, RankingRecords, PreferencePairs (any mix);
     # "shipped:<file>" names a shipped file. Non-empty = replaces the shipped split.
     files: list[str] = field(default_factory=list)
-    max_per_task: int = 8        # items per task, drawn with `seed` (0 = all)
+    max_per_task: int = 200      # items per task, drawn with `seed` (0 = all; all when a task has fewer)
     seed: int = 0
     system_prompt: bool = True   # string prompts (rankings, pairs) get the training system prompt first
 
@@ -90,6 +99,20 @@ class WinrateSection:
 
 
 @dataclass
+class BootstrapSection:
+    # Percentile bootstrap over the scored items: every metric's interval, and the paired stage-vs-stage
+    # differences of `lexalign report` (the same resampled items on both sides).
+    resamples: int = 2000
+    seed: int = 0
+    level: float = 0.95
+
+    def problems(self) -> list[Problem]:
+        return (problem_if(self.resamples < 1000, "resamples", self.resamples, "use >= 1000 resamples (percentile "
+                           "intervals need them)")
+                + problem_if(not 0.5 <= self.level < 1, "level", self.level, "expected a level in [0.5, 1), e.g. 0.95"))
+
+
+@dataclass
 class EvalServerSection(ServeConfig):
     """The private vLLM server started for a run directory or model folder (ServeConfig's keys; `run` is --model)."""
 
@@ -100,12 +123,15 @@ class EvalServerSection(ServeConfig):
     def problems(self) -> list[Problem]:
         found = super().problems()
         found += problem_if(self.run is not None, "run", self.run, "set by --model (or the eval config's model key)")
+        found += problem_if(bool(self.more_runs), "more_runs", self.more_runs, "set by --model with several models")
         return found
 
 
 @dataclass
 class EvalConfig:
-    model: str | None = None           # run directory, merged export, model folder, or http(s)://.../v1
+    # Run directory, merged export, model folder, or http(s)://.../v1; or a list of them (one vLLM server for the
+    # local ones, which must share a base model; one results folder each).
+    model: str | list[str] | None = None
     reward_model: str | None = None    # reward run directory or sequence-classification model folder
     tasks: list[TaskName] = field(default_factory=lambda: list(ALL))
     backend: Literal["vllm", "transformers"] = "vllm"
@@ -121,6 +147,7 @@ class EvalConfig:
     ranking: RankingSection = field(default_factory=RankingSection)
     winrate: WinrateSection = field(default_factory=WinrateSection)
     server: EvalServerSection = field(default_factory=EvalServerSection)
+    bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
 
     def problems(self) -> list[Problem]:
         # Whether model / reward_model / winrate.against exist is checked when the evaluation starts
@@ -134,11 +161,22 @@ class EvalConfig:
             value = getattr(self, key)
             found += problem_if(value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value), key, value,
                                 "use letters, digits and . _ - (it names a folder)")
+        specs = self.models()
+        found += problem_if(len(specs) > 1 and self.label is not None, "label", self.label,
+                            "with several models each label comes from its path (runs/tiny/dpo -> dpo); leave it null")
+        found += problem_if(len(set(specs)) != len(specs), "model", self.model, "name each model once")
         return found
 
+    def models(self) -> list[str]:
+        """The model specs, in the order given."""
+        if isinstance(self.model, list):
+            return [str(m) for m in self.model]
+        return [self.model] if self.model else []
+
     def names(self) -> tuple[str, str]:
-        """(run name, label) of the eval directory, from the model path unless set."""
-        name, label = default_names(self.model or "model")
+        """(run name, label) of the eval directory, from the (first) model path unless set."""
+        specs = self.models()
+        name, label = default_names(specs[0] if specs else "model")
         return self.name or name, self.label or label
 
     @property
@@ -164,7 +202,9 @@ def default_names(spec: str) -> tuple[str, str]:
     if (path.parent / "manifest.json").is_file():
         suffix = "" if path.name == "model" else f"-{path.name}"
         return _clean(path.parent.parent.name), _clean(path.parent.name + suffix)
-    if not path.exists() and path.parent.name:  # a run directory not built yet: <output_dir>/<name>/<stage>
+    if not path.exists() and path.parent.name:  # not built yet: <output_dir>/<name>/<stage>[/model]
+        if path.name == "model" and path.parent.parent.name:
+            return _clean(path.parent.parent.name), _clean(path.parent.name)
         return _clean(path.parent.name), _clean(path.name)
     return "models", _clean(path.name)
 
@@ -172,22 +212,24 @@ def default_names(spec: str) -> tuple[str, str]:
 # =========================================================================== the stage
 
 
-def run_eval(config_path: str | Path | None, overrides: list[str], *, model: str | None = None,
+def run_eval(config_path: str | Path | None, overrides: list[str], *, model: str | list[str] | None = None,
              data: list[str] | None = None, tasks: list[str] | None = None, reward: str | None = None,
              against: str | None = None) -> Path:
-    """``lexalign eval``: command-line flags become overrides (they beat the YAML file).
+    """``lexalign eval``: command-line flags become overrides (they beat the YAML file). Returns the (first)
+    model's eval directory.
 
-    ``--data``/``--tasks`` take several values, so argparse also gives them the ``key=value`` overrides written
-    after them; those are moved back to the overrides."""
+    ``--model``/``--data``/``--tasks`` may take several values, so argparse also gives them the ``key=value``
+    overrides written after them; those are moved back to the overrides."""
     overrides = list(overrides)
-    for values in (data, tasks):
+    models = [model] if isinstance(model, str) else list(model or [])
+    for values in (models, data, tasks):
         for value in list(values or []):
             if "=" in value and re.match(r"^[A-Za-z_][\w.]*=", value) and not Path(value).exists():
                 values.remove(value)
                 overrides.append(value)
     extra = []
-    if model:
-        extra.append(f"model={json.dumps(model)}")
+    if models:
+        extra.append(f"model={json.dumps(models[0] if len(models) == 1 else models)}")
     if data:
         extra.append(f"data.files={json.dumps(list(data))}")
     if tasks:
@@ -197,30 +239,54 @@ def run_eval(config_path: str | Path | None, overrides: list[str], *, model: str
     if against:
         extra.append(f"winrate.against={json.dumps(against)}")
     config = load_config(EvalConfig, config_path, list(overrides) + extra)
-    results = evaluate(config)
-    return Path(results["run_dir"])
+    results = evaluate_all(config)
+    for result in results[1:]:
+        logger.info("eval results: %s", Path(result["run_dir"]) / "results.md")
+    return Path(results[0]["run_dir"])
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
 
 
 def preflight(config: EvalConfig) -> list[Problem]:
-    """What must exist before anything loads: the model, the reward model, the other policy."""
+    """What must exist before anything loads: the models, the reward model, the other policy; and several
+    local models must share one base model (they are served by one engine)."""
     found: list[Problem] = []
-    if not config.model:
+    specs = config.models()
+    if not specs:
         found.append(Problem("model", "what to evaluate: pass --model RUN_DIR (e.g. runs/tiny/sft), a model "
                              "folder or an OpenAI-compatible URL ending in /v1"))
-    elif not config.model.startswith(("http://", "https://")) and not Path(config.model).exists():
-        found.append(Problem("model", "does not exist; pass a run directory (e.g. runs/tiny/sft), a merged export, "
-                             "a model folder or an OpenAI-compatible URL ending in /v1", config.model))
+    for spec in specs:
+        if not _is_url(spec) and not Path(spec).exists():
+            found.append(Problem("model", "does not exist; pass a run directory (e.g. runs/tiny/sft), a merged "
+                                 "export, a model folder or an OpenAI-compatible URL ending in /v1", spec))
     if config.reward_model and not Path(config.reward_model).exists():
         found.append(Problem("reward_model", "does not exist; train one with `lexalign reward` or give a "
                              "sequence-classification model folder (or null)", config.reward_model))
     against = config.winrate.against
-    if against and against != "base" and not against.startswith(("http://", "https://")) and not Path(against).exists():
+    if against and against != "base" and not _is_url(against) and not Path(against).exists():
         found.append(Problem("winrate.against", "does not exist; use base, a run directory, a model folder or an "
                              "OpenAI-compatible URL ending in /v1", against))
-    for key, value in (("model", config.model), ("reward_model", config.reward_model), ("winrate.against", against)):
+    for key, value in [("model", spec) for spec in specs] + [("reward_model", config.reward_model),
+                                                              ("winrate.against", against)]:
         if value and (Path(value) / "manifest.json").is_file() and not is_complete(value):
             found.append(Problem(key, "not a completed run (no COMPLETE marker): the stage was interrupted or is "
                                  "still running; finish it first", value))
+    local = [spec for spec in specs if not _is_url(spec)]
+    if not found and len(local) > 1:
+        from lexalign.evaluation.backends import shared_targets
+
+        try:
+            shared_targets(local)
+        except LexalignError as err:
+            found.append(Problem("model", str(err), specs))
+    if not found:
+        dirs = [_model_config(config, spec).run_dir for spec in specs]
+        repeated = sorted({str(d) for d in dirs if dirs.count(d) > 1})
+        if repeated:
+            found.append(Problem("model", f"two models would write the same results folder ({', '.join(repeated)}); "
+                                 "evaluate them in separate calls with name=... or label=...", specs))
     return found
 
 
@@ -235,15 +301,74 @@ def _ranking_prompts(items: list[Any]) -> list[tuple[Any, str]]:
     return [(item.messages, response) for item in items for response in item.responses]
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate ``config.model`` on every task in ``config.tasks``; write the eval run directory; return the results.
+def _model_config(config: EvalConfig, spec: str) -> EvalConfig:
+    """The config of one model's evaluation (what its run directory records)."""
+    from dataclasses import replace
 
-    The returned dict is what ``results.json`` holds: ``metrics`` (flat ``task/metric`` -> value), ``tasks``
-    (per-task details and skip reasons), ``per_category``, ``model``, ``data``, ``timing_s`` and ``run_dir``.
+    return replace(config, model=spec)
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    if not a or not b or _is_url(a) or _is_url(b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+@dataclass
+class _ModelOutcome:
+    """What one evaluated model produced before scoring."""
+
+    config: EvalConfig
+    run: Any
+    answers: dict[str, Any] = field(default_factory=dict)
+    loglik: list[Any] = field(default_factory=list)
+    other_answers: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    other_info: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    rm_scores: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    against: str | None = None
+
+
+class _AnswerCache:
+    """Greedy answers by (server, model name): a model asked twice (the evaluated adapter, then the other
+    policy of another model's win rate; the base for several adapters) answers once."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def answers(self, backend: Any, model: str | None, items: list[Any], max_new_tokens: int,
+                desc: str) -> dict[str, Any]:
+        key = (str(getattr(backend, "base_url", id(backend))), str(model or backend.model))
+        known = self.found.setdefault(key, {})
+        missing = [item for item in items if item.id not in known]
+        if missing:
+            generations = backend.generate([item.messages for item in missing], max_new_tokens, model=model, desc=desc)
+            known.update({item.id: gen for item, gen in zip(missing, generations)})
+        return {item.id: known[item.id] for item in items}
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate the one model of ``config.model``; write its eval run directory; return the results.
+
+    The returned dict is what ``results.json`` holds: ``metrics`` (flat ``task/metric`` -> value), ``intervals``
+    (``task/metric`` -> value, ci_low, ci_high, n), ``chance``, ``tasks`` (per-task details and skip reasons),
+    ``per_category``, ``model``, ``data`` (with the drawn item ids), ``timing_s`` and ``run_dir``.
     """
-    from lexalign.config import collect_problems, ConfigError
+    from lexalign.evaluation.backends import EvalError
+
+    if len(config.models()) > 1:
+        raise EvalError(f"{len(config.models())} models given; evaluate_all(config) evaluates several")
+    return evaluate_all(config)[0]
+
+
+def evaluate_all(config: EvalConfig) -> list[dict[str, Any]]:
+    """Evaluate every model of ``config.model`` on the same drawn items (one vLLM server for the local models);
+    one run directory and one results dict (see ``evaluate``) per model, in the order given."""
+    from lexalign.config import ConfigError, collect_problems
     from lexalign.evaluation import report
-    from lexalign.evaluation.backends import is_url, open_policy
+    from lexalign.evaluation.backends import is_url, open_policy, shared_server
     from lexalign.evaluation.tasks import load_eval_files, regroup, sample, select
     from lexalign.runs import RunDir
 
@@ -252,6 +377,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         raise ConfigError(problems)
     started = time.monotonic()
     tasks = list(dict.fromkeys(config.tasks))
+    specs = config.models()
 
     # ------------------------------------------------------------------ data (checked before any model loads)
     paths = _data_paths(config)
@@ -280,116 +406,158 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     chat_ids = {item.id for item in chat_items}
     answer_items = chat_items + [item for item in winrate_items if item.id not in chat_ids] if need_answers or against \
         else []
+    drawn = {task: [item.id for item in chat_items if item.task == task] for task in tasks if task in
+             ("extract", "presence", "normalize", "unfair")}
+    drawn.update({"ranking": [item.id for item in rank_items], "preferences": [item.id for item in pref_items],
+                  "winrate": [item.id for item in winrate_items]})
 
-    model_path = None if is_url(config.model or "") else Path(config.model or "")
-    inputs = {f"data:{Path(p).name}": Path(p) for p in paths}
-    if model_path is not None:
-        inputs["model"] = model_path
-    if config.reward_model:
-        inputs["reward_model"] = Path(config.reward_model)
-    parent = model_path if model_path is not None and (model_path / "manifest.json").is_file() else None
-    run = RunDir(config.run_dir, STAGE, config, inputs=inputs, parent=parent).start()
-    logger.info("evaluating %s on %s", config.model, ", ".join(f"{k}: {v}" for k, v in data.counts().items()))
+    # ------------------------------------------------------------------ one run directory per model
+    outcomes: list[_ModelOutcome] = []
+    for spec in specs:
+        model_config = _model_config(config, spec)
+        model_path = None if is_url(spec) else Path(spec)
+        inputs = {f"data:{Path(p).name}": Path(p) for p in paths}
+        if model_path is not None:
+            inputs["model"] = model_path
+        if config.reward_model:
+            inputs["reward_model"] = Path(config.reward_model)
+        parent = model_path if model_path is not None and (model_path / "manifest.json").is_file() else None
+        run = RunDir(model_config.run_dir, STAGE, model_config, inputs=inputs, parent=parent).start()
+        outcome = _ModelOutcome(model_config, run, info={"spec": spec}, skipped=dict(skipped), against=against)
+        if against and against != "base" and _same_path(spec, against):
+            outcome.skipped["winrate"] = f"the model is the winrate.against policy ({against})"
+            outcome.against = None
+        outcomes.append(outcome)
+    logger.info("evaluating %s on %s", ", ".join(specs), ", ".join(f"{k}: {v}" for k, v in data.counts().items()))
 
-    timing: dict[str, float] = {}
-    answers: dict[str, Any] = {}
+    # ------------------------------------------------------------------ the policies: answers and log-likelihoods
+    cache = _AnswerCache()
     other_answers: dict[str, Any] = {}
-    loglik: list[Any] = []
-    model_info: dict[str, Any] = {"spec": config.model}
     other_info: dict[str, Any] | None = None
-
-    # ------------------------------------------------------------------ the policy: answers and log-likelihoods
     t0 = time.monotonic()
-    with open_policy(config.model or "", config) as policy:
-        timing["policy_start"] = time.monotonic() - t0
-        t1 = time.monotonic()
-        generations = policy.generate([item.messages for item in answer_items], config.generation.max_new_tokens,
-                                      desc="answers")
-        answers = {item.id: gen for item, gen in zip(answer_items, generations)}
-        timing["generation"] = time.monotonic() - t1
-        if rank_items and "policy" in config.ranking.scorers:
-            t1 = time.monotonic()
-            loglik = policy.loglikelihood(_ranking_prompts(rank_items), desc="clause log-likelihoods")
-            timing["ranking_loglik"] = time.monotonic() - t1
-        if against == "base":
-            if not policy.base_model:
-                skipped["winrate"] = (f"winrate.against = base, but {config.model} is not an adapter on a base model; "
-                                      "give another run, model folder or URL")
-                against = None
-            else:
+    with shared_server(specs, config, also=against if against and against != "base" else None) as shared:
+        shared_start = time.monotonic() - t0
+        for outcome in outcomes:
+            spec = str(outcome.config.model)
+            t0 = time.monotonic()
+            with open_policy(spec, outcome.config, shared=shared) as policy:
+                outcome.timing["policy_start"] = shared_start if shared and spec in shared.names \
+                    else time.monotonic() - t0
                 t1 = time.monotonic()
-                gens = policy.generate([item.messages for item in winrate_items], config.generation.max_new_tokens,
-                                       model=policy.base_model, desc="base answers")
-                other_answers = {item.id: gen for item, gen in zip(winrate_items, gens)}
-                other_info = {"spec": "base", "model": policy.base_model}
-                timing["other_generation"] = time.monotonic() - t1
-        model_info.update(policy.describe())
+                outcome.answers = cache.answers(policy, None, answer_items, config.generation.max_new_tokens,
+                                                desc=f"answers: {spec}")
+                outcome.timing["generation"] = time.monotonic() - t1
+                if rank_items and "policy" in config.ranking.scorers:
+                    t1 = time.monotonic()
+                    outcome.loglik = policy.loglikelihood(_ranking_prompts(rank_items), desc="clause log-likelihoods")
+                    outcome.timing["ranking_loglik"] = time.monotonic() - t1
+                if outcome.against == "base":
+                    if not policy.base_model:
+                        outcome.skipped["winrate"] = (f"winrate.against = base, but {spec} is not an adapter on a base "
+                                                      "model; give another run, model folder or URL")
+                        outcome.against = None
+                    else:
+                        t1 = time.monotonic()
+                        outcome.other_answers = cache.answers(policy, policy.base_model, winrate_items,
+                                                              config.generation.max_new_tokens, desc="base answers")
+                        outcome.other_info = {"spec": "base", "model": policy.base_model}
+                        outcome.timing["other_generation"] = time.monotonic() - t1
+                outcome.info.update(policy.describe())
+                if shared and spec in shared.names:
+                    outcome.info["shared_server"] = sorted(shared.names.values())
+        if against and against != "base" and shared and against in shared.names:
+            with open_policy(against, _other_config(config, against), shared=shared) as other:
+                other_answers = cache.answers(other, None, winrate_items, config.generation.max_new_tokens,
+                                              desc="other answers")
+                other_info = {"spec": against, **other.describe()}
 
-    # ------------------------------------------------------------------ the other policy (win rate)
-    if against and against != "base":
+    # ------------------------------------------------------------------ the other policy on its own server (win rate)
+    if against and against != "base" and other_info is None and any(o.against for o in outcomes):
         t1 = time.monotonic()
-        other_config = _other_config(config, against)
-        with open_policy(against, other_config) as other:
-            gens = other.generate([item.messages for item in winrate_items], config.generation.max_new_tokens,
-                                  desc="other answers")
-            other_answers = {item.id: gen for item, gen in zip(winrate_items, gens)}
+        with open_policy(against, _other_config(config, against)) as other:
+            other_answers = cache.answers(other, None, winrate_items, config.generation.max_new_tokens,
+                                          desc="other answers")
             other_info = {"spec": against, **other.describe()}
-        timing["other_policy"] = time.monotonic() - t1
+        for outcome in outcomes:
+            outcome.timing["other_policy"] = time.monotonic() - t1
+    for outcome in outcomes:
+        if outcome.against and outcome.against != "base":
+            outcome.other_answers, outcome.other_info = other_answers, other_info
 
-    # ------------------------------------------------------------------ reward model
-    rm_scores: dict[str, Any] = {}
+    # ------------------------------------------------------------------ reward model (loaded once)
     rm_info = None
-    if use_reward and (pref_items or (rank_items and "reward" in config.ranking.scorers) or other_answers):
+    if use_reward and (pref_items or (rank_items and "reward" in config.ranking.scorers)
+                       or any(o.other_answers for o in outcomes)):
         from lexalign.evaluation.rewards import load_reward_scorer
 
         t1 = time.monotonic()
         scorer = load_reward_scorer(config.reward_model, device=config.device, threads=config.threads)
-        if pref_items:
+        shared_scores: dict[str, Any] = {}
+        if pref_items:  # the reward model alone: the same for every model
             chosen = scorer.score([(p.messages, p.chosen) for p in pref_items], desc="RM: chosen")
             rejected = scorer.score([(p.messages, p.rejected) for p in pref_items], desc="RM: rejected")
-            rm_scores["preferences"] = (chosen, rejected)
+            shared_scores["preferences"] = (chosen, rejected, [p.id for p in pref_items])
         if rank_items and "reward" in config.ranking.scorers:
-            rm_scores["ranking"] = regroup(rank_items, scorer.score(_ranking_prompts(rank_items), desc="RM: clauses"))
-        if other_answers:
-            pairs = [item for item in winrate_items
-                     if not answers[item.id].skipped and not other_answers[item.id].skipped]
-            mine = scorer.score([(i.messages, answers[i.id].text) for i in pairs], desc="RM: policy answers")
-            theirs = scorer.score([(i.messages, other_answers[i.id].text) for i in pairs], desc="RM: other answers")
-            rm_scores["winrate"] = (pairs, mine, theirs)
+            shared_scores["ranking"] = regroup(rank_items, scorer.score(_ranking_prompts(rank_items),
+                                                                        desc="RM: clauses"))
+        theirs_by_id: dict[str, float] = {}
+        for outcome in outcomes:
+            outcome.rm_scores.update(shared_scores)
+            if outcome.other_answers:
+                pairs = [item for item in winrate_items
+                         if not outcome.answers[item.id].skipped and not outcome.other_answers[item.id].skipped]
+                mine = scorer.score([(i.messages, outcome.answers[i.id].text) for i in pairs],
+                                    desc="RM: policy answers")
+                key = str(outcome.other_info)
+                need = [i for i in pairs if (key, i.id) not in theirs_by_id]
+                scored = scorer.score([(i.messages, outcome.other_answers[i.id].text) for i in need],
+                                      desc="RM: other answers")
+                theirs_by_id.update({(key, i.id): v for i, v in zip(need, scored)})
+                outcome.rm_scores["winrate"] = (pairs, mine, [theirs_by_id[(key, i.id)] for i in pairs])
         rm_info = scorer.describe()
-        timing["reward_model"] = time.monotonic() - t1
+        for outcome in outcomes:
+            outcome.timing["reward_model"] = time.monotonic() - t1
     elif use_reward:
         rm_info = {"reward_model": config.reward_model, "note": "loaded for nothing: no task needed it"}
 
-    # ------------------------------------------------------------------ metrics
+    # ------------------------------------------------------------------ metrics and files, model by model
     from lexalign.evaluation.scoring import score_all
 
-    scored = score_all(config, tasks, chat_items, answers, rank_items, loglik, rm_scores, skipped)
-    results: dict[str, Any] = {
-        "model": model_info,
-        "against": other_info,
-        "reward_model": rm_info,
-        "data": {
-            "files": {str(p): {"kind": all_data.files.get(str(p)), "sha256": _sha(p)} for p in paths},
-            "available": all_data.counts(),
-            "evaluated": {task: n for task, n in data.counts().items()},
-            "max_per_task": config.data.max_per_task, "seed": config.data.seed,
-        },
-        "tasks_requested": tasks,
-        **scored,
-        "timing_s": {k: round(v, 2) for k, v in {**timing, "total": time.monotonic() - started}.items()},
-        "run_dir": str(run.path),
-        "name": config.names()[0], "label": config.names()[1],
-        "config": to_dict(config),
-    }
-    predictions = _predictions(chat_items, answers, other_answers, winrate_items, rm_scores)
-    predictions += _ranking_predictions(rank_items, loglik, rm_scores.get("ranking"))
-    outputs = report.write_all(run.path, results, predictions)
-    run.log_metrics({"stage": STAGE, **{k: v for k, v in results["metrics"].items() if v is not None}})
-    outputs["evaluated"] = {"model": model_info, "against": other_info, "reward_model": rm_info}
-    run.complete(outputs=outputs, results=results["metrics"])
-    logger.info("eval results: %s", run.path / "results.md")
-    return results
+    results_list = []
+    for outcome in outcomes:
+        model_config, run = outcome.config, outcome.run
+        scored = score_all(model_config, tasks, chat_items, outcome.answers, rank_items, outcome.loglik,
+                           outcome.rm_scores, outcome.skipped)
+        item_scores = scored.pop("item_scores")
+        results: dict[str, Any] = {
+            "model": outcome.info,
+            "against": outcome.other_info if outcome.other_answers else None,
+            "reward_model": rm_info,
+            "data": {
+                "files": {str(p): {"kind": all_data.files.get(str(p)), "sha256": _sha(p)} for p in paths},
+                "split": None if config.data.files else config.data.split,
+                "available": all_data.counts(),
+                "evaluated": {task: n for task, n in data.counts().items()},
+                "max_per_task": config.data.max_per_task, "seed": config.data.seed,
+                "items": drawn,
+            },
+            "tasks_requested": tasks,
+            **scored,
+            "timing_s": {k: round(v, 2) for k, v in {**outcome.timing, "total": time.monotonic() - started}.items()},
+            "run_dir": str(run.path),
+            "name": model_config.names()[0], "label": model_config.names()[1],
+            "config": to_dict(model_config),
+        }
+        predictions = _predictions(chat_items, outcome.answers, outcome.other_answers, winrate_items,
+                                   outcome.rm_scores)
+        predictions += _ranking_predictions(rank_items, outcome.loglik, outcome.rm_scores.get("ranking"))
+        outputs = report.write_all(run.path, results, predictions, item_scores)
+        run.log_metrics({"stage": STAGE, **{k: v for k, v in results["metrics"].items() if v is not None}})
+        outputs["evaluated"] = {"model": outcome.info, "against": results["against"], "reward_model": rm_info}
+        run.complete(outputs=outputs, results=results["metrics"])
+        logger.info("eval results: %s", run.path / "results.md")
+        results_list.append(results)
+    return results_list
 
 
 def _system_prompt() -> str:
@@ -412,7 +580,7 @@ def _other_config(config: EvalConfig, against: str) -> EvalConfig:
 
 def _predictions(chat_items: list[Any], answers: dict[str, Any], other_answers: dict[str, Any],
                  winrate_items: list[Any], rm_scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """One line per answered item: what the model said next to the gold labels (for lawyers to read)."""
+    """One line per answered item: the request, what the model said and the gold labels (for lawyers to read)."""
     win = {}
     if "winrate" in rm_scores:
         pairs, mine, theirs = rm_scores["winrate"]
@@ -424,8 +592,9 @@ def _predictions(chat_items: list[Any], answers: dict[str, Any], other_answers: 
             continue
         seen.add(item.id)
         gen = answers[item.id]
-        row = {"id": item.id, "task": item.task, "answer": gen.text, "finish_reason": gen.finish_reason,
-               "completion_tokens": gen.completion_tokens, "gold": item.gold, "reference": item.reference}
+        row = {"id": item.id, "task": item.task, "prompt": item.question, "answer": gen.text,
+               "finish_reason": gen.finish_reason, "completion_tokens": gen.completion_tokens, "gold": item.gold,
+               "reference": item.reference}
         if gen.skipped:
             row["skipped"] = gen.skipped
         if item.id in other_answers:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lexalign.data.jsonl import DataError, read_jsonl, read_text_lines
-from lexalign.data.prompts import NO, SYSTEM_PROMPT, UNFAIR_CATEGORIES, UNFAIR_NAMES, YES, parse_unfair_answer
+from lexalign.data.prompts import NO, SYSTEM_PROMPT, UNFAIR_CATEGORIES, UNFAIR_NAMES, YES, excerpt_of
 
 GENERATION_TASKS = ("extract", "presence", "normalize", "unfair")
 ALL_TASKS = GENERATION_TASKS + ("ranking", "preferences", "winrate", "behaviour")
@@ -32,6 +33,20 @@ class ChatItem:
     messages: Messages            # the conversation up to (not including) the answer
     reference: str                # the record's own assistant answer (for the predictions file)
     gold: dict[str, Any]          # task-specific: answers/present/category, normalized, labels/unfair
+
+    @property
+    def question(self) -> str:
+        """The last user message (the request and, for the shipped data, the excerpt after it)."""
+        return next((m["content"] for m in reversed(self.messages) if m.get("role") == "user"), "")
+
+    @property
+    def excerpt(self) -> str:
+        """The contract text the answer must quote from: the part after the excerpt marker of the shipped prompts,
+        or the whole last user message for prompts written otherwise."""
+        try:
+            return excerpt_of(self.question)
+        except ValueError:
+            return self.question
 
 
 @dataclass
@@ -276,12 +291,25 @@ def regroup(items: list[Any], flat: list[Any]) -> list[list[Any]]:
 
 
 # --------------------------------------------------------------------------- answer parsing
+# An answer counts only when it follows the answer format the task asks for; anything else is "unparsed" and
+# is scored as wrong (a model that writes fluent text in no format must not score the base rate).
+
+# Leading markup a chat model may put before the answer proper: quotes, markdown emphasis, a bullet, a label.
+_LEAD = re.compile(r"^[\s\"'“”‘’*_`>#-]*(?:answer[ \t]*:[\s\"'“”‘’*_`]*)?", re.IGNORECASE)
+# The fair form: "Fair" as a word followed by punctuation or the end ("Fairly ..." or "Fairness ..." are not it).
+_FAIR = re.compile(r"fair[ \t]*(?:[:.;,!*_\n]|$)", re.IGNORECASE)
+_UNFAIR = re.compile(r"potentially[ \t]+unfair[ \t]*[*_]*[ \t]*:[ \t]*([^.\n]*)", re.IGNORECASE)
+
+
+def _strip_lead(answer: str) -> str:
+    return answer[_LEAD.match(answer).end():]
 
 
 def parse_presence(answer: str) -> bool | None:
-    """Yes -> True, No -> False (first word, case-insensitive); None when the answer is neither."""
-    words = answer.strip().split()
-    first = words[0].strip(".,:;!\"'").lower() if words else ""
+    """Yes -> True, No -> False: the first word after leading quotes/markdown and an "Answer:" label, as a whole
+    word ("Yesterday", "Note", "Not present." are not Yes/No); None when the answer is neither."""
+    words = _strip_lead(answer).split()
+    first = re.sub(r"[^a-z]+$", "", words[0].lower()) if words else ""
     if first == YES.lower():
         return True
     if first == NO.lower():
@@ -290,5 +318,33 @@ def parse_presence(answer: str) -> bool | None:
 
 
 def parse_unfair(answer: str) -> tuple[bool | None, list[str]]:
-    """(unfair?, category names) with ``data.prompts.parse_unfair_answer``; None when the form is not followed."""
-    return parse_unfair_answer(answer)
+    """(unfair?, category names) of an answer in the trained form: "Fair: ..." -> (False, []); "Potentially unfair:
+    <category>[; <category>]. <why>" -> (True, the known category names it lists, ``;`` or ``,`` separated); anything
+    else -> (None, []). Leading quotes/markdown and an "Answer:" label are allowed before the form."""
+    text = _strip_lead(answer)
+    if _FAIR.match(text):
+        return False, []
+    match = _UNFAIR.match(text)
+    if not match:
+        return None, []
+    said = {part.strip(" \t*_`'\"").lower() for part in re.split(r"[;,]", match.group(1))}
+    return True, [name for name in UNFAIR_NAMES if name in said]
+
+
+def is_quote(line: str, excerpt: str) -> bool:
+    """The line (after SQuAD normalisation) occurs word for word in the excerpt (normalised the same way)."""
+    from lexalign.evaluation.metrics import normalize_text
+
+    quoted = normalize_text(line)
+    return bool(quoted) and f" {quoted} " in f" {normalize_text(excerpt)} "
+
+
+def parse_extract(answer: str, excerpt: str) -> bool | None:
+    """Present?: False for "Not present." (as the answer or its first sentence); True when at least one line of
+    the answer is a verbatim quote of the excerpt (``is_quote``); None (unparsed) otherwise: text that neither
+    quotes the contract nor says "Not present." gives no verdict on presence."""
+    from lexalign.evaluation.metrics import answer_spans, is_not_present
+
+    if is_not_present(answer):
+        return False
+    return True if any(is_quote(line, excerpt) for line in answer_spans(answer)) else None
