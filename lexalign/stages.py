@@ -13,6 +13,7 @@ STAGE_CONFIGS: dict[str, str] = {
     "pipeline": "lexalign.pipeline:PipelineConfig",
     "data": "lexalign.data.build:DataBuildConfig",
     "base": "lexalign.basemodel:BaseModelConfig",
+    "import": "lexalign.base_import:ImportConfig",
     "sft": "lexalign.sft.train:SFTStageConfig",
     "reward": "lexalign.reward.train:RewardStageConfig",
     "dpo": "lexalign.rlhf.dpo:DPOStageConfig",
