@@ -36,6 +36,7 @@ from lexalign.data.paths import shipped_dir
 from lexalign.data.schemas import ChatRecord
 from lexalign.data.splits import SPLITS, assign_splits, docs_hash, hash_order
 from lexalign.data.stats import compute_stats
+from lexalign.runs import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -436,15 +437,6 @@ def build(config: DataBuildConfig) -> Path:
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-def file_sha256(path: Path) -> str:
-    """Plain sha256 of the bytes (what ``sha256sum`` prints)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def output_files(out: Path) -> list[Path]:

@@ -19,7 +19,6 @@ Reads top to bottom: config -> resolve the source (install, verify) -> convert -
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if
 from lexalign.errors import LexalignError
+from lexalign.runs import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +125,6 @@ class ResolvedSource:
     record: dict[str, Any]       # provenance for the manifest and the card
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def require_gguf_package() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise BaseImportError("reading a GGUF file needs the `gguf` package: pip install gguf "
@@ -181,7 +173,7 @@ def resolve_pypi(config: ImportConfig) -> ResolvedSource:
         raise BaseImportError(f"source = {config.source!r}: no {config.gguf_file} in the installed package "
                            f"({folder}); check gguf_file")
     path = folder / config.gguf_file
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != config.sha256:
         raise BaseImportError(f"{path}: sha256 {actual} does not match the pinned sha256 {config.sha256}; the "
                            f"file is not the one this config was made for (reinstall with pip install "
@@ -215,7 +207,7 @@ def resolve_local(config: ImportConfig) -> ResolvedSource:
         return ResolvedSource(folder, "", {"source": str(folder)})
     require_gguf_package()
     path = folder / config.gguf_file
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if config.sha256 and actual != config.sha256:
         raise BaseImportError(f"{path}: sha256 {actual} does not match the pinned sha256 {config.sha256}")
     return ResolvedSource(folder, config.gguf_file, {"source": str(folder), "file": config.gguf_file,

@@ -35,26 +35,30 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], path: Path, titl
     return path
 
 
-def plot_bars(values: dict[str, dict[str, float]], path: Path, title: str, ylabel: str = "") -> Path:
-    """Grouped bars: ``values[group][series] = number`` (e.g. metric -> stage -> score)."""
+def plot_intervals(values: dict[str, dict[str, tuple[float, float | None, float | None]]], path: Path, title: str, ylabel: str = "score") -> Path:
+    """Grouped bars ``values[group][series] = (value, low, high)`` with the interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    groups = list(values)
-    series = sorted({name for group in values.values() for name in group}, key=lambda n: list(
-        dict.fromkeys(name for group in values.values() for name in group)).index(n))
-    width = 0.8 / max(len(series), 1)
+    groups = list(values) or ["(none)"]
+    series = list(dict.fromkeys(name for group in values.values() for name in group)) or ["model"]
+    width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(groups)), 4))
     x = np.arange(len(groups))
     for i, name in enumerate(series):
-        heights = [values[g].get(name, np.nan) for g in groups]
-        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name)
+        bars = [values.get(g, {}).get(name, (float("nan"), None, None)) for g in groups]
+        heights = np.array([b[0] for b in bars], dtype=float)
+        lows = np.array([b[0] - b[1] if b[1] is not None else 0.0 for b in bars], dtype=float)
+        highs = np.array([b[2] - b[0] if b[2] is not None else 0.0 for b in bars], dtype=float)
+        errors = np.nan_to_num(np.clip(np.vstack([lows, highs]), 0.0, None))
+        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name, yerr=errors, capsize=3,
+               error_kw={"elinewidth": 1, "alpha": 0.8})
     ax.set_xticks(x, groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(error bars: 95 % bootstrap interval)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -237,7 +237,7 @@ def cards(run_root: Path) -> list[str]:
 
 def eval_charts(results: dict[str, dict[str, Any]], metrics: list[str], out: Path) -> list[str]:
     """One grouped bar chart per task (metrics in [0, 1] only, so bars share an axis), 95 % intervals as error bars."""
-    from lexalign.evaluation.report import plot_intervals
+    from lexalign.plots import plot_intervals
 
     groups: dict[str, dict[str, dict[str, tuple[float, float | None, float | None]]]] = {}
     for metric in metrics:

@@ -116,6 +116,15 @@ def writes_to(path: str | Path, what: str = "run directory") -> Iterator[None]:
                           "space or choose another output folder, then run the same command again to resume") from None
 
 
+def file_sha256(path: Path) -> str:
+    """Plain sha256 of a file's bytes (what ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def hash_path(path: Path) -> str:
     """sha256 of a file, or of a directory's files (relative names + contents, sorted)."""
     digest = hashlib.sha256()

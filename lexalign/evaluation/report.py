@@ -2,7 +2,7 @@
 predictions.jsonl and item_scores.json (each task's per-item rows, for paired stage-vs-stage differences).
 
 ``write_comparison`` puts several eval results side by side (e.g. base, sft, dpo, ppo) in one table and one
-bar chart, for pipeline reports; ``plot_intervals`` draws grouped bars with their interval as error bars.
+bar chart, for pipeline reports (grouped bars with their interval as error bars: ``lexalign.plots.plot_intervals``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from lexalign.evaluation.scoring import metric_names
 from lexalign.evaluation.uncertainty import ItemScores
+from lexalign.plots import plot_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -124,38 +125,6 @@ def bars_of(results: dict[str, Any]) -> dict[str, Bar]:
         entry = spreads.get(key) or {}
         bars[key] = (value, entry.get("ci_low"), entry.get("ci_high"))
     return bars
-
-
-def plot_intervals(values: dict[str, dict[str, Bar]], path: Path, title: str, ylabel: str = "score") -> Path:
-    """Grouped bars ``values[group][series] = (value, low, high)`` with the interval as an error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = list(values) or ["(none)"]
-    series = list(dict.fromkeys(name for group in values.values() for name in group)) or ["model"]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(groups)), 4))
-    x = np.arange(len(groups))
-    for i, name in enumerate(series):
-        bars = [values.get(g, {}).get(name, (float("nan"), None, None)) for g in groups]
-        heights = np.array([b[0] for b in bars], dtype=float)
-        lows = np.array([b[0] - b[1] if b[1] is not None else 0.0 for b in bars], dtype=float)
-        highs = np.array([b[2] - b[0] if b[2] is not None else 0.0 for b in bars], dtype=float)
-        errors = np.nan_to_num(np.clip(np.vstack([lows, highs]), 0.0, None))
-        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name, yerr=errors, capsize=3,
-               error_kw={"elinewidth": 1, "alpha": 0.8})
-    ax.set_xticks(x, groups, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\n(error bars: 95 % bootstrap interval)", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
