@@ -160,7 +160,8 @@ def install_wheel(package: str, version: str) -> None:
 
 def resolve_pypi(config: ImportConfig) -> ResolvedSource:
     match = _PYPI.match(config.source)
-    assert match is not None  # checked by ImportConfig.problems()
+    if match is None:  # ImportConfig.problems() refuses such a source before this runs
+        raise BaseImportError(f"source = {config.source!r}: not a pypi:<package>==<version> source")
     package, version = match["package"], match["version"]
     require_gguf_package()
     if installed_version(package) != version:
@@ -187,7 +188,8 @@ def resolve_pypi(config: ImportConfig) -> ResolvedSource:
 
 def resolve_hub(config: ImportConfig) -> ResolvedSource:
     match = _HUB.match(config.source)
-    assert match is not None
+    if match is None:  # ImportConfig.problems() refuses such a source before this runs
+        raise BaseImportError(f"source = {config.source!r}: not a hf:<org>/<model> source")
     repo = match["repo"]
     try:
         from huggingface_hub import snapshot_download

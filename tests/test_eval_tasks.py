@@ -118,13 +118,7 @@ def test_parse_unfair_uses_the_training_answer_form() -> None:
 def test_gold_answers_score_perfectly(shipped_valid: t.EvalData) -> None:
     """The builders' own answers, parsed back, get every metric right: the parsers match the training format."""
     from lexalign.evaluation.scoring import score_all
-
-    class Config:
-        class ranking:
-            k = 5
-            gain = "exponential"
-            length_normalize = True
-            scorers = ["policy"]
+    from test_eval_scoring import Config  # the scoring settings the scoring tests use
 
     answers = {item.id: Generation(item.reference, "stop", 10, 5) for item in shipped_valid.chat}
     result = score_all(Config, ["extract", "presence", "normalize", "unfair", "behaviour"], shipped_valid.chat,
@@ -144,13 +138,7 @@ def test_gold_answers_score_perfectly(shipped_valid: t.EvalData) -> None:
 
 def test_skipped_items_are_counted_not_scored(shipped_valid: t.EvalData) -> None:
     from lexalign.evaluation.scoring import score_all
-
-    class Config:
-        class ranking:
-            k = 5
-            gain = "exponential"
-            length_normalize = True
-            scorers = ["policy"]
+    from test_eval_scoring import Config  # the scoring settings the scoring tests use
 
     items = shipped_valid.by_task("normalize")[:4]
     answers = {item.id: Generation(item.reference, "stop", 10, 5) for item in items[:2]}
