@@ -5,18 +5,48 @@
     PreferencePair  TRL's preference format: prompt + chosen + rejected (all strings, or all chat
                     messages), optional margin (>= 0) for margin-aware reward losses
     RankingRecord   N >= 2 responses to one prompt ranked by one annotator: 1 = best, ties share a rank,
-                    ranks are dense (a complete weak ordering), plus "none acceptable", rationale, flags
+                    ranks are dense (a complete weak ordering), plus "none acceptable", rationale, flags,
+                    and the annotator's kind: ``human`` (a person; the default, so older files read as before)
+                    or ``derived`` (a ranking computed from labels, by an annotator named ``<method>:<name>``
+                    such as ``gold:cuad``)
+
+Exported preference pairs say where their votes came from in ``meta.origin``: ``human``,
+``derived:<annotator>`` (e.g. ``derived:gold:cuad``), or several of these joined by ``+`` when kinds were
+mixed on purpose. Files without the field stay valid.
 
 Files of these records are read and written with ``lexalign.data.jsonl``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
+AnnotatorKind = Literal["human", "derived"]
+ANNOTATOR_KINDS: tuple[str, ...] = get_args(AnnotatorKind)
+
+# A derived annotator is named "<method>:<name>" (gold:cuad). Human usernames never contain ":" (the store's
+# username rule), so a derived name can never collide with, or be registered as, a person's login.
+DERIVED_NAME = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9][A-Za-z0-9._@-]*$")
+DERIVED_NAME_MAX = 64
+_ORIGIN_PART = re.compile(r"^(human|derived:[a-z][a-z0-9_-]*:[A-Za-z0-9][A-Za-z0-9._@-]*)$")
+
+
+def check_derived_name(name: str) -> None:
+    """A derived annotator's name: ``<method>:<name>`` (lower-case method; letters, digits, ._@- in the name)."""
+    if len(name) > DERIVED_NAME_MAX or not DERIVED_NAME.match(name):
+        raise ValueError(f"derived annotator {name!r}: expected '<method>:<name>' such as 'gold:cuad' (a lower-case "
+                         f"method, then letters, digits, '.', '_', '@' or '-'; at most {DERIVED_NAME_MAX} characters)")
+
+
+def check_origin(origin: Any) -> None:
+    """``meta.origin`` of a preference pair: ``human``, ``derived:<annotator>``, or several joined by ``+``."""
+    if not isinstance(origin, str) or not all(_ORIGIN_PART.match(part) for part in origin.split("+")):
+        raise ValueError(f"meta.origin {origin!r}: expected 'human', 'derived:<method>:<name>' (e.g. "
+                         "'derived:gold:cuad') or several of these joined by '+'")
 
 
 class _Strict(BaseModel):
@@ -97,6 +127,8 @@ class PreferencePair(_Strict):
                     raise ValueError(f"{name} must be a non-empty list of assistant messages; got roles {roles}")
         if self.chosen == self.rejected:
             raise ValueError("chosen and rejected are identical; a pair must differ")
+        if self.meta and "origin" in self.meta:
+            check_origin(self.meta["origin"])
         return self
 
 
@@ -106,6 +138,7 @@ class RankingRecord(_Strict):
     responses: list[str] = Field(min_length=2)
     ranks: list[int]
     annotator: str
+    annotator_kind: AnnotatorKind = "human"
     rationale: str | None = None
     none_acceptable: bool = False
     flags: list[str] = Field(default_factory=list)
@@ -130,6 +163,8 @@ class RankingRecord(_Strict):
         else:
             check_turn_order(self.prompt, must_end_with="user")
         check_ranks(self.ranks, len(self.responses))
+        if self.annotator_kind == "derived":
+            check_derived_name(self.annotator)
         return self
 
 

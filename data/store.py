@@ -5,8 +5,15 @@ in one SQL database (SQLAlchemy 2.0 Core). Open it by URL with ``open_store(url)
     postgresql+psycopg://user:pw@host/lexalign   a shared server (install a driver, e.g. ``psycopg``)
 
 Tables: ``schema_version``, ``annotators``, ``tasks``, ``candidates``, ``assignments``, ``rankings``,
-``feedback`` (ratings from the lawyers' chat UI) and ``audit_events``. Opening a store written by another
-schema version fails with a ``StoreError`` instead of guessing.
+``feedback`` (ratings from the lawyers' chat UI) and ``audit_events``. Opening a store written by a newer
+schema version (or by an older one without a migration) fails with a ``StoreError`` instead of guessing; an
+older version with a migration is upgraded in place, in the opening transaction (all or nothing).
+
+Annotator kinds. Every annotator is of kind ``human`` (a person: an app account, or an imported lawyer) or
+``derived`` (rankings computed from labels, e.g. ``gold:cuad`` from the CUAD lawyers' spans, see
+``lexalign.evaluation.gold``). Derived annotators are named ``<method>:<name>``; a human username can never
+contain ":", so a derived annotator never logs in, is never assigned a task, and no person can take its name.
+Schema version 2 added the kind (version 1 stores are migrated: every existing annotator is human).
 
 Durability (SQLite). The database runs in WAL mode with ``synchronous=FULL`` by default: a commit returns
 only after its WAL frames were fsynced, so an acknowledged submission survives ``kill -9`` of the server
@@ -54,7 +61,7 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -89,11 +96,12 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from lexalign.data.schemas import ANNOTATOR_KINDS, check_derived_name
 from lexalign.errors import LexalignError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///runs/prefs.db"
 ROLES = ("annotator", "admin")
 FLAGS: dict[str, str] = {
@@ -151,7 +159,10 @@ annotators = Table(
     Column("role", String(16), nullable=False, default="annotator"),
     Column("active", Boolean, nullable=False, default=True),
     _ts(),
+    # human: a person; derived: rankings computed from labels (gold:<corpus>). Added in schema version 2.
+    Column("kind", String(16), nullable=False, default="human", server_default=text("'human'")),
     CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),
+    CheckConstraint("kind IN ('human', 'derived')", name="ck_annotators_kind"),
 )
 
 tasks = Table(
@@ -245,6 +256,7 @@ class Annotator:
     role: str
     active: bool
     created_at: datetime | None = None
+    kind: str = "human"
 
     @property
     def is_admin(self) -> bool:
@@ -293,6 +305,7 @@ class AnnotatorProgress:
     skipped: int
     open: int
     last_submitted_at: datetime | None
+    kind: str = "human"
 
 
 @dataclass(frozen=True)
@@ -303,6 +316,7 @@ class StoredRanking:
     rationale: str | None
     flags: tuple[str, ...]
     submitted_at: datetime | None
+    kind: str = "human"   # the annotator's kind: human or derived
 
 
 @dataclass(frozen=True)
@@ -316,6 +330,24 @@ class TaskRankings:
     rankings: tuple[StoredRanking, ...]
 
 
+@dataclass(frozen=True)
+class DerivedRanking:
+    """A ranking computed from labels, not given by a person (``add_derived_rankings``)."""
+
+    task_id: int
+    annotator: str                 # <method>:<name>, e.g. gold:cuad
+    ranks: tuple[int, ...]         # in candidate position order, 1 = best, ties share a rank
+    none_acceptable: bool
+    rationale: str | None = None   # how the ranks were derived (plain text)
+
+
+@dataclass
+class DerivedResult:
+    rankings_added: int = 0
+    duplicates: int = 0            # the same ranking was already stored (a rerun)
+    annotators_created: list[str] = field(default_factory=list)
+
+
 @dataclass
 class ImportResult:
     tasks_created: int = 0
@@ -326,6 +358,31 @@ class ImportResult:
 
 
 # --------------------------------------------------------------------------- validation helpers
+
+
+def _check_username(name: str, kind: str, where: str) -> None:
+    """A human username (letters, digits, ._@-; no ":") or a derived one (``<method>:<name>``)."""
+    if kind == "derived":
+        try:
+            check_derived_name(name)
+        except ValueError as err:
+            raise StoreError(f"{where}: {err}") from None
+    elif kind == "human":
+        if not _USERNAME.match(name):
+            raise StoreError(f"{where}: annotator {name!r} is not a valid username (1-64 letters, digits, '.', '_', "
+                             "'@' or '-', starting with a letter or digit)")
+    else:
+        raise StoreError(f"{where}: annotator kind {kind!r}: expected one of {', '.join(ANNOTATOR_KINDS)}")
+
+
+def _check_kinds(kinds: Iterable[str] | None) -> list[str] | None:
+    if kinds is None:
+        return None
+    kind_list = [kinds] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in kind_list if k not in ANNOTATOR_KINDS]
+    if unknown or not kind_list:
+        raise StoreError(f"annotator kinds {kind_list!r}: expected some of {', '.join(ANNOTATOR_KINDS)}")
+    return kind_list
 
 
 def _control_chars(text: str) -> list[str]:
@@ -596,14 +653,12 @@ class Store:
                         raise StoreError(f"{self.safe_url}: the store has schema version {version}, newer than the "
                                          f"version {SCHEMA_VERSION} this lexalign understands; upgrade lexalign "
                                          "(or open another store)")
-                    if version < SCHEMA_VERSION:
-                        raise StoreError(f"{self.safe_url}: the store has schema version {version}, older than "
-                                         f"{SCHEMA_VERSION}, and no migration exists; export its rankings with the "
-                                         "lexalign that wrote it and import them into a new store")
                     missing = sorted(ours - names)
                     if missing:
                         raise StoreError(f"{self.safe_url}: schema version {version} but tables {', '.join(missing)} "
                                          "are missing; the store is damaged")
+                    if version < SCHEMA_VERSION:
+                        self._migrate(conn, version)
                     return
                 present = sorted(ours & names)
                 if present:
@@ -617,6 +672,20 @@ class Store:
             self._retrying("opening the store", run)
         except OperationalError as err:
             raise StoreError(f"cannot open {self.safe_url}: {err.orig}") from None
+
+    def _migrate(self, conn: Connection, version: int) -> None:
+        """Upgrade an older store step by step inside the opening transaction: every step or none is applied."""
+        start = version
+        while version < SCHEMA_VERSION:
+            step = _MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(f"{self.safe_url}: the store has schema version {version}, older than "
+                                 f"{SCHEMA_VERSION}, and no migration exists; export its rankings with the "
+                                 "lexalign that wrote it and import them into a new store")
+            step(conn)
+            version += 1
+            conn.execute(insert(schema_version).values(version=version, applied_at=_now()))
+        logger.info("migrated preference store %s from schema version %d to %d", self.safe_url, start, version)
 
     def schema_version(self) -> int:
         with self._read() as conn:
@@ -682,10 +751,14 @@ class Store:
             raise StoreError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
         password_hash = _hasher().hash(password)
         with self._write() as conn:
-            result = conn.execute(update(annotators).where(annotators.c.username == username)
+            # A derived annotator (gold:cuad) is not a person: it must never get credentials.
+            result = conn.execute(update(annotators).where(annotators.c.username == username,
+                                                           annotators.c.kind == "human")
                                   .values(password_hash=password_hash))
             if result.rowcount != 1:
-                raise StoreError(f"no annotator named {username!r}")
+                derived = conn.execute(select(annotators.c.id).where(annotators.c.username == username)).first()
+                raise StoreError(f"{username!r} is a derived annotator (rankings computed from labels); it cannot "
+                                 "log in" if derived else f"no annotator named {username!r}")
             self._audit(conn, actor, "password_changed", {"username": username})
 
     def set_active(self, username: str, active: bool, *, actor: str = "cli") -> None:
@@ -1036,33 +1109,141 @@ class Store:
             counts = status_counts.get(person.id, {})
             n_done, last = done.get(person.id, (0, None))
             result.append(AnnotatorProgress(person.username, person.role, bool(person.active), n_done,
-                                            counts.get("skipped", 0), counts.get("open", 0), last))
+                                            counts.get("skipped", 0), counts.get("open", 0), last, person.kind))
         return result
 
-    def task_rankings(self, min_annotators: int = 1, sources: Iterable[str] | None = None) -> list[TaskRankings]:
-        """Every task with at least ``min_annotators`` rankings, with its candidates and rankings (for export)."""
+    def task_rankings(self, min_annotators: int = 1, sources: Iterable[str] | None = None,
+                      kinds: Iterable[str] | None = None) -> list[TaskRankings]:
+        """Every task with at least ``min_annotators`` rankings, with its candidates and rankings (for export).
+
+        ``kinds`` keeps only the rankings of those annotator kinds (``human``, ``derived``; default: all), and
+        ``min_annotators`` counts the kept ones."""
         source_list = list(sources) if sources is not None else None
+        kind_list = _check_kinds(kinds)
         with self._read() as conn:
             query = select(tasks).order_by(tasks.c.id)
             if source_list is not None:
                 query = query.where(tasks.c.source.in_(source_list))
             task_rows = {row.id: row for row in conn.execute(query)}
             by_task: dict[int, list[StoredRanking]] = {}
-            for row in conn.execute(
-                    select(rankings, annotators.c.username).join(annotators, annotators.c.id == rankings.c.annotator_id)
-                    .order_by(rankings.c.task_id, annotators.c.username)):
+            ranking_query = (select(rankings, annotators.c.username, annotators.c.kind)
+                             .join(annotators, annotators.c.id == rankings.c.annotator_id)
+                             .order_by(rankings.c.task_id, annotators.c.username))
+            if kind_list is not None:
+                ranking_query = ranking_query.where(annotators.c.kind.in_(kind_list))
+            for row in conn.execute(ranking_query):
                 if row.task_id in task_rows:
                     by_task.setdefault(row.task_id, []).append(StoredRanking(
                         row.username, tuple(row.ranks), bool(row.none_acceptable), row.rationale,
-                        tuple(row.flags or ()), row.submitted_at))
+                        tuple(row.flags or ()), row.submitted_at, row.kind))
             wanted = [tid for tid in task_rows if len(by_task.get(tid, ())) >= max(1, min_annotators)]
-            cands: dict[int, list[Candidate]] = {}
-            if wanted:
-                for c in conn.execute(select(candidates).where(candidates.c.task_id.in_(wanted))
-                                      .order_by(candidates.c.task_id, candidates.c.position)):
-                    cands.setdefault(c.task_id, []).append(Candidate(c.id, c.position, c.text, c.model))
+            cands = self._candidates_of(conn, wanted)
         return [TaskRankings(tid, task_rows[tid].prompt_id, task_rows[tid].prompt, task_rows[tid].meta or {},
-                             task_rows[tid].source, tuple(cands[tid]), tuple(by_task[tid])) for tid in wanted]
+                             task_rows[tid].source, cands[tid], tuple(by_task[tid])) for tid in wanted]
+
+    @staticmethod
+    def _candidates_of(conn: Connection, task_ids: Sequence[int]) -> dict[int, tuple[Candidate, ...]]:
+        found: dict[int, list[Candidate]] = {tid: [] for tid in task_ids}
+        for start in range(0, len(task_ids), 500):  # bounded IN lists (SQLite's variable limit)
+            for c in conn.execute(select(candidates).where(candidates.c.task_id.in_(task_ids[start:start + 500]))
+                                  .order_by(candidates.c.task_id, candidates.c.position)):
+                found[c.task_id].append(Candidate(c.id, c.position, c.text, c.model))
+        return {tid: tuple(cands) for tid, cands in found.items()}
+
+    # ----------------------------------------------------------------------- derived rankings
+
+    def tasks_without_ranking(self, annotator_prefix: str, sources: Iterable[str] | None = None,
+                              task_ids: Iterable[int] | None = None) -> list[TaskRankings]:
+        """Tasks (with their candidates, ``rankings`` empty) that no annotator whose name starts with
+        ``annotator_prefix`` (e.g. ``gold:``) has ranked yet, oldest first; optionally only these sources/ids."""
+        ranked = exists().where(rankings.c.task_id == tasks.c.id, rankings.c.annotator_id == annotators.c.id,
+                                annotators.c.username.startswith(annotator_prefix, autoescape=True))
+        query = select(tasks).where(~ranked).order_by(tasks.c.id)
+        if sources is not None:
+            query = query.where(tasks.c.source.in_(list(sources)))
+        if task_ids is not None:
+            query = query.where(tasks.c.id.in_(list(task_ids)))
+        with self._read() as conn:
+            rows = list(conn.execute(query))
+            cands = self._candidates_of(conn, [row.id for row in rows])
+        return [TaskRankings(row.id, row.prompt_id, row.prompt, row.meta or {}, row.source, cands[row.id], ())
+                for row in rows]
+
+    def add_derived_rankings(self, derived: Sequence[DerivedRanking], *, actor: str = "cli") -> DerivedResult:
+        """Store rankings computed from labels (one transaction: all or nothing).
+
+        Each annotator is created on first use as kind ``derived`` (no password, inactive: it never logs in and
+        is never assigned a task). The tasks stay offered to human annotators as before. Storing the same
+        ranking again counts as a duplicate; a different ranking by the same annotator is an error.
+        """
+        checked: list[DerivedRanking] = []
+        for item in derived:
+            where = f"task {item.task_id} ({item.annotator})"
+            if not isinstance(item.none_acceptable, bool):
+                raise StoreError(f"{where}: none_acceptable must be true or false")
+            try:
+                rationale = check_plain_text(item.rationale, f"{where}: the rationale", self.rationale_max_chars)
+                check_ranks(list(item.ranks), len(item.ranks))
+            except ValueError as err:
+                raise StoreError(str(err)) from None
+            checked.append(DerivedRanking(item.task_id, item.annotator, tuple(item.ranks), item.none_acceptable,
+                                          rationale))
+
+        def run() -> DerivedResult:
+            res = DerivedResult()
+            with self._write() as conn:
+                annotator_ids: dict[str, int] = {}
+                for item in checked:
+                    where = f"task {item.task_id} ({item.annotator})"
+                    n = conn.execute(select(func.count()).select_from(candidates)
+                                     .where(candidates.c.task_id == item.task_id)).scalar_one()
+                    if not n:
+                        raise StoreError(f"{where}: no such task in the store")
+                    if n != len(item.ranks):
+                        raise StoreError(f"{where}: {len(item.ranks)} ranks for the task's {n} candidates")
+                    if item.annotator not in annotator_ids:
+                        annotator_ids[item.annotator], created = self._ensure_offline_annotator(
+                            conn, item.annotator, "derived", actor, where, {})
+                        if created:
+                            res.annotators_created.append(item.annotator)
+                    annotator_id = annotator_ids[item.annotator]
+                    previous = conn.execute(select(rankings.c.ranks).where(
+                        rankings.c.task_id == item.task_id, rankings.c.annotator_id == annotator_id)).first()
+                    if previous is not None:
+                        if list(previous.ranks) == list(item.ranks):
+                            res.duplicates += 1
+                            continue
+                        raise StoreError(f"{where}: already ranked differently ({list(previous.ranks)} stored vs "
+                                         f"{list(item.ranks)} now)")
+                    conn.execute(insert(rankings).values(
+                        task_id=item.task_id, annotator_id=annotator_id, ranks=list(item.ranks),
+                        none_acceptable=item.none_acceptable, rationale=item.rationale, flags=[], form_token=None,
+                        submitted_at=_now()))
+                    res.rankings_added += 1
+                self._audit(conn, actor, "derived_rankings", {
+                    "annotators": sorted(annotator_ids), "rankings_added": res.rankings_added,
+                    "duplicates": res.duplicates})
+            return res
+
+        return self._retrying("storing derived rankings", run)
+
+    def _ensure_offline_annotator(self, conn: Connection, name: str, kind: str, actor: str, where: str,
+                                  detail: Mapping[str, Any]) -> tuple[int, bool]:
+        """(id, created) of an annotator that cannot log in (an imported lawyer, a derived ranker), created if
+        missing. An existing annotator of another kind is an error: a person's rankings never turn derived."""
+        row = conn.execute(select(annotators.c.id, annotators.c.kind).where(annotators.c.username == name)).first()
+        if row is not None:
+            if row.kind != kind:
+                raise StoreError(f"{where}: annotator {name!r} is of kind {row.kind!r} in the store, not {kind!r}; "
+                                 "rankings of one annotator have one kind (rename one of them)")
+            return int(row.id), False
+        _check_username(name, kind, where)
+        row_id = conn.execute(insert(annotators).values(
+            username=name, password_hash=None, role="annotator", active=False, kind=kind,
+            created_at=_now())).inserted_primary_key[0]
+        self._audit(conn, actor, "annotator_created",
+                    {"username": name, "role": "annotator", "kind": kind, "can_login": False, **detail})
+        return int(row_id), True
 
     def counts(self) -> dict[str, int]:
         with self._read() as conn:
@@ -1110,13 +1291,17 @@ class Store:
 
     # ----------------------------------------------------------------------- import of RankingRecords
 
-    def import_rankings(self, records: Iterable[Any], source: str, *, k: int = 0, actor: str = "cli") -> ImportResult:
+    def import_rankings(self, records: Iterable[Any], source: str, *, k: int = 0, actor: str = "cli",
+                        record_sources: Sequence[str] | None = None) -> ImportResult:
         """Import RankingRecords (e.g. ACORD's lawyer ratings) as tasks + candidates + rankings, in one transaction.
 
-        A record's annotator becomes an account that cannot log in. Tasks are matched by ``prompt_id``; a task
-        that exists must have the same responses in the same order. Re-importing the same file changes nothing
-        (identical rankings count as duplicates); a different ranking by the same annotator is an error.
-        ``k`` = annotations wanted from the app's annotators for the imported tasks (0: none, the default).
+        A record's annotator becomes an account that cannot log in, of the record's ``annotator_kind`` (human,
+        or derived for rankings computed from labels); an annotator already in the store must have that kind.
+        Tasks are matched by ``prompt_id``; a task that exists must have the same responses in the same order.
+        Re-importing the same file changes nothing (identical rankings count as duplicates); a different ranking
+        by the same annotator is an error. ``k`` = annotations wanted from the app's annotators for the imported
+        tasks (0: none, the default). ``record_sources`` (one per record) overrides ``source`` for the tasks
+        each record creates (an export's rankings.jsonl keeps every task's own source).
         """
         from lexalign.data.schemas import RankingRecord
 
@@ -1130,7 +1315,8 @@ class Store:
             checked.append(record)
         if not checked:
             raise StoreError("nothing to import: no records")
-        result = ImportResult()
+        if record_sources is not None and len(record_sources) != len(checked):
+            raise StoreError(f"{len(record_sources)} record sources for {len(checked)} records")
 
         def run() -> ImportResult:
             res = ImportResult()
@@ -1143,7 +1329,8 @@ class Store:
                     task = conn.execute(select(tasks.c.id).where(tasks.c.prompt_id == record.prompt_id)).first()
                     if task is None:
                         task_id = self._insert_task(conn, record.prompt_id, prompt_value,
-                                                    [(r, None) for r in record.responses], record.meta, k, source)
+                                                    [(r, None) for r in record.responses], record.meta, k,
+                                                    record_sources[i - 1] if record_sources else source)
                         res.tasks_created += 1
                     else:
                         task_id = task.id
@@ -1156,19 +1343,10 @@ class Store:
                         res.tasks_reused += 1
                     name = record.annotator
                     if name not in annotator_ids:
-                        row = conn.execute(select(annotators.c.id).where(annotators.c.username == name)).first()
-                        if row is None:
-                            if not _USERNAME.match(name):
-                                raise StoreError(f"{where}: annotator {name!r} is not a valid username")
-                            row_id = conn.execute(insert(annotators).values(
-                                username=name, password_hash=None, role="annotator", active=False,
-                                created_at=_now())).inserted_primary_key[0]
-                            self._audit(conn, actor, "annotator_created",
-                                        {"username": name, "role": "annotator", "can_login": False, "source": source})
+                        annotator_ids[name], created = self._ensure_offline_annotator(
+                            conn, name, record.annotator_kind, actor, where, {"source": source})
+                        if created:
                             res.annotators_created.append(name)
-                            annotator_ids[name] = int(row_id)
-                        else:
-                            annotator_ids[name] = int(row.id)
                     previous = conn.execute(select(rankings.c.ranks).where(
                         rankings.c.task_id == task_id, rankings.c.annotator_id == annotator_ids[name])).first()
                     if previous is not None:
@@ -1186,12 +1364,24 @@ class Store:
                                                     "rankings_added": res.rankings_added, "duplicates": res.duplicates})
             return res
 
-        result = self._retrying("importing rankings", run)
-        return result
+        return self._retrying("importing rankings", run)
 
 
 def _annotator(row: Any) -> Annotator:
-    return Annotator(int(row.id), row.username, row.role, bool(row.active), row.created_at)
+    return Annotator(int(row.id), row.username, row.role, bool(row.active), row.created_at, row.kind)
+
+
+def _add_annotator_kind(conn: Connection) -> None:
+    """1 -> 2: annotators get a kind; everyone already in a version-1 store is a person (human).
+
+    The column is declared exactly as ``metadata`` declares it for new stores (the same default and the same
+    named check), so a migrated store and a new one behave alike on SQLite and on PostgreSQL."""
+    conn.execute(text("ALTER TABLE annotators ADD COLUMN kind VARCHAR(16) DEFAULT 'human' NOT NULL "
+                      "CONSTRAINT ck_annotators_kind CHECK (kind IN ('human', 'derived'))"))
+
+
+# version -> the step that upgrades a store of that version to the next one
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_annotator_kind}
 
 
 _HASHER: Any = None

@@ -132,23 +132,36 @@ def _annotators_list(args: argparse.Namespace) -> None:
 
     with open_store(_store_url(args)) as store:
         progress = {p.username: p for p in store.admin_progress()}
-        print(f"{'username':<24} {'role':<10} {'active':<7} {'done':>5} {'skipped':>8} {'open':>5}")
+        print(f"{'username':<24} {'kind':<8} {'role':<10} {'active':<7} {'done':>5} {'skipped':>8} {'open':>5}")
         for a in store.list_annotators():
             p = progress.get(a.username)
-            print(f"{a.username:<24} {a.role:<10} {'yes' if a.active else 'no':<7} "
+            print(f"{a.username:<24} {a.kind:<8} {a.role:<10} {'yes' if a.active else 'no':<7} "
                   f"{p.done if p else 0:>5} {p.skipped if p else 0:>8} {p.open if p else 0:>5}")
 
 
 def _prefs_export(args: argparse.Namespace) -> None:
     from lexalign.data.store import open_store
-    from lexalign.reward.prefs import export_preferences
+    from lexalign.reward.prefs import export_preferences, parse_weights
 
+    weights = parse_weights(args.weight)
     with open_store(_store_url(args)) as store:
         summary = export_preferences(store, args.out, min_annotators=args.min_annotators,
                                      none_acceptable=args.none_acceptable,
-                                     system_prompt=None if args.no_system_prompt else _default_system_prompt())
+                                     system_prompt=None if args.no_system_prompt else _default_system_prompt(),
+                                     kinds=args.kinds, weights=weights, mix_kinds=args.mix_kinds)
+    origins = ", ".join(f"{origin} {n}" for origin, n in summary.pairs_by_origin.items()) or "none"
     print(f"{summary.pairs} preference pairs from {summary.tasks} tasks ({summary.rankings} rankings; "
-          f"{summary.pairs_dropped_no_majority} pairs without a majority dropped) -> {summary.files['preferences']}")
+          f"{summary.pairs_dropped_no_majority} pairs without a majority dropped; by origin: {origins}; "
+          f"{summary.rankings_replaced} derived rankings replaced by human ones) -> {summary.files['preferences']}")
+
+
+def _prefs_rank_gold(args: argparse.Namespace) -> None:
+    from lexalign.data.store import open_store
+    from lexalign.evaluation.gold import rank_tasks_by_gold
+
+    with open_store(_store_url(args)) as store:
+        summary = rank_tasks_by_gold(store, sources=args.source)
+    print(summary.describe())
 
 
 def _default_system_prompt() -> str:
@@ -311,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     annotators_list.add_argument("--store", default=None, help=store_help)
     annotators_list.set_defaults(handler=_annotators_list)
 
-    prefs = commands.add_parser("prefs", help="preference data: export rankings as pairs, import rankings, add tasks")
+    prefs = commands.add_parser("prefs", help="preference data: export rankings as pairs, import rankings, add tasks, "
+                                              "rank by gold labels")
     prefs_commands = prefs.add_subparsers(dest="prefs_command", metavar="ACTION", required=True)
     prefs_export = prefs_commands.add_parser("export", help="rankings -> preferences.jsonl + datasets folder (TRL format)")
     prefs_export.add_argument("--store", default=None, help=store_help)
@@ -322,7 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
                               help="rankings marked 'none acceptable' still vote (keep, default) or give no pairs (drop)")
     prefs_export.add_argument("--no-system-prompt", action="store_true",
                               help="string prompts become [user] instead of [system, user] with the SFT system prompt")
+    prefs_export.add_argument("--kinds", nargs="+", choices=["human", "derived"], default=None,
+                              help="annotator kinds to export: human (lawyers) and/or derived (e.g. gold:cuad, "
+                                   "computed from labels); default: both")
+    prefs_export.add_argument("--weight", action="append", default=[], metavar="KIND=W",
+                              help="vote weight of a kind (default 1 each; repeatable), e.g. --weight derived=0.5; "
+                                   "recorded per pair as meta.weight")
+    prefs_export.add_argument("--mix-kinds", action="store_true",
+                              help="derived rankings vote beside human ones on the same task (default: a task's "
+                                   "human rankings replace its derived ones)")
     prefs_export.set_defaults(handler=_prefs_export)
+    prefs_gold = prefs_commands.add_parser(
+        "rank-gold", help="rank the answers of every labelled task by its gold label (annotator gold:<corpus>)")
+    prefs_gold.add_argument("--store", default=None, help=store_help)
+    prefs_gold.add_argument("--source", nargs="+", default=None, metavar="NAME",
+                            help="only tasks of these store sources (e.g. candidates); default: every task")
+    prefs_gold.set_defaults(handler=_prefs_rank_gold)
     prefs_import = prefs_commands.add_parser("import", help="RankingRecords JSONL (e.g. shipped:acord_rankings_train.jsonl) -> store")
     prefs_import.add_argument("file")
     prefs_import.add_argument("--store", default=None, help=store_help)

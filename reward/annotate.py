@@ -335,7 +335,8 @@ class AnnotateApp:
         rows = [[p.username, p.role, "yes" if p.active else "no", p.done, p.skipped, p.open,
                  p.last_submitted_at.strftime("%Y-%m-%d %H:%M") if p.last_submitted_at else ""]
                 for p in self.store.admin_progress()]
-        summary = rankings_agreement(self.store.task_rankings(min_annotators=2))
+        # agreement between people: derived rankings (gold:<corpus>) are not annotators of the panel
+        summary = rankings_agreement(self.store.task_rankings(min_annotators=2, kinds=["human"]))
         return rows, inert(summary.as_text())
 
     def admin_export(self, request: Any) -> tuple[str, str | None]:

@@ -21,7 +21,15 @@ duplicates are dropped; a prompt with fewer than 2 distinct answers is skipped (
 Tasks: each prompt becomes a task with ``prompt_id`` ``<model>/<hash of the prompt>`` (adding the same
 prompt for the same model again is reported and skipped), the chat messages as prompt, the answers in
 generated order, ``k`` annotators wanted, and meta holding the question and contract excerpt (what the
-ranking app shows), the source record's meta, the model and the sampling settings.
+ranking app shows), the source record's meta (with the lawyers' labels of shipped records: task, present,
+answers, normalized, labels/unfair, source), where the prompt came from (``prompts_file``, ``prompts_line``),
+the model and the sampling settings.
+
+Gold ranking: with ``rank_gold: true`` the tasks just added that carry labels are ranked by them at once, as the
+derived annotator ``gold:<corpus>`` (``lexalign.evaluation.gold``; ``lexalign prefs rank-gold`` does the same for
+tasks already in the store). Labels are checked before the server starts (errors name file:line); tasks without
+labels stay for the lawyers, who are offered every task either way. Prompts of the shipped test split are
+refused with ``rank_gold`` (test labels must never become training signal).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -43,6 +51,9 @@ from lexalign.data.schemas import Message, check_turn_order
 from lexalign.data.store import DEFAULT_URL
 from lexalign.errors import LexalignError
 from lexalign.serve.launch import ServeConfig
+
+if TYPE_CHECKING:
+    from lexalign.evaluation.gold import GoldSummary
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +97,7 @@ class CandidatesConfig:
     k: int = 3                       # annotators wanted per task
     source: str = "candidates"       # tasks' source name in the store
     out: str | None = None           # also write the tasks as JSONL (prefs add-tasks format)
+    rank_gold: bool = False          # rank the new tasks that carry labels by them (annotator gold:<corpus>)
     serve: ServeConfig = field(default_factory=lambda: ServeConfig(port=0))  # the server started for --run
 
     def problems(self) -> list[Problem]:
@@ -105,6 +117,13 @@ class CandidatesConfig:
                             "store", self.store, "expected a sqlite:///FILE or postgresql+DRIVER://... URL")
         from lexalign.data.paths import resolve_data_path
 
+        if self.rank_gold and self.prompts:
+            from lexalign.evaluation.gold import HELD_OUT_FILE
+
+            held_out = resolve_data_path(HELD_OUT_FILE).resolve()
+            found += problem_if(resolve_data_path(self.prompts).resolve() == held_out, "prompts", self.prompts,
+                                "the held-out test split cannot be ranked by its gold labels (they would become "
+                                "training signal); use shipped:sft_train.jsonl or shipped:sft_valid.jsonl")
         if not self.prompts:
             found.append(Problem("prompts", "set the prompts file (JSONL)", self.prompts))
         elif not resolve_data_path(self.prompts).is_file():
@@ -168,7 +187,8 @@ def load_prompts(path: str, limit: int = 0, tasks: list[str] | None = None, max_
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": record.prompt}]
         if max_chars and sum(len(m["content"]) for m in messages) > max_chars:
             continue
-        meta.setdefault("prompts_file", str(path))
+        if "prompts_file" not in meta:  # where the prompt (and its labels) came from: errors name file:line
+            meta.update(prompts_file=str(path), prompts_line=line)
         prompts.append(Prompt(len(prompts), messages, record.prompt_id, meta, line))
         if limit and len(prompts) >= limit:
             break
@@ -177,6 +197,18 @@ def load_prompts(path: str, limit: int = 0, tasks: list[str] | None = None, max_
                               f"{f' of at most {max_chars} characters' if max_chars else ''}; check the file and "
                               "the tasks / max_prompt_chars filters")
     return prompts
+
+
+def check_gold_labels(prompts: list[Prompt], path: str) -> None:
+    """CandidatesError listing every labelled prompt of the file ``path`` whose label the gold scorer cannot read
+    (``file:line: problem``)."""
+    from lexalign.evaluation.gold import has_labels, read_label
+
+    problems = [f"{path}:{p.line}: {problem}"
+                for p in prompts if has_labels(p.meta) for problem in read_label(p.meta)[3]]
+    if problems:
+        raise CandidatesError("rank_gold: labels the gold scorer cannot read (fix them, or set rank_gold=false):\n"
+                              + "\n".join(f"  {p}" for p in problems[:50]))
 
 
 def question_and_excerpt(messages: list[dict[str, str]]) -> tuple[str, str | None]:
@@ -239,6 +271,7 @@ class CandidatesSummary:
     task_ids: list[int] = field(default_factory=list)
     out: str | None = None
     errors: list[str] = field(default_factory=list)
+    gold: GoldSummary | None = None  # with rank_gold
 
     def describe(self) -> str:
         rate = self.output_tokens / self.seconds if self.seconds else 0.0
@@ -248,6 +281,8 @@ class CandidatesSummary:
                 f"{self.failed} failed; {self.output_tokens} tokens in {self.seconds:.1f} s = {rate:.0f} tokens/s)")
         if self.out:
             text += f"; tasks written to {self.out}"
+        if self.gold is not None:
+            text += f"\n{self.gold.describe()}"
         if self.errors:
             text += "\nfailed requests:\n  " + "\n  ".join(self.errors[:5])
         return text
@@ -325,6 +360,10 @@ def generate_candidates(config: CandidatesConfig, client: Any, store: Any, model
     if config.out:
         write_jsonl(config.out, rows)
         summary.out = config.out
+    if config.rank_gold:
+        from lexalign.evaluation.gold import rank_tasks_by_gold
+
+        summary.gold = rank_tasks_by_gold(store, task_ids=summary.task_ids)
     if summary.failed and not results:
         raise CandidatesError("every request failed: " + "; ".join(summary.errors[:3]))
     logger.info("%s", summary.describe())
@@ -347,7 +386,10 @@ def run_candidates(config_path: str | Path | None, overrides: list[str], run: st
     config = load_config(CandidatesConfig, config_path, overrides)
     if not config.run and not config.endpoint:
         raise CandidatesError("no model: pass --run RUN_DIR (a vLLM server is started for it) or --endpoint URL")
-    load_prompts(config.prompts, config.max_prompts, config.tasks, config.max_prompt_chars)  # bad prompt files fail before a server starts
+    # bad prompt files (and, with rank_gold, labels the gold scorer cannot read) fail before a server starts
+    loaded = load_prompts(config.prompts, config.max_prompts, config.tasks, config.max_prompt_chars)
+    if config.rank_gold:
+        check_gold_labels(loaded, config.prompts)
     with open_store(config.store) as db:
         if config.endpoint:
             key = os.environ.get(config.api_key_env, "").strip()

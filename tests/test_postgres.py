@@ -235,6 +235,19 @@ def test_assignment_rules_and_validation_match_sqlite(store_tests_on_postgres, t
                 test(store)
 
 
+def test_a_version_1_store_is_migrated_on_postgresql(pg_url: str) -> None:
+    import sqlalchemy
+    from test_gold_rankings import check_migrated, version_1_store
+
+    version_1_store(pg_url)
+    check_migrated(pg_url)
+    engine = sqlalchemy.create_engine(pg_url)
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match="ck_annotators_kind"):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE annotators SET kind = 'robot'")
+    engine.dispose()
+
+
 def test_schema_version_mismatch_fails_clearly(pg_url: str) -> None:
     import sqlalchemy
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from lexalign.data.schemas import RankingRecord
 from lexalign.data.store import (
     FLAGS,
+    SCHEMA_VERSION,
     StoreError,
     SubmissionError,
     open_store,
@@ -65,7 +66,7 @@ def rankings_count(store) -> int:
 
 def test_new_store_records_schema_version_and_durability_pragmas(tmp_path: Path) -> None:
     with open_store(url_for(tmp_path / "a.db")) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == SCHEMA_VERSION == 2
         with store.engine.connect() as conn:
             pragmas = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
                        for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
@@ -75,7 +76,7 @@ def test_new_store_records_schema_version_and_durability_pragmas(tmp_path: Path)
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
 
 
-@pytest.mark.parametrize("version, words", [(2, "newer than the version 1"), (0, "older than 1")])
+@pytest.mark.parametrize("version, words", [(3, "newer than the version 2"), (0, "older than 2, and no migration")])
 def test_schema_version_mismatch_fails_clearly(tmp_path: Path, version: int, words: str) -> None:
     path = tmp_path / "v.db"
     open_store(url_for(path)).close()
