@@ -134,7 +134,10 @@ class ServeConfig:
     gpu_memory_utilization: float = 0.9  # GPU engine: share of GPU memory for weights + KV cache
     tensor_parallel_size: int = 1     # GPU engine: GPUs to shard the model over
     quantization: str | None = None   # GPU engine: e.g. awq, gptq, fp8, bitsandbytes (null = none)
-    enforce_eager: bool = False       # GPU engine: skip CUDA graphs (faster start, slower decode)
+    # Skip graph capture/compilation: on a GPU no CUDA graphs (faster start, slower decode); on the CPU engine no
+    # torch.compile of the model, which costs a SmolLM2 server ~150 s of its ~210 s start (55 s eager, measured
+    # in bench/RESULTS.md): the better trade for short jobs (an evaluation, a batch of candidates).
+    enforce_eager: bool = False
     work_dir: str = "runs/serve"      # server logs, vLLM's cache, serve.json
     startup_timeout_s: float = 900.0
     shutdown_timeout_s: float = 30.0
@@ -565,8 +568,8 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None, engine_socket
                     "--tensor-parallel-size", str(config.tensor_parallel_size)]
         if config.quantization:
             command += ["--quantization", config.quantization]
-        if config.enforce_eager:
-            command += ["--enforce-eager"]
+    if config.enforce_eager:
+        command += ["--enforce-eager"]
     command += list(config.extra_args)
     return LaunchPlan(engine, target, device, dtype, config.host, port, command, env, work_dir,
                       work_dir / f"server-{port}.log", more)
