@@ -59,8 +59,13 @@ def normalize_prompt(category: str, description: str, answer_format: str, excerp
 
 
 def extract_answer(spans: list[str]) -> str:
-    """Verbatim spans, one per line, in document order; or exactly 'Not present.'."""
-    return "\n".join(spans) if spans else NOT_PRESENT
+    """Verbatim spans in double quotes, one per line, in document order; or exactly 'Not present.'.
+
+    Why the quotes: a greedy decoder picks the first token, and the first words of clauses are spread over
+    thousands of tokens while "Not" is one; a model that is unsure then always says "Not present." (measured on
+    SmolLM2, bench/RESULTS.md). An opening quote is one token shared by every present answer, so the decision
+    "quote or not" is taken on its own and the clause text follows. Scorers strip the quotes."""
+    return "\n".join(f'"{span}"' for span in spans) if spans else NOT_PRESENT
 
 
 def excerpt_of(user_message: str) -> str:

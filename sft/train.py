@@ -31,6 +31,12 @@ class SFTDataSection:
     valid: str = "shipped:sft_valid.jsonl"
     max_train_records: int = 0  # 0 = all
     max_valid_records: int = 0
+    # Cap on the share of "Not present." answers among the extraction training records (a seeded downsample of
+    # the absent ones; null = as given). Why: the first token decides between "Not present." (one token sequence)
+    # and a quote (spread over every sentence start of the excerpt), so a short run on the shipped mix (52 %
+    # absent) answers "Not present." to every question under greedy decoding (bench/RESULTS.md).
+    max_not_present_share: float | None = None
+    seed: int = 0               # the downsample's draw
 
     def problems(self) -> list[Problem]:
         from lexalign.data.paths import resolve_data_path
@@ -44,6 +50,9 @@ class SFTDataSection:
                 found.append(Problem(key, "file not found; give a chat-records JSONL file or shipped:<name>", value))
         for key in ("max_train_records", "max_valid_records"):
             found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
+        share = self.max_not_present_share
+        found += problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
+                            "max_not_present_share", share, "a share in [0, 1), or null to keep the data's mix")
         return found
 
 
@@ -98,6 +107,28 @@ def load_split(path: str, limit: int) -> list[Any]:
     return records[:limit] if limit else records
 
 
+def cap_not_present(records: list[Any], share: float | None, seed: int) -> list[Any]:
+    """Drop a seeded sample of the absent-clause extraction records so that they are at most ``share`` of the
+    extraction records; every other record (and the file order) is kept."""
+    if share is None:
+        return records
+    import random
+
+    absent = [i for i, r in enumerate(records) if _task(r) == "extract" and (r.meta or {}).get("present") is False]
+    present = sum(1 for r in records if _task(r) == "extract") - len(absent)
+    keep = min(len(absent), int(share * present / (1 - share)))
+    if keep == len(absent):
+        return records
+    dropped = set(random.Random(seed).sample(absent, len(absent) - keep))
+    logger.info("extraction records: kept %d of %d 'Not present.' answers beside %d quotes (max_not_present_share "
+                "%.2f)", keep, len(absent), present, share)
+    return [r for i, r in enumerate(records) if i not in dropped]
+
+
+def _task(record: Any) -> str | None:
+    return (record.meta or {}).get("task")
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -141,7 +172,10 @@ def train_sft(config: SFTStageConfig) -> Path:
     tokenizer = load_tokenizer(base_path)
 
     assistant_only = bool(config.training.get("assistant_only_loss", False))
-    train_records = load_split(config.data.train, config.data.max_train_records)
+    train_records = cap_not_present(load_split(config.data.train, 0), config.data.max_not_present_share,
+                                    config.data.seed)
+    if config.data.max_train_records:
+        train_records = train_records[:config.data.max_train_records]
     valid_records = load_split(config.data.valid, config.data.max_valid_records)
     train_dataset = Dataset.from_list(to_trainer_records(train_records, assistant_only))
     valid_dataset = Dataset.from_list(to_trainer_records(valid_records, assistant_only))

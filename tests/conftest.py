@@ -22,6 +22,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests check behaviour, not speed: on a shared 2-core machine one example can take longer
+# than hypothesis's default 200 ms deadline, which would fail a correct test.
+settings.register_profile("lexalign", deadline=None)
+settings.load_profile("lexalign")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CORPUS_CHARS = 200_000

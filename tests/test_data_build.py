@@ -17,7 +17,7 @@ from lexalign.config import ConfigError, load_config
 from lexalign.data.build import DataBuildConfig, allocate, run_build, verify_against
 from lexalign.data.cuad import OffsetMap, make_windows, normalize_contract
 from lexalign.data.jsonl import DataError, read_jsonl
-from lexalign.data.prompts import NOT_PRESENT, excerpt_of
+from lexalign.data.prompts import NOT_PRESENT, excerpt_of, extract_answer
 from lexalign.data.schemas import ChatRecord, PreferencePair, RankingRecord
 from lexalign.data.synthetic import write_synthetic_source
 
@@ -117,7 +117,7 @@ def test_extract_spans_are_verbatim_in_their_windows(built, source):
             assert normalize_contract(contract)[start:end] == excerpt  # offsets into the normalized contract
             assert all(span in excerpt for span in meta["answers"])
             if meta["task"] == "extract":
-                expected = "\n".join(meta["answers"]) if meta["answers"] else NOT_PRESENT
+                expected = extract_answer(meta["answers"]) if meta["answers"] else NOT_PRESENT
                 assert record.messages[-1].content == expected
                 assert meta["present"] == bool(meta["answers"])
 

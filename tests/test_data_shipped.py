@@ -13,7 +13,7 @@ import pytest
 from lexalign.data import resolve_data_path, shipped_dir
 from lexalign.data.build import verify_against
 from lexalign.data.jsonl import read_jsonl
-from lexalign.data.prompts import NOT_PRESENT, SYSTEM_PROMPT, excerpt_of
+from lexalign.data.prompts import NOT_PRESENT, SYSTEM_PROMPT, excerpt_of, extract_answer
 from lexalign.data.schemas import ChatRecord, PreferencePair, RankingRecord
 from lexalign.data.stats import compute_stats
 
@@ -67,7 +67,9 @@ def test_cuad_spans_are_verbatim_in_the_window(sft):
                 assert span in excerpt, (meta["doc_id"], meta["category"], span[:60])
             if meta["task"] == "extract":
                 answer = record.messages[-1].content
-                assert answer == ("\n".join(meta["answers"]) if meta["present"] else NOT_PRESENT)
+                assert answer == (extract_answer(meta["answers"]) if meta["present"] else NOT_PRESENT)
+                if meta["present"]:  # quoted: the answer opens with a token shared by every quote
+                    assert answer.startswith('"') and answer.endswith('"'), answer[:60]
                 checked += meta["present"]
             elif meta["task"] == "presence":
                 assert record.messages[-1].content == ("Yes" if meta["present"] else "No")

@@ -228,11 +228,34 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
     (["model.lora.r=0"], "model.lora.r"),                            # rank <= 0
     (["training.packing=true", "training.packing_strategy=wrapped"], "training.packing_strategy"),
     (["training.max_stepz=3"], "training.max_stepz"),
+    (["data.max_not_present_share=1.0"], "data.max_not_present_share"),
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(SFTStageConfig, SFT_YAML, overrides)
     assert key in [p.key for p in info.value.problems]
+
+
+def test_not_present_cap_downsamples_only_absent_extraction_records() -> None:
+    from lexalign.data.schemas import ChatRecord
+    from lexalign.sft.train import cap_not_present
+
+    def record(task: str, present: bool | None, i: int) -> ChatRecord:
+        answer = "Not present." if present is False else f"answer {i}"
+        return ChatRecord.model_validate({"messages": [{"role": "user", "content": f"q{i}"},
+                                                       {"role": "assistant", "content": answer}],
+                                          "meta": {"task": task, "present": present}})
+
+    records = ([record("extract", True, i) for i in range(30)] + [record("extract", False, i) for i in range(70)]
+               + [record("presence", False, i) for i in range(20)] + [record("unfair", None, i) for i in range(10)])
+    capped = cap_not_present(records, 0.25, seed=0)
+    absent = [r for r in capped if r.meta["task"] == "extract" and r.meta["present"] is False]
+    assert len(absent) == 10                                    # 10 / (10 + 30) = 0.25
+    assert sum(r.meta["task"] == "extract" and r.meta["present"] for r in capped) == 30
+    assert sum(r.meta["task"] == "presence" for r in capped) == 20  # "No" answers of other tasks are kept
+    assert [r for r in capped if r.meta["task"] != "extract"] == records[100:]
+    assert cap_not_present(records, 0.25, seed=1) != capped      # a seeded draw
+    assert cap_not_present(records, None, seed=0) is records
 
 
 def test_missing_model_folder_is_a_clear_cli_error(tmp_path: Path, chat_data: tuple[Path, Path]) -> None:
