@@ -84,6 +84,9 @@ def is_main_process() -> bool:
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# What the same command does when run again. A training stage resumes only from a whole checkpoint: a disk
+# that fills during the first checkpoint's save leaves none (tests/test_reliability.py, the full-disk test).
+_AGAIN = {"run directory": ": it resumes from the last whole checkpoint, or starts over when none was saved"}
 
 
 @contextmanager
@@ -99,7 +102,7 @@ def writes_to(path: str | Path, what: str = "run directory") -> Iterator[None]:
         where = f" ({err.filename})" if err.filename else ""
         raise RunDirError(f"cannot write to the {what} {path}{where}: {err.strerror or err}; free space, fix the "
                           "permissions or choose another output folder. Nothing incomplete is taken as done: run "
-                          "the same command again to resume") from None
+                          "the same command again" + _AGAIN.get(what, "")) from None
     except Exception as err:  # noqa: BLE001 - torch (RuntimeError) and safetensors (SafetensorError) on a failed write
         message = str(err).lower()
         if not isinstance(err, RuntimeError) and "safetensor" not in type(err).__name__.lower():
@@ -113,7 +116,8 @@ def writes_to(path: str | Path, what: str = "run directory") -> Iterator[None]:
         except OSError:
             detail = "a write failed"
         raise RunDirError(f"cannot write to the {what} {path}: {detail} ({str(err).splitlines()[0][:160]}); free "
-                          "space or choose another output folder, then run the same command again to resume") from None
+                          "space or choose another output folder, then run the same command again"
+                          + _AGAIN.get(what, "")) from None
 
 
 def file_sha256(path: Path) -> str:

@@ -113,16 +113,29 @@ def test_dpo_reference_equals_the_sft_model_not_the_base(align_sft_run: Path, al
 
 
 def test_dpo_resumes_from_its_checkpoint(align_sft_run: Path, align_pairs, tmp_path: Path) -> None:
+    """A finished run extended to more steps resumes at its last checkpoint (step 4): the first run's metrics
+    lines are kept (marked, so that a restart logging the same seeded values again cannot pass), the second run
+    logs steps 5-6 only and trains on from the checkpoint's adapter, not from the SFT one."""
+    from test_sft import KILLED, mark_metrics
+
     first = train_dpo(dpo_config(align_sft_run, align_pairs, tmp_path, "training.max_steps=4",
                                  "training.save_steps=4", "training.eval_steps=4", "data.max_train_pairs=32",
                                  "training.logging_steps=1"))
     assert (first / "checkpoints" / "checkpoint-4").is_dir()
+    before = mark_metrics(first)
     again = train_dpo(dpo_config(align_sft_run, align_pairs, tmp_path, "training.max_steps=6",
                                  "training.save_steps=4", "training.eval_steps=6", "data.max_train_pairs=32",
                                  "training.logging_steps=1"))
     assert read_manifest(again)["results"]["global_step"] == 6
-    steps = [m["step"] for m in read_metrics(again) if "loss" in m]
-    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 from the first run, 5-6 resumed; none twice
+    metrics = read_metrics(again)
+    kept = [m for m in before if m["step"] <= 4]
+    assert metrics[:len(kept)] == kept  # steps 0-4 of the first run, unchanged
+    assert [m["step"] for m in metrics[len(kept):] if "loss" in m] == [5, 6]  # resumed: no step 1-4 again
+    assert not [m for m in metrics[len(kept):] if m.get("attempt") == KILLED]
+    # the resumed policy starts from checkpoint-4's adapter: at step 5 it is still ahead of the reference (margin > 0);
+    # a resume from the SFT adapter would start level with it (margins ~0, as at step 1)
+    margins = {m["step"]: m["rewards/margins"] for m in metrics if "rewards/margins" in m}
+    assert abs(margins[1]) < 1e-3 and margins[5] > 0.05, margins
     assert read_manifest(again)["results"]["reference_check"]["drift_max_abs_diff"] < 1e-4
 
 

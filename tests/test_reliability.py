@@ -1,7 +1,9 @@
 """Faults: an unwritable run directory and a full disk give a clear CLI error (exit 2, the path named, no
-traceback) and a run that resumes once space is back; a half-written checkpoint is never resumed from; a stage
-killed before it completed is never taken as complete (no COMPLETE marker; every consumer refuses it); DPO
-killed with SIGKILL resumes to the same final step.
+traceback); once space is back the same command finishes the run (here it starts over: the disk fills during the
+first checkpoint, so no whole checkpoint is left to resume from); a half-written checkpoint is never resumed from;
+a stage killed before it completed is never taken as complete (no COMPLETE marker; every consumer refuses it);
+DPO killed with SIGKILL resumes at its checkpoint (earlier metrics kept) and ends with the weights of an
+uninterrupted run.
 
 The ranking store's kill -9 tests live in test_store.py (SQLite), test_postgres.py (client and server killed)
 and test_annotate_browser.py (the app server killed); SFT's kill -9 resume is test_sft.py's. See
@@ -20,7 +22,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,26 +119,43 @@ def _full_disk(tmp_path: Path, mounts: list[Path], size: int) -> tuple[Path, dic
     return folder, {"preexec_fn": limit}
 
 
-def test_full_disk_is_a_clear_cli_error_and_the_run_resumes_once_space_is_back(tiny_model_dir, chat_files, tmp_path,
-                                                                                  mounts) -> None:
+def test_full_disk_is_a_clear_cli_error_and_the_run_starts_over_once_space_is_back(
+        tiny_model_dir, chat_files, tmp_path, mounts) -> None:
+    """The disk fills while checkpoint-2, the first checkpoint, is saved (its adapter file on the 300 KiB tmpfs, its
+    optimizer file under RLIMIT_FSIZE): no whole checkpoint is left, so once space is back the same command
+    removes the cut checkpoint and starts over from step 0; it does not resume. Checked: the failed attempt's
+    metrics lines are replaced (not kept), the initial evaluation runs again, every step is logged once, and the
+    restarted steps log the failed attempt's values (same seed)."""
+    from test_sft import KILLED, mark_metrics, resumable_step
+
     folder, fault = _full_disk(tmp_path, mounts, 300 * 1024)
     result = lexalign(*sft_args(tiny_model_dir, chat_files, folder), **fault)
     run_dir = folder / "tiny" / "sft"
-    assert_clear_error(result, "cannot write to the run directory", str(run_dir))
+    assert_clear_error(result, "cannot write to the run directory", str(run_dir), "starts over")
     assert not is_complete(run_dir)
     with pytest.raises(RunDirError, match="not a completed run"):
         require_complete(run_dir, "export")
-    # space comes back: the same command finishes the run (a half-written checkpoint is discarded, not resumed)
+    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir() and resumable_step(run_dir) == 0  # cut mid-save
+    failed = mark_metrics(run_dir)
+    assert [m["step"] for m in failed if "loss" in m] == [1, 2]  # it trained to the checkpoint, then the disk was full
+    # space comes back: the same command finishes the run
     if fault:
         again = lexalign(*sft_args(tiny_model_dir, chat_files, folder))
     else:
         subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
         again = lexalign(*sft_args(tiny_model_dir, chat_files, folder))
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "checkpoint-2 was interrupted while being saved" in again.stderr and "resuming from" not in again.stderr
     assert is_complete(run_dir) and read_manifest(run_dir)["results"]["global_step"] == 4
-    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
-    assert steps == sorted(set(steps)) and steps[-1] == 4  # nothing logged twice by the failed attempt
-    print(f"\nfull disk ({'tmpfs 300k' if not fault else 'RLIMIT_FSIZE'}): exit 2, then resumed to step 4")
+    metrics = read_metrics(run_dir)
+    assert not [m for m in metrics if m.get("attempt") == KILLED], "the failed attempt's metrics were kept"
+    assert metrics[0]["step"] == 0 and "eval_loss" in metrics[0]  # the evaluation before training: a fresh start
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]  # every step once
+    restarted = {m["step"]: m["loss"] for m in metrics if "loss" in m}
+    failed_losses = {m["step"]: m["loss"] for m in failed if "loss" in m}
+    assert [restarted[s] for s in failed_losses] == pytest.approx(list(failed_losses.values()))  # seeded: same values
+    print(f"\nfull disk ({'tmpfs 300k' if not fault else 'RLIMIT_FSIZE'}): exit 2 while checkpoint-2 was saved, "
+          "then started over (no whole checkpoint) and finished at step 4")
 
 
 def test_full_disk_during_data_build_is_a_clear_cli_error(tmp_path, mounts) -> None:
@@ -242,33 +260,42 @@ def test_consumers_refuse_an_incomplete_run(tiny_model_dir, chat_files, tmp_path
 
 
 @pytest.mark.slow
-def test_dpo_killed_with_sigkill_resumes_to_the_same_final_step(align_sft_run, align_pairs, tmp_path) -> None:
-    command = [sys.executable, "-m", "lexalign.cli", "dpo", "--config", str(REPO / "configs" / "dpo.yaml"),
-               f"sft_run={align_sft_run}", f"output_dir={tmp_path}", f"data.train=[{align_pairs[0]}]",
-               f"data.valid=[{align_pairs[1]}]", "data.max_valid_pairs=0", "model.threads=1", "training.max_steps=30",
-               "training.learning_rate=2e-3", "training.warmup_steps=0", "training.eval_steps=30",
-               "training.save_steps=10", "training.logging_steps=5", "training.max_length=192", "eval.reward_run="]
-    run_dir = tmp_path / "tiny" / "dpo"
-    log = tmp_path / "first.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
-        assert process.poll() is None, f"DPO ended before it could be killed: {log.read_text()[-2000:]}"
-        time.sleep(0.2)
-    time.sleep(0.5)  # kill it mid-training, past the first checkpoint
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not is_complete(run_dir)
+def test_dpo_killed_with_sigkill_resumes_at_its_checkpoint_and_matches_an_uninterrupted_run(
+        align_sft_run, align_pairs, tmp_path) -> None:
+    """kill -9 past checkpoint-10 (step 15 logged); the same command resumes at the checkpoint (metrics up to it
+    kept, later ones dropped, the rerun logs from step 15 on) and ends with the trained adapter of an
+    uninterrupted run of the same config (which a resume that kept the SFT weights missed by 0.03)."""
+    from test_sft import assert_resumed, assert_same_adapter, assert_same_curve, kill_after_checkpoint, mark_metrics
+    from test_sft import resumable_step
+
+    from lexalign.config import load_config
+    from lexalign.rlhf.dpo import DPOStageConfig, train_dpo
+
+    max_steps, logging_steps = 20, 5
+    overrides = [f"sft_run={align_sft_run}", f"data.train=[{align_pairs[0]}]", f"data.valid=[{align_pairs[1]}]",
+                 "data.max_valid_pairs=0", "model.threads=1", f"training.max_steps={max_steps}",
+                 "training.learning_rate=2e-3", "training.warmup_steps=0", "training.save_steps=10",
+                 f"training.logging_steps={logging_steps}", "training.max_length=192", "eval.reward_run="]
+    dpo_yaml = str(REPO / "configs" / "dpo.yaml")
+    command = [sys.executable, "-m", "lexalign.cli", "dpo", "--config", dpo_yaml, *overrides,
+               f"output_dir={tmp_path / 'killed'}"]
+    run_dir = tmp_path / "killed" / "tiny" / "dpo"
+    kill_after_checkpoint(command, run_dir, 10, tmp_path / "first.log", cwd=REPO)
     with pytest.raises(RunDirError):
         require_complete(run_dir, "serve")
-    killed_at = max([m["step"] for m in read_metrics(run_dir) if "loss" in m] or [0])
+    step = resumable_step(run_dir)
+    killed = mark_metrics(run_dir)
+    assert [m for m in killed if m["step"] > step], "nothing logged after the checkpoint: nothing to drop"
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert is_complete(run_dir)
     manifest = read_manifest(run_dir)
-    assert manifest["results"]["global_step"] == 30
-    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
-    assert steps == sorted(set(steps)) and steps[-1] == 30  # resumed, nothing logged twice
+    assert manifest["results"]["global_step"] == max_steps
+    rerun = assert_resumed(run_dir, killed, step, logging_steps, max_steps)
     assert manifest["results"]["reference_check"]["drift_max_abs_diff"] < 1e-4  # the reference never moved
-    print(f"\nDPO: killed with SIGKILL after step {killed_at} (checkpoint-10 on disk), resumed, finished at step 30")
+
+    uninterrupted = train_dpo(load_config(DPOStageConfig, dpo_yaml, [*overrides, f"output_dir={tmp_path / 'whole'}"]))
+    assert_same_curve(rerun, read_metrics(uninterrupted), ("loss", "learning_rate", "grad_norm", "rewards/margins"))
+    diff = assert_same_adapter(run_dir / "adapter", uninterrupted / "adapter")
+    print(f"\nDPO: killed with SIGKILL after checkpoint-{step}, resumed at step {step + logging_steps}, finished at "
+          f"step {max_steps}; max |resumed - uninterrupted| adapter weight {diff:.1e}")

@@ -52,15 +52,18 @@ def chat_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 SFT_YAML = Path(__file__).resolve().parent.parent / "configs" / "sft.yaml"
 
 
-def sft_config(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> SFTStageConfig:
-    overrides = [
+def sft_overrides(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return [
         f"model.path={model_dir}", f"data.train={data[0]}", f"data.valid={data[1]}", f"output_dir={out}",
         "model.threads=1", "training.max_steps=40", "training.learning_rate=5e-3", "training.warmup_steps=0",
         "training.eval_steps=20", "training.save_steps=20", "training.logging_steps=5",
         "training.per_device_train_batch_size=8", "training.max_length=256", "data.max_valid_records=0",
         *extra,
     ]
-    return load_config(SFTStageConfig, SFT_YAML, overrides)
+
+
+def sft_config(model_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> SFTStageConfig:
+    return load_config(SFTStageConfig, SFT_YAML, sft_overrides(model_dir, data, out, *extra))
 
 
 def lora_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -78,11 +81,14 @@ def base_logits(model_dir: Path, text: str) -> torch.Tensor:
         return model(**tokenizer(text, return_tensors="pt")).logits
 
 
+# The LoRA run of the tests below; the kill -9 test runs the same config and compares its resumed run with it.
+LORA_RUN = ("model.quantization.bits=null", "training.max_steps=80")
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    return train_sft(sft_config(tiny_model_dir, chat_data, out, "model.quantization.bits=null",
-                                "training.max_steps=80"))
+    return train_sft(sft_config(tiny_model_dir, chat_data, out, *LORA_RUN))
 
 
 def test_lora_sft_learns_and_writes_a_complete_run(lora_run: Path, tiny_model_dir: Path) -> None:
@@ -289,34 +295,113 @@ def test_export_merges_into_full_precision_and_matches_base_plus_adapter(lora_ru
         assert a.tolist() == b.tolist()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_final_step(tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path) -> None:
-    """kill -9 after the first checkpoint; the same command resumes and finishes at max_steps."""
-    command = [
-        sys.executable, "-m", "lexalign.cli", "sft", "--config", str(SFT_YAML), f"model.path={tiny_model_dir}", f"data.train={chat_data[0]}",
-        f"data.valid={chat_data[1]}", f"output_dir={tmp_path}", "model.quantization.bits=null", "model.threads=1",
-        "training.max_steps=60", "training.save_steps=10", "training.eval_steps=30", "training.logging_steps=5",
-        "training.max_length=256",
-    ]
-    run_dir = tmp_path / "tiny" / "sft"
-    log = tmp_path / "first-run.log"
+# --------------------------------------------------------------------------- kill -9 and resume
+# Also used by test_reliability.py (DPO kill -9, full disk) and test_dpo.py.
+
+KILLED = "killed"  # the mark of the metrics lines that an interrupted attempt logged
+
+
+def kill_after_checkpoint(command: list[str], run_dir: Path, step: int, log: Path, timeout: float = 300,
+                          **popen: object) -> None:
+    """Start ``command``; kill its process group with SIGKILL once checkpoint-``step`` is whole on disk and a
+    training step after it is logged (a metrics line that the resumed run must drop and log again)."""
     with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-20").exists():
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    state = run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (state.exists() and _logged_after(run_dir, step)):
         assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert (run_dir / "checkpoints" / "checkpoint-20").exists(), "no checkpoint before the kill"
+    assert state.exists() and _logged_after(run_dir, step), f"not past checkpoint-{step} before the kill"
     assert not is_complete(run_dir)
+
+
+def _logged_after(run_dir: Path, step: int) -> bool:
+    try:
+        return any(m["step"] > step and "loss" in m for m in read_metrics(run_dir))
+    except ValueError:  # a line being written
+        return False
+
+
+def resumable_step(run_dir: Path) -> int:
+    """The step of the newest whole checkpoint (the one the same command resumes from); 0 if there is none."""
+    from lexalign.training import checkpoint_is_whole, checkpoint_step
+
+    folder = run_dir / "checkpoints"  # glob of a missing folder: nothing
+    return max((checkpoint_step(str(p)) for p in folder.glob("checkpoint-*") if checkpoint_is_whole(p)), default=0)
+
+
+def mark_metrics(run_dir: Path) -> list[dict]:
+    """Mark every metrics line of the interrupted attempt and return them. A restart from step 0 logs the same
+    seeded values again, so only a mark tells the lines a rerun kept from the lines it logged itself."""
+    lines = [{**m, "attempt": KILLED} for m in read_metrics(run_dir)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    return lines
+
+
+def assert_resumed(run_dir: Path, killed: list[dict], step: int, logging_steps: int, final_step: int) -> list[dict]:
+    """The rerun resumed at checkpoint-``step``: the interrupted attempt's lines up to ``step`` are still there,
+    first and unchanged, its later lines are gone, and the rerun logged from ``step + logging_steps`` on, each
+    step once. Returns the rerun's lines."""
+    metrics = read_metrics(run_dir)
+    kept = [m for m in killed if m["step"] <= step]
+    assert kept and metrics[:len(kept)] == kept, "the metrics logged before the checkpoint were not kept"
+    rerun = metrics[len(kept):]
+    assert not [m for m in rerun if m.get("attempt") == KILLED], "lines logged after the checkpoint were kept"
+    steps = [m["step"] for m in rerun if "loss" in m]
+    assert steps == list(range(step + logging_steps, final_step + 1, logging_steps)), (step, steps)
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(logging_steps, final_step + 1, logging_steps))
+    return rerun
+
+
+def assert_same_adapter(resumed: Path, uninterrupted: Path, atol: float = 1e-4) -> float:
+    """The trained LoRA weights of the resumed run (adapter folder) equal the uninterrupted run's (same seed, same
+    config). Returns the largest difference, which must stay under ``atol``: it is 0 (bitwise equal) on the CPU
+    machine; a resume that loses or repeats a batch, the optimizer state or the trained weights is off by 1e-3
+    or more after a few steps at these learning rates."""
+    a, b = lora_tensors(resumed), lora_tensors(uninterrupted)
+    assert a.keys() == b.keys() and a
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= atol, f"resumed adapter differs from the uninterrupted run's by {diff}"
+    return diff
+
+
+def assert_same_curve(rerun: list[dict], uninterrupted: list[dict], keys: tuple[str, ...]) -> None:
+    """The rerun's logged values equal the uninterrupted run's at the same steps (same batches, same schedule)."""
+    reference = {(m["step"], key): m[key] for m in uninterrupted for key in keys if key in m}
+    pairs = [(m[key], reference[(m["step"], key)]) for m in rerun for key in keys if key in m]
+    assert pairs and [a for a, _ in pairs] == pytest.approx([b for _, b in pairs], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_its_checkpoint_and_matches_an_uninterrupted_run(
+        tiny_model_dir: Path, chat_data: tuple[Path, Path], tmp_path: Path, lora_run: Path) -> None:
+    """kill -9 past checkpoint-20 (step 25 logged); the same command resumes at the checkpoint: the metrics logged up
+    to it are kept, later ones dropped, the rerun logs from step 25 on with the values of the uninterrupted
+    ``lora_run`` and ends with its LoRA weights."""
+    config = sft_config(tiny_model_dir, chat_data, tmp_path, *LORA_RUN)
+    logging_steps, max_steps = int(config.training["logging_steps"]), int(config.training["max_steps"])
+    command = [sys.executable, "-m", "lexalign.cli", "sft", "--config", str(SFT_YAML),
+               *sft_overrides(tiny_model_dir, chat_data, tmp_path, *LORA_RUN)]
+    run_dir = tmp_path / "tiny" / "sft"
+    kill_after_checkpoint(command, run_dir, 20, tmp_path / "first-run.log")
+    step = resumable_step(run_dir)
+    killed = mark_metrics(run_dir)
+    assert [m for m in killed if m["step"] > step], "nothing logged after the checkpoint: nothing to drop"
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert is_complete(run_dir)
-    assert read_manifest(run_dir)["results"]["global_step"] == 60
-    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no step logged twice after resume
+    assert read_manifest(run_dir)["results"]["global_step"] == max_steps
+    rerun = assert_resumed(run_dir, killed, step, logging_steps, max_steps)
+    assert not [m for m in rerun if m["step"] == 0], "the rerun evaluated before training: it started over"
+    assert_same_curve(rerun, read_metrics(lora_run), ("loss", "learning_rate", "grad_norm", "eval_loss"))
+    diff = assert_same_adapter(run_dir / "adapter", lora_run / "adapter")
+    print(f"\nSFT: killed after checkpoint-{step}, resumed at step {step + logging_steps} with the "
+          f"{sum(m['step'] <= step for m in killed)} metrics lines logged up to the checkpoint, finished at "
+          f"{max_steps}; max |resumed - uninterrupted| LoRA weight {diff:.1e}")
 
 
 def test_qlora_on_cpu_with_unpackable_layer_sizes_is_a_clear_error(tiny_corpus_text: str, tmp_path: Path,
