@@ -39,7 +39,7 @@ from typing import Any
 
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
-from lexalign.runs import RunDir, writes_to
+from lexalign.runs import RunDir, is_main_process, writes_to
 from lexalign.training import PreferenceDataSection, prompt_key
 
 logger = logging.getLogger(__name__)
@@ -212,6 +212,24 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> float | Non
     return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
 
 
+def accuracy_by_source(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dict[str, dict[str, Any]]:
+    """Pairwise accuracy per ``meta.source`` of the held-out pairs (``acord``: lawyers' ratings of retrieved
+    clauses; ``candidates``: the policy's own answers, ranked by gold labels or lawyers), each with its 95 %
+    Wilson interval; chance is 0.5 for every pair. One number over a mix would hide a judge that is good on one
+    kind of pair and at chance on the other."""
+    from lexalign.evaluation.uncertainty import wilson_interval
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for pair, c, r in zip(pairs, chosen, rejected):
+        groups.setdefault(str((pair.meta or {}).get("source") or "unknown"), []).append((c, r))
+    found = {}
+    for source, scores in sorted(groups.items()):
+        accuracy = pairwise_accuracy([c for c, _ in scores], [r for _, r in scores])
+        low, high = wilson_interval(accuracy * len(scores), len(scores))
+        found[source] = {"pairs": len(scores), "accuracy": accuracy, "ci95": [low, high], "chance": 0.5}
+    return found
+
+
 def bradley_terry_loss(gaps: list[float]) -> float | None:
     """Mean -log sigmoid(r_chosen - r_rejected) over held-out pairs (no margin term)."""
     if not gaps:
@@ -329,8 +347,11 @@ def train_reward(config: RewardStageConfig) -> Path:
     run = RunDir(config.run_dir, STAGE, config, inputs=inputs, parent=Path(config.sft_run) if config.sft_run else None)
     checkpoint = find_resume_checkpoint(run.path, config.resume)
     run.start()
-    if checkpoint:
-        trim_metrics_after(run, checkpoint_step(checkpoint))
+    if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
+        if checkpoint:
+            trim_metrics_after(run, checkpoint_step(checkpoint))
+        else:  # else a run started over (resume: false, or no whole checkpoint) appends to the old steps
+            (run.path / "metrics.jsonl").unlink(missing_ok=True)
 
     tokenizer = load_tokenizer(sft_adapter or base)
 
@@ -379,7 +400,8 @@ def train_reward(config: RewardStageConfig) -> Path:
         trainer.model.eval()
         before = score_pairs(trainer.model, tokenizer, valid_pairs, max_length)
         initial = {"accuracy": pairwise_accuracy(*before),
-                   "loss": bradley_terry_loss([c - r for c, r in zip(*before)])}
+                   "loss": bradley_terry_loss([c - r for c, r in zip(*before)]),
+                   "by_source": accuracy_by_source(valid_pairs, *before)}
         run.log_metrics({"step": 0, "eval_accuracy": initial["accuracy"], "eval_loss": initial["loss"]})
     trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -400,10 +422,16 @@ def train_reward(config: RewardStageConfig) -> Path:
     gaps = [c - r for c, r in zip(chosen, rejected)]
     table = calibration_table(gaps, config.calibration_bins)
     accuracy = pairwise_accuracy(chosen, rejected)
+    by_source = accuracy_by_source(valid_pairs, chosen, rejected)
+    for source, row in by_source.items():
+        before_row = initial.get("by_source", {}).get(source, {})
+        logger.info("held-out %s pairs: pairwise accuracy %.3f [%.3f, %.3f] (n %d, chance 0.5; before training %s)",
+                    source, row["accuracy"], row["ci95"][0], row["ci95"][1], row["pairs"],
+                    f"{before_row['accuracy']:.3f}" if before_row else "not measured (resumed)")
     with (run.path / "scores_valid.jsonl").open("w", encoding="utf-8") as handle:
         for pair, c, r in zip(valid_pairs, chosen, rejected):
-            handle.write(json.dumps({"prompt_id": prompt_key(pair), "chosen_score": c, "rejected_score": r,
-                                     "margin": pair.margin}) + "\n")
+            handle.write(json.dumps({"prompt_id": prompt_key(pair), "source": (pair.meta or {}).get("source"),
+                                     "chosen_score": c, "rejected_score": r, "margin": pair.margin}) + "\n")
     run.log_metrics({"step": global_step, "eval_accuracy": accuracy, "eval_loss": bradley_terry_loss(gaps)})
     plot_training(run, f"Reward model ({config.model.mode}) from {config.sft_run or base}",
                   keys=("loss", "eval_loss", "accuracy", "eval_accuracy"))
@@ -415,6 +443,8 @@ def train_reward(config: RewardStageConfig) -> Path:
         "initial_pairwise_accuracy": initial.get("accuracy"),
         "eval_loss": bradley_terry_loss(gaps),
         "initial_eval_loss": initial.get("loss"),
+        "accuracy_by_source": by_source,
+        "initial_accuracy_by_source": initial.get("by_source"),
         "mean_score_gap": sum(gaps) / len(gaps) if gaps else None,
         "calibration": table,
         "expected_calibration_error": expected_calibration_error(table),

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
-from lexalign.runs import RunDir, writes_to
+from lexalign.runs import RunDir, is_main_process, writes_to
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental.ppo is used on purpose (see above)
 
@@ -222,8 +222,11 @@ def train_online(config: OnlineStageConfig) -> Path:
         forced["use_vllm"] = False
     args = make_trl_args(getattr(module, config_name), config.training, run, **forced)
     run.start()
-    if checkpoint:
-        trim_metrics_after(run, checkpoint_step(checkpoint))
+    if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
+        if checkpoint:
+            trim_metrics_after(run, checkpoint_step(checkpoint))
+        else:  # else a run started over (always for PPO, resume: false, no whole checkpoint) appends to the old steps
+            (run.path / "metrics.jsonl").unlink(missing_ok=True)
 
     tokenizer = load_tokenizer(sft.tokenizer_dir)
     if algorithm == "ppo":
@@ -266,6 +269,15 @@ def train_online(config: OnlineStageConfig) -> Path:
                                                                                           reward_max_length),
                                 train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=[metrics_callback(run, perplexity=False)])
+        if checkpoint:
+            # A GRPO/RLOO checkpoint holds the trained adapter at its top level and TRL's frozen reference copy in
+            # ref/ (beta > 0); transformers 5.19 then loads only the sub-folders, so the run went on from the SFT
+            # adapter with the checkpoint's step, optimizer and schedule (KL 0 at the first resumed step). Same fix
+            # as DPO: load the trained adapter here
+            # (tests/test_ppo.py::test_grpo_resumes_from_its_checkpoint_with_the_trained_adapter).
+            from lexalign.rlhf.dpo import load_trained_adapter
+
+            load_trained_adapter(trainer.model, checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
         policy_model = trainer.model
     adapters = list(policy_model.peft_config)

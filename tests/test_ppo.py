@@ -91,6 +91,39 @@ def test_grpo_and_rloo_run_steps_with_kl_and_reward(algorithm: str, align_sft_ru
     assert adapter_changed(run, align_sft_run) >= 1
 
 
+def test_grpo_resumes_from_its_checkpoint_with_the_trained_adapter(align_sft_run: Path, align_reward_run: Path,
+                                                                   align_chat, tmp_path: Path) -> None:
+    """A finished 6-step GRPO run (checkpoint at step 4) is run again with the same config, as after a kill past step
+    4: it resumes at checkpoint-4, keeps the metrics lines of steps 1-4 (marked, so that a restart logging the same
+    seeded values again cannot pass), logs steps 5-6 only, with the first run's values, and ends with its adapter.
+    A resume that kept the SFT adapter (the checkpoint's trained one lies beside TRL's ``ref/`` copy) fails. Then
+    ``resume: false`` starts over: each step logged once, none of the earlier lines kept."""
+    from test_sft import KILLED, assert_resumed, assert_same_adapter, assert_same_curve, mark_metrics
+
+    config = online_config(align_sft_run, align_reward_run, align_chat[0], tmp_path, "algorithm=grpo",
+                           "eval.num_prompts=0", "grpo.max_steps=6", "grpo.save_steps=4", "grpo.logging_steps=1")
+    run = train_online(config)
+    first = read_metrics(run)
+    shutil.copytree(run / "adapter", tmp_path / "uninterrupted-adapter")
+    for later in (run / "checkpoints").glob("checkpoint-*"):  # checkpoint-4 only: as if killed after step 4
+        if later.name != "checkpoint-4":
+            shutil.rmtree(later)
+    assert (run / "checkpoints" / "checkpoint-4" / "ref").is_dir()  # the frozen reference copy, in a sub-folder
+    killed = mark_metrics(run)
+
+    assert train_online(config) == run and is_complete(run)
+    assert read_manifest(run)["results"]["global_step"] == 6
+    rerun = assert_resumed(run, killed, 4, 1, 6)
+    assert_same_curve(rerun, first, ("loss", "reward", "kl"))
+    diff = assert_same_adapter(run / "adapter", tmp_path / "uninterrupted-adapter")
+    print(f"\nGRPO: resumed at step 5 from checkpoint-4; max |resumed - uninterrupted| adapter weight {diff:.1e}")
+    # resume: false starts over, and so does a PPO run always: the old metrics lines go, each step is logged once
+    config.resume = False
+    train_online(config)
+    assert [m["step"] for m in read_metrics(run) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert not [m for m in read_metrics(run) if m.get("attempt") == KILLED]
+
+
 def test_reward_function_scores_in_the_training_format(align_reward_run: Path) -> None:
     """GRPO/RLOO's reward function gives the same numbers as scoring the pair directly."""
     from lexalign.modeling import load_reward_model, reward_scores

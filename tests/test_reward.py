@@ -27,6 +27,9 @@ def test_reward_model_learns_the_preference_and_writes_a_complete_run(align_rewa
     results = manifest["results"]
     assert results["pairwise_accuracy"] >= 0.9, results
     assert results["valid_pairs"] == 48 and results["valid_prompts_also_in_train"] == 0
+    (only,) = results["accuracy_by_source"].values()  # these pairs carry no meta.source: one group
+    assert only["pairs"] == 48 and only["accuracy"] == pytest.approx(results["pairwise_accuracy"])
+    assert only["ci95"][0] <= only["accuracy"] <= only["ci95"][1] and only["chance"] == 0.5
     losses = [m["loss"] for m in read_metrics(align_reward_run) if "loss" in m]
     assert losses[-1] < losses[0] * 0.7, losses
     assert results["global_step"] == 40
@@ -83,6 +86,20 @@ def test_score_cli_ranks_responses_and_reports_accuracy(align_reward_run: Path,
     assert result.returncode == 0, result.stderr[-2000:]
     accuracy = float(result.stdout.split("pairwise accuracy ")[1].split(",")[0])
     assert accuracy == pytest.approx(read_manifest(align_reward_run)["results"]["pairwise_accuracy"], abs=1e-6)
+
+
+def test_accuracy_is_reported_per_source_with_wilson_intervals() -> None:
+    from types import SimpleNamespace
+
+    from lexalign.reward.train import accuracy_by_source
+
+    pairs = [SimpleNamespace(meta={"source": "acord"})] * 4 + [SimpleNamespace(meta={"source": "candidates"})] * 2
+    chosen, rejected = [1, 1, 1, 0, 2, 0], [0, 0, 0, 1, 2, 1]  # acord 3 of 4 right; candidates one tie, one wrong
+    found = accuracy_by_source(pairs, chosen, rejected)
+    assert found["acord"]["accuracy"] == 0.75 and found["acord"]["pairs"] == 4
+    assert found["candidates"]["accuracy"] == 0.25
+    low, high = found["acord"]["ci95"]
+    assert 0.30 < low < 0.75 < high < 0.96  # Wilson, n=4: about [0.30, 0.95]
 
 
 def test_split_by_prompt_keeps_every_prompt_on_one_side(align_pairs: tuple[Path, Path, Path]) -> None:
@@ -178,3 +195,43 @@ def test_bad_reward_configs_fail_before_any_model_loads(overrides: list[str], ke
     with pytest.raises(ConfigError) as info:
         load_config(RewardStageConfig, REWARD_YAML, overrides)
     assert key in [p.key for p in info.value.problems]
+
+
+def test_reward_resumes_from_its_checkpoint_with_the_trained_adapter_and_score_head(
+        align_sft_run: Path, align_pairs, tmp_path: Path) -> None:
+    """A finished 6-step reward run (checkpoint at step 4) is run again with the same config, as after a kill past
+    step 4: it resumes at checkpoint-4, keeps the metrics lines of steps 0-4 (marked, so that a restart logging the
+    same seeded values again cannot pass), logs steps 5-6 only, with the first run's values, and saves the first
+    run's model. A resume that restarted from the initial LoRA or from the fresh score head fails. Then
+    ``resume: false`` starts over: each step logged once, none of the earlier lines kept."""
+    from safetensors.torch import load_file
+    from test_sft import assert_resumed, assert_same_curve, mark_metrics
+
+    config = load_config(RewardStageConfig, REWARD_YAML, reward_overrides(
+        align_sft_run, align_pairs, tmp_path, "training.max_steps=6", "training.save_steps=4",
+        "training.logging_steps=1", "training.eval_steps=100"))
+    run = train_reward(config)
+    first, first_model = read_metrics(run), load_file(str(run / "model" / "model.safetensors"))
+    for later in (run / "checkpoints").glob("checkpoint-*"):  # checkpoint-4 only: as if killed after step 4
+        if later.name != "checkpoint-4":
+            shutil.rmtree(later)
+    saved = load_file(str(run / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors"))
+    assert any(".score." in k for k in saved), list(saved)  # the trained head (modules_to_save) is in it
+    killed = mark_metrics(run)
+
+    assert train_reward(config) == run and is_complete(run)
+    results = read_manifest(run)["results"]
+    assert results["global_step"] == 6 and results["initial_pairwise_accuracy"] is None  # resumed: not measured
+    rerun = assert_resumed(run, killed, 4, 1, 6)
+    assert_same_curve(rerun, first, ("loss", "grad_norm", "learning_rate", "eval_loss", "eval_accuracy"))
+    model = load_file(str(run / "model" / "model.safetensors"))
+    assert model.keys() == first_model.keys() and "score.weight" in model
+    diff = {k: (model[k] - first_model[k]).abs().max().item() for k in model}
+    assert max(diff.values()) <= 1e-4, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
+    print(f"\nreward: resumed at step 5 from checkpoint-4; max |resumed - uninterrupted| weight "
+          f"{max(diff.values()):.1e} (score head {diff['score.weight']:.1e})")
+    # resume: false starts over: the old metrics lines go, the initial evaluation and each step are logged once
+    config.resume = False
+    train_reward(config)
+    assert [m["step"] for m in read_metrics(run) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in read_metrics(run) if "eval_accuracy" in m] == [0, 6]

@@ -180,3 +180,17 @@ def paired_difference(a: ItemScores, b: ItemScores, formula: Formula, resamples:
                       seed: int = 0, level: float = DEFAULT_LEVEL) -> dict[str, Any]:
     """One metric's paired difference (see ``paired_differences``)."""
     return paired_differences(a, b, {"metric": formula}, resamples, seed, level)["metric"]
+
+
+def wilson_interval(successes: float, n: int, level: float = DEFAULT_LEVEL) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion (pairwise accuracies: ties count one half). Unlike the normal
+    approximation it stays inside [0, 1] and keeps its coverage near 0 or 1 and for small n."""
+    if n <= 0:
+        return None, None
+    z = {0.9: 1.6448536, 0.95: 1.9599640, 0.99: 2.5758293}.get(level)
+    if z is None:
+        raise ValueError(f"level {level}: expected 0.9, 0.95 or 0.99")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
