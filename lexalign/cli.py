@@ -148,7 +148,8 @@ def _prefs_export(args: argparse.Namespace) -> None:
         summary = export_preferences(store, args.out, min_annotators=args.min_annotators,
                                      none_acceptable=args.none_acceptable,
                                      system_prompt=None if args.no_system_prompt else _default_system_prompt(),
-                                     kinds=args.kinds, weights=weights, mix_kinds=args.mix_kinds)
+                                     kinds=args.kinds, weights=weights, mix_kinds=args.mix_kinds,
+                                     sources=args.source)
     origins = ", ".join(f"{origin} {n}" for origin, n in summary.pairs_by_origin.items()) or "none"
     print(f"{summary.pairs} preference pairs from {summary.tasks} tasks ({summary.rankings} rankings; "
           f"{summary.pairs_dropped_no_majority} pairs without a majority dropped; by origin: {origins}; "
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     prefs_export.add_argument("--weight", action="append", default=[], metavar="KIND=W",
                               help="vote weight of a kind (default 1 each; repeatable), e.g. --weight derived=0.5; "
                                    "recorded per pair as meta.weight")
+    prefs_export.add_argument("--source", nargs="+", default=None, metavar="NAME",
+                              help="only tasks of these store sources (e.g. candidates: the model's own answers; "
+                                   "acord: the imported lawyer ratings); default: every task")
     prefs_export.add_argument("--mix-kinds", action="store_true",
                               help="derived rankings vote beside human ones on the same task (default: a task's "
                                    "human rankings replace its derived ones)")

@@ -268,6 +268,64 @@ def training_curves(run_root: Path, out: Path) -> list[str]:
     return images
 
 
+GOLD_JUDGED_TASKS = ("extract", "presence", "normalize", "unfair")
+
+
+def gold_outcomes(rows: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """task -> per held-out item 1 (this stage's answer agrees better with the lawyers' label than the baseline's),
+    0.5 (as well) or 0 (worse), scored by the task's own per-item metric (``evaluation.gold.answer_scores``; an
+    unparseable answer below any parsed one)."""
+    from lexalign.evaluation.gold import answer_scores
+
+    found: dict[str, list[float]] = {}
+    for item_id in sorted(set(rows) & set(baseline)):
+        row, base = rows[item_id], baseline[item_id]
+        task = row.get("task")
+        if task not in GOLD_JUDGED_TASKS or not isinstance(row.get("gold"), dict):
+            continue
+        messages = [{"role": "user", "content": str(row.get("prompt", ""))}]
+        mine, theirs = (-1.0 if v is None else v
+                        for v in answer_scores(task, row["gold"], messages, [row["answer"], base["answer"]]))
+        found.setdefault(task, []).append(1.0 if mine > theirs else 0.5 if mine == theirs else 0.0)
+    return found
+
+
+def gold_win_rates(run_root: Path, labels: list[str], resamples: int = 2000, seed: int = 0) -> list[str]:
+    """Win rate of every later stage against SFT judged by the gold labels, not by the policy's own reward model:
+    per held-out item, which of the two answers scores higher on the task metric (ties count one half)."""
+    import numpy as np
+
+    from lexalign.evaluation.uncertainty import draws
+
+    if "sft" not in labels:
+        return ["(no SFT evaluation: nothing to judge against)"]
+    answers: dict[str, dict[str, dict[str, Any]]] = {}
+    for label in labels:
+        path = run_root / "eval" / label / "predictions.jsonl"
+        if path.is_file():
+            answers[label] = {r["id"]: r for r in (json.loads(line) for line in path.read_text(encoding="utf-8")
+                                                    .splitlines() if line.strip())
+                              if "answer" in r and not r.get("skipped")}
+    later = [label for label in labels if label in answers and stage_rank(label) > stage_rank("sft")]
+    if "sft" not in answers or not later:
+        return ["(no stage after SFT was evaluated)"]
+    lines = ["| stage vs SFT | task | n | wins | ties | losses | win rate [95 % CI] |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for label in later:
+        outcomes = gold_outcomes(answers[label], answers["sft"])
+        every = [v for task in GOLD_JUDGED_TASKS for v in outcomes.get(task, [])]
+        for task, values in [*((t, outcomes[t]) for t in GOLD_JUDGED_TASKS if t in outcomes), ("all", every)]:
+            if not values:
+                continue
+            array = np.asarray(values)
+            boot = array[draws(len(array), resamples, seed)].mean(axis=1)
+            low, high = np.percentile(boot, [2.5, 97.5])
+            mark = " **\\***" if low > 0.5 or high < 0.5 else ""
+            lines.append(f"| {label} | {task} | {len(array)} | {int((array == 1).sum())} | {int((array == 0.5).sum())} "
+                         f"| {int((array == 0).sum())} | {array.mean():.3f} [{low:.3f}, {high:.3f}]{mark} |")
+    return lines
+
+
 def build_report(run_root: str | Path) -> Path:
     run_root = Path(run_root)
     if not run_root.is_dir():
@@ -300,6 +358,16 @@ def build_report(run_root: str | Path) -> Path:
         "20 excludes 0 by chance alone when nothing changed.",
         "",
         *paired_table(run_root, results),
+        "",
+        "## Win rate against SFT, judged by the lawyers' labels",
+        "",
+        "Per held-out item, the later stage's answer and the SFT answer are scored with the task's own metric "
+        "against the gold label (span F1 or 'Not present.', Yes/No, token F1, fair/unfair and categories; an "
+        "unparseable answer loses to any parsed one); win 1, tie ½, loss 0. Chance (no difference) is 0.5; "
+        "**\\*** marks a 95 % bootstrap interval that excludes it. This judge is not the reward model the "
+        "policies were trained against.",
+        "",
+        *gold_win_rates(run_root, list(results)),
         "",
         "## Answers side by side",
         "",

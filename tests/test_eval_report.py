@@ -100,3 +100,22 @@ def test_pipeline_report_pairs_stages_marks_real_differences_and_shows_answers(t
     assert "| gold | Yes |" in text and "| base | Maybe |" in text and "| dpo | Yes \\| sure |" in text
     assert "`sft_test.jsonl:4`" not in text
     assert "strictly higher" in text                                                  # DPO's accuracy note
+
+
+def test_gold_judged_win_rate_scores_each_pair_of_answers_by_the_label() -> None:
+    from lexalign.report import gold_outcomes
+
+    def rows(*answers: str) -> dict:
+        gold = [{"present": True, "category": "Audit Rights"}, {"present": True, "category": "Audit Rights"},
+                {"present": False, "category": "Audit Rights"},
+                {"answers": ["The Licensee shall keep books."], "present": True, "category": "Audit Rights"}]
+        tasks = ["presence", "presence", "presence", "extract"]
+        prompt = "Find the Audit Rights clause.\n\nExcerpt:\nThe Licensee shall keep books. Payment is due monthly."
+        return {f"item{i}": {"task": t, "gold": g, "prompt": prompt, "answer": a}
+                for i, (t, g, a) in enumerate(zip(tasks, gold, answers))}
+
+    later = rows("Yes", "Yes", "Perhaps", '"The Licensee shall keep books."')
+    sft = rows("No", "Yes", "Yes", "Not present.")
+    found = gold_outcomes(later, sft)
+    # right vs wrong: win; both right: tie; unparseable vs a wrong parsed answer: loss; exact quote vs absent: win
+    assert found == {"presence": [1.0, 0.5, 0.0], "extract": [1.0]}
