@@ -428,8 +428,10 @@ CPU_SIZES = Sizes(base_overrides=["model.hidden_size=64", "model.num_hidden_laye
                                   "model.num_key_value_heads=1", "model.intermediate_size=128",
                                   "model.max_position_embeddings=512", "tokenizer.vocab_size=512",
                                   "pretraining.seq_len=128"],
+                  # 32 validation records: at 256 tokens of this toy tokenizer only the short ones (~1 in 5) keep an
+                  # answer token, and a validation set without one has no loss
                   sft_steps=6, sft_batch=4, sft_max_length=256, dpo_steps=4, dpo_batch=2, dpo_max_length=192,
-                  valid_records=8, warmup_steps=1, threads=1, corpus_chars=200_000)
+                  valid_records=32, warmup_steps=1, threads=1, corpus_chars=200_000)
 
 
 # --------------------------------------------------------------------------- the check

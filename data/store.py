@@ -1206,26 +1206,34 @@ class Store:
                             conn, item.annotator, "derived", actor, where, {})
                         if created:
                             res.annotators_created.append(item.annotator)
-                    annotator_id = annotator_ids[item.annotator]
-                    previous = conn.execute(select(rankings.c.ranks).where(
-                        rankings.c.task_id == item.task_id, rankings.c.annotator_id == annotator_id)).first()
-                    if previous is not None:
-                        if list(previous.ranks) == list(item.ranks):
-                            res.duplicates += 1
-                            continue
-                        raise StoreError(f"{where}: already ranked differently ({list(previous.ranks)} stored vs "
-                                         f"{list(item.ranks)} now)")
-                    conn.execute(insert(rankings).values(
-                        task_id=item.task_id, annotator_id=annotator_id, ranks=list(item.ranks),
-                        none_acceptable=item.none_acceptable, rationale=item.rationale, flags=[], form_token=None,
-                        submitted_at=_now()))
-                    res.rankings_added += 1
+                    added = self._insert_offline_ranking(conn, item.task_id, annotator_ids[item.annotator],
+                                                         item.ranks, item.none_acceptable, item.rationale, (),
+                                                         f"{where}: already ranked")
+                    res.rankings_added += added
+                    res.duplicates += not added
                 self._audit(conn, actor, "derived_rankings", {
                     "annotators": sorted(annotator_ids), "rankings_added": res.rankings_added,
                     "duplicates": res.duplicates})
             return res
 
         return self._retrying("storing derived rankings", run)
+
+    @staticmethod
+    def _insert_offline_ranking(conn: Connection, task_id: int, annotator_id: int, ranks: Sequence[int],
+                                none_acceptable: bool, rationale: str | None, flags: Sequence[str],
+                                already: str) -> bool:
+        """Store a ranking that did not come through the app (an import, a derived ranking). False when the same
+        ranking is already stored (a rerun); a different one by the same annotator is an error."""
+        previous = conn.execute(select(rankings.c.ranks).where(
+            rankings.c.task_id == task_id, rankings.c.annotator_id == annotator_id)).first()
+        if previous is not None:
+            if list(previous.ranks) == list(ranks):
+                return False
+            raise StoreError(f"{already} differently ({list(previous.ranks)} stored vs {list(ranks)} now)")
+        conn.execute(insert(rankings).values(
+            task_id=task_id, annotator_id=annotator_id, ranks=list(ranks), none_acceptable=none_acceptable,
+            rationale=rationale, flags=list(flags), form_token=None, submitted_at=_now()))
+        return True
 
     def _ensure_offline_annotator(self, conn: Connection, name: str, kind: str, actor: str, where: str,
                                   detail: Mapping[str, Any]) -> tuple[int, bool]:
@@ -1347,19 +1355,11 @@ class Store:
                             conn, name, record.annotator_kind, actor, where, {"source": source})
                         if created:
                             res.annotators_created.append(name)
-                    previous = conn.execute(select(rankings.c.ranks).where(
-                        rankings.c.task_id == task_id, rankings.c.annotator_id == annotator_ids[name])).first()
-                    if previous is not None:
-                        if list(previous.ranks) == list(record.ranks):
-                            res.duplicates += 1
-                            continue
-                        raise StoreError(f"{where}: {name!r} already ranked this task differently "
-                                         f"({list(previous.ranks)} stored vs {record.ranks} here)")
-                    conn.execute(insert(rankings).values(
-                        task_id=task_id, annotator_id=annotator_ids[name], ranks=list(record.ranks),
-                        none_acceptable=record.none_acceptable, rationale=record.rationale, flags=list(record.flags),
-                        form_token=None, submitted_at=_now()))
-                    res.rankings_added += 1
+                    added = self._insert_offline_ranking(conn, task_id, annotator_ids[name], record.ranks,
+                                                         record.none_acceptable, record.rationale, record.flags,
+                                                         f"{where}: {name!r} already ranked this task")
+                    res.rankings_added += added
+                    res.duplicates += not added
                 self._audit(conn, actor, "import", {"source": source, "tasks_created": res.tasks_created,
                                                     "rankings_added": res.rankings_added, "duplicates": res.duplicates})
             return res

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lexalign.config import Problem, load_config, problem_if, trl_section
+from lexalign.errors import LexalignError
 from lexalign.modeling import ModelSection
 from lexalign.runs import RunDir, is_main_process, writes_to
 
@@ -213,6 +214,10 @@ def train_sft(config: SFTStageConfig) -> Path:
     ready_for_distributed_training(trainer)  # else DDP never wraps the model after that evaluate()
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
+    if "eval_loss" not in final_eval:  # every validation answer was cut off: nothing to measure the loss on
+        raise LexalignError(f"no validation record keeps an answer token within training.max_length="
+                          f"{config.training.get('max_length', 1024)} ({len(valid_dataset)} records); raise "
+                          "training.max_length or data.max_valid_records")
 
     output_name = "adapter" if peft_config is not None else "model"
     output_dir = run.path / output_name
