@@ -157,15 +157,21 @@ def _table_text(text: str) -> str:
     return _shorten(text).replace("|", "\\|") or "(empty)"
 
 
-def side_by_side(run_root: Path, labels: list[str]) -> list[str]:
-    """For the first few held-out prompts of each generation task that every stage answered (in file order, so
-    the same prompts in every report of the run): the request, the gold answer and each stage's answer."""
+def stage_answers(run_root: Path, labels: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """label -> item id -> prediction row, for every stage with an eval that answered (skipped items left out)."""
     answers: dict[str, dict[str, dict[str, Any]]] = {}
     for label in labels:
         path = run_root / "eval" / label / "predictions.jsonl"
         if path.is_file():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             answers[label] = {row["id"]: row for row in rows if "answer" in row and not row.get("skipped")}
+    return answers
+
+
+def side_by_side(run_root: Path, labels: list[str]) -> list[str]:
+    """For the first few held-out prompts of each generation task that every stage answered (in file order, so
+    the same prompts in every report of the run): the request, the gold answer and each stage's answer."""
+    answers = stage_answers(run_root, labels)
     shown = [label for label in labels if label in answers]
     if not shown:
         return ["(no predictions)"]
@@ -299,13 +305,7 @@ def gold_win_rates(run_root: Path, labels: list[str], resamples: int = 2000, see
 
     if "sft" not in labels:
         return ["(no SFT evaluation: nothing to judge against)"]
-    answers: dict[str, dict[str, dict[str, Any]]] = {}
-    for label in labels:
-        path = run_root / "eval" / label / "predictions.jsonl"
-        if path.is_file():
-            answers[label] = {r["id"]: r for r in (json.loads(line) for line in path.read_text(encoding="utf-8")
-                                                    .splitlines() if line.strip())
-                              if "answer" in r and not r.get("skipped")}
+    answers = stage_answers(run_root, labels)
     later = [label for label in labels if label in answers and stage_rank(label) > stage_rank("sft")]
     if "sft" not in answers or not later:
         return ["(no stage after SFT was evaluated)"]
