@@ -214,6 +214,17 @@ def sample_in_order(items: list[Any], limit: int, seed: int) -> list[Any]:
     return [items[i] for i in keep]
 
 
+def pairs_by_origin(pairs: list[Any]) -> dict[str, int]:
+    """How many pairs each source and origin gave (``meta.source``/``meta.origin``, e.g. ``candidates/derived:gold:cuad``,
+    ``chat_feedback/human``, ``acord``): what a stage trained on, for its manifest."""
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        meta = pair.meta or {}
+        key = "/".join(str(meta[k]) for k in ("source", "origin") if meta.get(k)) or "unlabelled"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def prompt_key(pair: Any) -> str:
     """The unit of a held-out split: ``meta.prompt_id``, else a hash of the prompt itself."""
     import hashlib

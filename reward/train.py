@@ -40,7 +40,7 @@ from typing import Any
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.runs import RunDir, is_main_process, writes_to
-from lexalign.training import PreferenceDataSection, prompt_key
+from lexalign.training import PreferenceDataSection, pairs_by_origin, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -451,6 +451,7 @@ def train_reward(config: RewardStageConfig) -> Path:
         "reload_max_abs_diff": reload_diff,
         "global_step": global_step,
         "train_pairs": len(train_pairs),
+        "train_pairs_by_origin": pairs_by_origin(train_pairs),
         "valid_pairs": len(valid_pairs),
         "valid_prompts": len(valid_keys),
         "valid_prompts_also_in_train": shared,

@@ -27,7 +27,7 @@ def test_shipped_split_loads_every_task(shipped_valid: t.EvalData) -> None:
     assert counts["unfair"] == 175 and counts["ranking"] == 36 and counts["preferences"] == 156
     assert set(shipped_valid.files.values()) == {"chat", "rankings", "preferences"}
     item = shipped_valid.chat[0]
-    assert item.id.endswith("sft_valid.jsonl:1")
+    assert item.id.startswith("sft_valid.jsonl#") and len(item.id) == len("sft_valid.jsonl#") + 12
     assert item.messages[-1]["role"] == "user" and item.messages[0]["role"] == "system"
     ranking = shipped_valid.rankings[0]
     assert ranking.relevance == [2.0, 1.0, 3.0, 4.0]                 # the lawyers' stars
@@ -46,9 +46,29 @@ def test_sample_is_seeded_and_keeps_order(shipped_valid: t.EvalData) -> None:
     c = t.select(shipped_valid, 5, seed=1)
     assert [i.id for i in a.chat] == [i.id for i in b.chat] != [i.id for i in c.chat]
     assert a.counts() == {"extract": 5, "presence": 5, "normalize": 5, "unfair": 5, "ranking": 5, "preferences": 5}
-    lines = [int(i.id.rsplit(":", 1)[1]) for i in a.chat]
+    position = {item.id: n for n, item in enumerate(shipped_valid.chat)}
+    lines = [position[i.id] for i in a.chat]
     assert lines == sorted(lines)
     assert len(t.select(shipped_valid, 0, seed=0).chat) == 500     # 0 = all
+
+
+def test_ids_and_draw_survive_a_reordered_file(tmp_path: Path) -> None:
+    """A rebuilt file whose records come in another order keeps every item's id and the seeded draw, so
+    evaluations made before and after the rebuild pair item by item; a repeated record gets its own id."""
+    lines = (SHIPPED / "sft_valid.jsonl").read_text(encoding="utf-8").splitlines()[:60]
+    lines.append(lines[3])                                           # the same record twice
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = t.load_eval_files([_write(tmp_path / "a" / "sft.jsonl", lines)])
+    second = t.load_eval_files([_write(tmp_path / "b" / "sft.jsonl", list(reversed(lines)))])
+    ids = [item.id for item in first.chat]
+    assert len(set(ids)) == len(ids) == 61
+    assert ids[60] == ids[3] + "~2"
+    assert set(ids) == {item.id for item in second.chat}
+    assert {i.id: i.gold for i in first.chat}[ids[10]] == {i.id: i.gold for i in second.chat}[ids[10]]
+    drawn = {i.id for i in t.select(first, 4, seed=0).chat}
+    assert drawn == {i.id for i in t.select(second, 4, seed=0).chat}
+    assert drawn != {i.id for i in t.select(first, 4, seed=1).chat}
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -75,7 +95,7 @@ def test_own_files_of_each_kind(tmp_path: Path) -> None:
     pairs = _write(tmp_path / "pairs.jsonl", [{"prompt": "Which is better?", "chosen": "good", "rejected": "bad"}])
     data = t.load_eval_files([chat, rankings, pairs], system_prompt=None)
     assert [i.task for i in data.chat] == ["extract", "unfair", "presence", "normalize"]
-    assert data.chat[1].id == f"{chat}:3"                             # blank lines keep the numbering
+    assert data.chat[1].id.startswith("chat.jsonl#") and len({i.id for i in data.chat}) == 4
     assert data.chat[0].gold == {"answers": ["Text."], "present": True, "category": "X"}
     assert data.chat[1].gold == {"labels": ["arbitration", "limitation of liability"], "unfair": True}
     assert data.rankings[0].relevance == [1.0, 2.0, 1.0]               # no stars: from the ranks, 1 = best

@@ -49,7 +49,10 @@ A malformed file stops the evaluation before any model loads, naming ``file:line
 Default data: the shipped TEST split (``data.split: test``; ``valid`` is for tuning choices, so that the test
 numbers stay a measurement): ``sft_test.jsonl``, ``acord_rankings_test.jsonl``, ``acord_pairs_test.jsonl``, at
 most ``data.max_per_task`` (200) items per task, all when a task has fewer: a seeded draw (``data.seed``), kept
-in file order, the same for every model; the drawn ids (``file:line``) are in ``results.json`` ``data.items``.
+in file order, the same for every model; the drawn ids are in ``results.json`` ``data.items``. An item's id is
+``<file name>#<hash of its content>`` (prompt, task, reference answer), not its line: a rebuilt or re-ordered
+file keeps the ids, so evaluations made before and after still pair item by item (the draw, too, depends on
+the ids and the seed, not on the order).
 
 Metrics (``metrics.py``; a metric over zero items is null / "n/a")
 ------------------------------------------------------------------

@@ -8,9 +8,10 @@ The formats are documented in ``lexalign.evaluation`` (the package docstring).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ Messages = list[dict[str, str]]
 class ChatItem:
     """One generation item: the prompt (system + user turns), the task and its gold labels."""
 
-    id: str                       # file:line
+    id: str                       # <file name>#<content hash> (see item_ids); errors name file:line
     task: str                     # extract | presence | normalize | unfair
     messages: Messages            # the conversation up to (not including) the answer
     reference: str                # the record's own assistant answer (for the predictions file)
@@ -213,6 +214,27 @@ def _valid_lines(path: Path, schema: Any) -> list[tuple[int, Any]]:
     return valid
 
 
+def content_id(*parts: Any) -> str:
+    """A short hash of an item's content (its prompt, task and answers): the same item keeps it when a file is
+    rebuilt or re-ordered, so two evaluations pair on it (a line number would change with the file's order)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+def item_ids(file_name: str, hashes: list[str]) -> list[str]:
+    """``<file name>#<hash>``; the n-th repeat of the same content in one file gets ``~n`` (n >= 2)."""
+    seen: Counter[str] = Counter()
+    ids = []
+    for digest in hashes:
+        seen[digest] += 1
+        ids.append(f"{file_name}#{digest}" + (f"~{seen[digest]}" if seen[digest] > 1 else ""))
+    return ids
+
+
+def _assign_ids(items: list[Any], file_name: str, key: Any) -> None:
+    for item, item_id in zip(items, item_ids(file_name, [key(item) for item in items])):
+        item.id = item_id
+
+
 def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT) -> EvalData:
     """Read and check every file; DataError listing every ``file:line: problem`` if any is bad."""
     from lexalign.data.schemas import ChatRecord, PreferencePair, RankingRecord
@@ -232,6 +254,7 @@ def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT
             problems.extend(err.problems)
             numbered = _valid_lines(path, schema)  # still check the gold labels of the lines that are valid
         data.files[str(path)] = kind
+        before = {name: len(getattr(data, name)) for name in ("chat", "rankings", "preferences")}
         for number, record in numbered:
             where = f"{path}:{number}"
             if kind == "chat":
@@ -257,6 +280,13 @@ def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT
             else:
                 data.preferences.append(PreferenceItem(where, _prompt_messages(record.prompt, system_prompt),
                                                        _content(record.chosen), _content(record.rejected)))
+        # Items are told apart by content, not by line (``where`` above only names a problem's line).
+        _assign_ids(data.chat[before["chat"]:], path.name,
+                    lambda item: content_id(item.task, item.messages, item.reference))
+        _assign_ids(data.rankings[before["rankings"]:], path.name,
+                    lambda item: content_id(item.messages, item.responses))
+        _assign_ids(data.preferences[before["preferences"]:], path.name,
+                    lambda item: content_id(item.messages, item.chosen, item.rejected))
     if problems:
         shown = problems[:50]
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
@@ -266,11 +296,12 @@ def load_eval_files(paths: list[Path], system_prompt: str | None = SYSTEM_PROMPT
 
 
 def sample(items: list[Any], limit: int, seed: int) -> list[Any]:
-    """At most ``limit`` items (0 = all), drawn with a fixed seed, kept in file order."""
+    """At most ``limit`` items (0 = all), kept in file order: the ``limit`` items whose seeded hash of their id
+    is smallest, so the draw depends on the items and the seed, not on the file's order."""
     if not limit or len(items) <= limit:
         return list(items)
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
+    rank = sorted(range(len(items)), key=lambda i: hashlib.sha256(f"{seed}:{items[i].id}".encode()).digest())
+    return [items[i] for i in sorted(rank[:limit])]
 
 
 def select(data: EvalData, limit: int, seed: int) -> EvalData:
