@@ -19,6 +19,13 @@ Output: ``<output_dir>/<name>/<algorithm>/`` (runs/tiny/ppo, runs/tiny/grpo, ...
   reward model, wrapped so that it scores exactly the format it was trained on (TRL's own model-as-reward
   path would append the chat template's trailing newline). Resumable like SFT.
 
+* **Reward from the lawyers' labels** (``reward: gold``, GRPO / RLOO): instead of a reward model, each answer is
+  scored against the label of its prompt with the task's own metric (``evaluation.gold.answer_scores``: span F1
+  or "Not present." for extraction, the right Yes/No, token F1 of the normalised answer, the fair/unfair verdict
+  and categories); an answer in no answer format scores -1. Only labelled chat records are used (the others are
+  counted and left out) and never a document of the held-out test split. ``reward_run`` is then optional: it
+  only judges the win rate against SFT.
+
 Prompts: the user turns of the built datasets (``data.prompts``; chat records lose their last assistant turn,
 preference pairs give their prompt), deduplicated, at most ``data.max_prompt_tokens`` long.
 """
@@ -79,6 +86,8 @@ class OnlineStageConfig:
     algorithm: Algorithm = "ppo"
     sft_run: str = "runs/tiny/sft"  # the policy: its adapter is trained further; the reference: its frozen copy
     reward_run: str = "runs/tiny/reward"  # scores the answers; its tokenizer must be the policy's
+    # model: the reward run scores the answers; gold: the prompts' labels do (grpo / rloo; see the module docstring)
+    reward: Literal["model", "gold"] = "model"
     # path "" = the SFT run's base model. lora: only used when SFT trained the full model (a new adapter on it).
     model: RunModelSection = field(default_factory=RunModelSection)
     data: PromptSection = field(default_factory=PromptSection)
@@ -99,8 +108,10 @@ class OnlineStageConfig:
 
     def problems(self) -> list[Problem]:
         found = problem_if(not self.sft_run, "sft_run", self.sft_run, "give the SFT run directory (e.g. runs/tiny/sft)")
-        found += problem_if(not self.reward_run, "reward_run", self.reward_run,
-                            "give the reward run directory (e.g. runs/tiny/reward)")
+        found += problem_if(self.reward == "model" and not self.reward_run, "reward_run", self.reward_run,
+                            "give the reward run directory (e.g. runs/tiny/reward), or reward: gold")
+        found += problem_if(self.reward == "gold" and self.algorithm == "ppo", "reward", self.reward,
+                            "PPO needs a reward model; the labels score answers with algorithm: grpo or rloo")
         found += problem_if(self.model.tuning != "lora", "model.tuning", self.model.tuning,
                             "online RL trains a LoRA adapter (the reference shares the base); use lora")
         section, key = self.training, self.algorithm
@@ -153,6 +164,71 @@ class RewardModelFunction:
         return reward_scores(self.model, self.tokenizer, prompts, responses, self.max_length)
 
 
+class GoldRewardFunction:
+    """The lawyers' label of each prompt as a TRL reward function: the task's own metric of each answer (0..1),
+    -1 for an answer in none of the task's formats. TRL passes the dataset's ``task`` and ``gold`` columns."""
+
+    __name__ = "gold_label"
+    UNPARSEABLE = -1.0
+
+    def __call__(self, prompts: list[Any], completions: list[Any], task: list[str], gold: list[str],
+                 **kwargs: Any) -> list[float]:
+        from lexalign.evaluation.gold import answer_scores
+
+        rewards = []
+        for messages, completion, name, label in zip(prompts, completions, task, gold):
+            text = completion if isinstance(completion, str) else "\n\n".join(m["content"] for m in completion)
+            (score,) = answer_scores(name, json.loads(label), messages, [text])
+            rewards.append(self.UNPARSEABLE if score is None else score)
+        return rewards
+
+
+def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = None, max_prompt_tokens: int = 0
+                     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total``, those that
+    fit ``max_prompt_tokens``) and the counts of what was left out and why. A label that cannot be read is a
+    DataError naming file:line; test-split documents are never used."""
+    import random
+
+    from lexalign.data.jsonl import DataError, read_jsonl, read_text_lines
+    from lexalign.data.paths import resolve_data_path
+    from lexalign.data.schemas import ChatRecord
+    from lexalign.evaluation.gold import has_labels, is_held_out, read_label
+    from lexalign.rlhf.winrate import prompt_ids
+
+    rows, skipped, seen = [], {"no_label": 0, "held_out_document": 0, "too_long": 0, "duplicate": 0}, set()
+    problems = []
+    for file in files:
+        path = resolve_data_path(file)
+        lines = [n for n, line in enumerate(read_text_lines(path), start=1) if line.strip()]
+        for number, record in zip(lines, read_jsonl(path, ChatRecord)):
+            meta = record.meta or {}
+            if not has_labels(meta):
+                skipped["no_label"] += 1
+                continue
+            if is_held_out({**meta, "prompts_file": file}):
+                skipped["held_out_document"] += 1
+                continue
+            task, _, gold, found = read_label(meta)
+            if found:
+                problems += [f"{path}:{number}: {p}" for p in found]
+                continue
+            messages = [m.model_dump() for m in record.messages[:-1]]
+            key = json.dumps(messages, sort_keys=True)
+            if key in seen:
+                skipped["duplicate"] += 1
+                continue
+            seen.add(key)
+            if tokenizer is not None and len(prompt_ids(tokenizer, messages)) > max_prompt_tokens:
+                skipped["too_long"] += 1
+                continue
+            rows.append({"prompt": messages, "task": task, "gold": json.dumps(gold)})
+    if problems:
+        raise DataError("labels the scorer cannot read:\n" + "\n".join(f"  {p}" for p in problems[:50]), problems)
+    random.Random(seed).shuffle(rows)
+    return rows[:total], skipped
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -162,21 +238,25 @@ def run_online(config_path: str | Path | None, overrides: list[str]) -> Path:
         return train_online(config)
 
 
-def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path, Path | None]:
-    """Everything that can fail before a model loads: (SFT policy, reward model dir, eval reward model dir)."""
+def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path | None, Path | None]:
+    """Everything that can fail before a model loads: (SFT policy, reward model dir (None without reward_run),
+    eval reward model dir (None: no win rate))."""
     from lexalign.modeling import trained_policy
     from lexalign.rlhf.policy import check_same_tokenizer, reward_model_dir
     from lexalign.rlhf.winrate import load_prompts
 
     sft = trained_policy(config.sft_run, "sft_run", config.model.path)
-    reward_dir = reward_model_dir(config.reward_run)
-    check_same_tokenizer(sft.tokenizer_dir, reward_dir)
+    reward_dir = reward_model_dir(config.reward_run) if config.reward_run else None  # none: reward: gold
+    if reward_dir is not None:
+        check_same_tokenizer(sft.tokenizer_dir, reward_dir)
     for file in config.data.prompts:
         load_prompts(file)  # every line valid (file:line errors) before any model loads
+    if config.reward == "gold":
+        labelled_prompts(config.data.prompts, 0, config.data.seed)  # every label readable, too
     eval_dir = None
     if config.eval.num_prompts:
         eval_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run") if config.eval.reward_run else reward_dir
-        if eval_dir != reward_dir:
+        if eval_dir is not None and eval_dir != reward_dir:
             check_same_tokenizer(sft.tokenizer_dir, eval_dir, "eval.reward_run")
     return sft, reward_dir, eval_dir
 
@@ -202,7 +282,8 @@ def train_online(config: OnlineStageConfig) -> Path:
 
     algorithm = config.algorithm
     sft, reward_dir, eval_dir = check_inputs(config)
-    inputs = {"base_model": sft.base, **({"sft_adapter": sft.adapter} if sft.adapter else {}), "reward_model": reward_dir}
+    inputs = {"base_model": sft.base, **({"sft_adapter": sft.adapter} if sft.adapter else {}),
+              **({"reward_model": reward_dir} if reward_dir is not None else {})}
     inputs.update({f"prompts_{i}": resolve_data_path(v) for i, v in enumerate(config.data.prompts)})
     run = RunDir(config.run_dir, algorithm, config, inputs=inputs, parent=sft.run)
     checkpoint = find_resume_checkpoint(run.path, config.resume)
@@ -232,9 +313,16 @@ def train_online(config: OnlineStageConfig) -> Path:
     if algorithm == "ppo":
         tokenizer.padding_side = "left"  # PPO's queries are left-padded batches of prompt ids
 
-    items = sample_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed, tokenizer,
-                           config.data.max_prompt_tokens)
-    prompts = [p for _, p in items]
+    left_out: dict[str, int] = {}
+    if config.reward == "gold":
+        rows, left_out = labelled_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed,
+                                          tokenizer, config.data.max_prompt_tokens)
+        prompts = [row["prompt"] for row in rows]
+        logger.info("labelled prompts: %d (left out: %s)", len(rows), left_out)
+    else:
+        items = sample_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed, tokenizer,
+                               config.data.max_prompt_tokens)
+        prompts = [p for _, p in items]
     if not prompts:
         from lexalign.errors import LexalignError
 
@@ -246,9 +334,11 @@ def train_online(config: OnlineStageConfig) -> Path:
     model, device, dtype, peft_config = load_policy(
         config.model, sft, bool(config.training.get("gradient_checkpointing")),
         ref_adapter=algorithm == "ppo" and sft.adapter is not None)
-    reward, _ = load_reward_model(reward_dir, config.model.device)
-    info = reward_dir / "lexalign_reward.json"
-    reward_max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
+    reward: Any = None
+    if config.reward == "model":
+        reward, _ = load_reward_model(reward_dir, config.model.device)
+        info = reward_dir / "lexalign_reward.json"
+        reward_max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
     trainer_class = getattr(module, trainer_name)
     if algorithm == "ppo":
         value, _ = load_reward_model(reward_dir, config.model.device)
@@ -264,9 +354,12 @@ def train_online(config: OnlineStageConfig) -> Path:
         trainer.train()
         policy_model = trainer.model.policy
     else:
-        dataset = Dataset.from_list([{"prompt": p} for p in prompts])
-        trainer = trainer_class(model=model, args=args, reward_funcs=RewardModelFunction(reward, tokenizer,
-                                                                                          reward_max_length),
+        if config.reward == "gold":  # the task and label columns reach the reward function with each answer
+            dataset, reward_function = Dataset.from_list(rows), GoldRewardFunction()
+        else:
+            dataset = Dataset.from_list([{"prompt": p} for p in prompts])
+            reward_function = RewardModelFunction(reward, tokenizer, reward_max_length)
+        trainer = trainer_class(model=model, args=args, reward_funcs=reward_function,
                                 train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=[metrics_callback(run, perplexity=False)])
         if checkpoint:
@@ -310,6 +403,9 @@ def train_online(config: OnlineStageConfig) -> Path:
         "value_model": "copy of the reward model (trained in full)" if algorithm == "ppo" else None,
         "global_step": global_step,
         "prompts": len(prompts),
+        "reward": "the prompts' gold labels (task metric; -1 unparseable)" if config.reward == "gold"
+        else f"reward model {reward_dir}",
+        **({"prompts_left_out": left_out} if config.reward == "gold" else {}),
         "mode": config.model.mode,
         "device": str(device),
         "compute_dtype": str(dtype).removeprefix("torch."),

@@ -209,6 +209,7 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["algorithm=rloo", "rloo.beta=-1"], "rloo.beta"),
     (["algorithm=a2c"], "algorithm"),
     (["reward_run="], "reward_run"),
+    (["reward=gold"], "reward"),                       # PPO needs a reward model
     (["data.prompts=[/no/prompts.jsonl]"], "data.prompts[0]"),
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
@@ -220,3 +221,60 @@ def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], ke
 def test_inactive_algorithm_sections_are_ignored() -> None:
     config = load_config(OnlineStageConfig, PPO_YAML, ["algorithm=rloo", "ppo.stop_token=null"])
     assert config.run_dir == Path("runs/tiny/rloo") and config.training is config.rloo
+
+
+def labelled_chat(path: Path, n: int) -> Path:
+    """Extraction records with CUAD-style labels (half the clauses absent) and one record without a label."""
+    from test_reward_support import chat_records
+
+    rows = []
+    for i, record in enumerate(chat_records(n, seed=3)):
+        answer = record["messages"][-1]["content"]
+        present = answer != "Not present."
+        rows.append({**record, "meta": {"task": "extract", "source": "cuad", "category": "Governing Law",
+                                        "doc_id": f"doc-{i}", "present": present,
+                                        "answers": [answer.strip('"')] if present else []}})
+    rows.append(chat_records(1, seed=4)[0])                               # no label: left out
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_gold_reward_scores_answers_with_the_task_metric() -> None:
+    from lexalign.rlhf.online import GoldRewardFunction
+    from test_reward_support import clause_of, prompt_messages
+
+    gold = json.dumps({"answers": [clause_of("Ohio")], "present": True, "category": "Governing Law"})
+    absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
+    prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
+    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', "I think Ohio maybe", "Not present."]
+    rewards = GoldRewardFunction()([prompt] * 5, [[{"role": "assistant", "content": a}] for a in answers],
+                                   task=["extract"] * 5, gold=[gold] * 4 + [absent])
+    assert rewards[0] == pytest.approx(1.0) and rewards[1] == 0.0 and 0.0 <= rewards[2] < 0.5
+    assert rewards[3] == -1.0 and rewards[4] == 1.0       # no answer format: below wrong; "Not present." when absent
+
+
+def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:
+    prompts = labelled_chat(tmp_path / "labelled.jsonl", 24)
+    run = train_online(online_config(align_sft_run, Path(""), prompts, tmp_path, "algorithm=grpo", "reward=gold",
+                                     "reward_run=", "eval.num_prompts=0"))
+    results = read_manifest(run)["results"]
+    assert results["reward"].startswith("the prompts' gold labels") and results["prompts"] == 24
+    assert results["prompts_left_out"]["no_label"] == 1
+    metrics = [m for m in read_metrics(run) if "rewards/gold_label/mean" in m]
+    assert len(metrics) == 4 and all(-1.0 <= m["rewards/gold_label/mean"] <= 1.0 for m in metrics)
+    assert adapter_changed(run, align_sft_run) >= 1
+    assert "reward_model" not in read_manifest(run)["inputs"]
+
+
+def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
+    from lexalign.data.jsonl import DataError
+
+    prompts = labelled_chat(tmp_path / "labelled.jsonl", 4)
+    lines = prompts.read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["meta"]["present"] = "maybe"
+    lines[2] = json.dumps(bad)
+    prompts.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"labelled\.jsonl:3: meta\.present"):
+        train_online(online_config(align_sft_run, Path(""), prompts, tmp_path, "algorithm=grpo", "reward=gold",
+                                   "reward_run=", "eval.num_prompts=0"))
