@@ -12,28 +12,39 @@ below) and by ``lexalign prefs export`` for chat feedback (ON by default: lawyer
 
 | type      | placeholder | how                                                                                  |
 |-----------|-------------|--------------------------------------------------------------------------------------|
-| email     | [EMAIL]     | RFC-5322-ish pattern (local@domain.tld)                                              |
-| phone     | [PHONE]     | Google's libphonenumber (``phonenumbers.PhoneNumberMatcher``, leniency VALID): only numbers that are valid for their country; US default region, ``+CC`` numbers anywhere |
-| ssn       | [SSN]       | US SSN ``ddd-dd-dddd`` (or 9 digits right after "SSN"/"social security"), validated with ``python-stdnum`` (no 000/666/9xx area, no 00 group, no 0000 serial) |
+| email     | [EMAIL]     | RFC-5322-ish pattern (local@domain.tld); disguised forms "jane [at] example [dot] com", "jane(at)example.com", "jane dot doe at example dot com" (known top-level domain) |
+| phone     | [PHONE]     | Google's libphonenumber (``phonenumbers.PhoneNumberMatcher``, leniency VALID): only numbers that are valid for their country; US default region, ``+CC`` and ``00CC`` numbers anywhere; national formats of GB/DE/FR/IN/AU after a phone word ("mobile", "reach me on", "my number is") |
+| ssn       | [SSN]       | US SSN ``ddd-dd-dddd`` or ``ddd dd dddd`` (or 9 digits right after "SSN"/"social security"), validated with ``python-stdnum`` (no 000/666/9xx area, no 00 group, no 0000 serial) |
 | ein       | [EIN]       | US EIN ``dd-ddddddd`` with a valid IRS campus prefix (``python-stdnum``)             |
 | card      | [CARD]      | 13-19 digits (spaces/dashes allowed) with a card-network prefix AND a valid Luhn check |
-| iban      | [IBAN]      | country code + check digits + BBAN, validated by ``python-stdnum`` (country length and mod-97) |
-| account   | [ACCOUNT]   | 6-20 digits after "account/acct/a/c (no./number/#)" or "routing/ABA" (ABA checksum)   |
-| address   | [ADDRESS]   | US-style street addresses: number + capitalized street name + street suffix (Street, Ave., Suite...), optional unit, city, state and ZIP; "P.O. Box N" |
+| iban      | [IBAN]      | country code + check digits + BBAN in any letter case, validated by ``python-stdnum`` (country length and mod-97) |
+| account   | [ACCOUNT]   | 6-20 digits after "account/acct/a/c/checking/savings (no./number/#)" or "routing/ABA" (ABA checksum) |
+| address   | [ADDRESS]   | US-style street addresses: number + capitalized street name + street suffix (Street, Ave., Close, Mews...), optional unit, city, state and ZIP, not after "Section"/"Clause"/"Schedule"...; "P.O. Box N"; "Hauptstraße 12"-style and "12 rue de Rivoli"-style European streets; UK and Canadian postcodes after a town |
+| dob       | [DOB]       | a date after "born", "date of birth", "birth date", "DOB", "d.o.b." (other dates are kept) |
 | person    | [PERSON]    | context rules only (see below)                                                       |
 
-**Person names.** No library on the package index here can find person names offline: spaCy's pretrained
-pipelines (``en_core_web_*``) are not on it, Presidio's PERSON recognizer is spaCy NER (its pattern
-recognizers cover only the structured types above), ``nameparser`` splits a string already known to be a
+**Person names.** No library on the package index here can find person names offline: spaCy does not publish
+its pretrained pipelines (``en_core_web_*``) there (only third parties' re-uploads of unknown provenance,
+not used), Presidio's PERSON recognizer is spaCy NER (run offline on a blank spaCy pipeline it found no name
+and no address in the recall sets, and its pattern recognizers cover the structured types above, with dates
+of agreements taken as DATE_TIME), ``nameparser`` splits a string already known to be a
 name, and ``names-dataset`` is a multi-GB first/last-name lookup that would flag ordinary words ("Will",
 "Grant", "Bill") in legal text. So names are found by conservative context rules: an honorific
 (Mr./Mrs./Ms./Miss/Dr./Prof./Hon./Judge/Justice) followed by 1-3 capitalized name words or initials, a
 ``/s/`` electronic signature, and signature/notice-block labels with a colon ("By:", "Name:", "Print Name:",
-"Attn:"/"Attention:", "Signed:", "Signature:", "Witness:") followed by 2-4 name words; a match that holds or
-runs into an organization word (LLC, GP, Company, Services...) is not a person. A full name found this way is
-also redacted wherever else it occurs in the same text or record. Other names in running text ("Employee
-Maria Garcia agrees...") are NOT found: recall on names is limited, by design, to keep legal text (party
-names, defined terms, places) intact. Company names are not personal data and are left alone.
+"Attn:"/"Attention:", "Signed:", "Signature:", "Witness:") followed by 2-4 name words, and 2-3 name words in
+places where only a person's name stands: "my name is"/"I am"/"I'm", "Dear", a letter's closing ("Sincerely,"
+or "Regards," and a line break), "the Employee, <name>," / "the Executive, <name>,", "in the presence of", and
+"<name>, an individual" / "a natural person"; a match that holds or runs into an organization word (LLC, GP,
+Company, Services...) is not a person. A full name found this way is also redacted wherever else it occurs in
+the same text or record. Other names in running text ("Employee Maria Garcia agrees...", "send it to Priya
+Raghunathan") are NOT found: recall on names is limited, by design, to keep legal text (party names, defined
+terms, places) intact. Company names are not personal data and are left alone. Measured recall on PII outside
+these contexts: ``tests/test_privacy.py::test_recall_on_pii_outside_the_rules_contexts`` and
+docs/reliability.md.
+
+``dob`` is not in the data build's default list of types (``redact.entities`` in the data config): add it
+there to redact dates of birth in a build; ``Redactor()`` (chat feedback export) uses every type.
 
 ## Replacement styles
 
@@ -53,14 +64,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
-ENTITY_TYPES: tuple[str, ...] = ("email", "phone", "ssn", "ein", "card", "iban", "account", "address", "person")
+ENTITY_TYPES: tuple[str, ...] = ("email", "phone", "ssn", "ein", "card", "iban", "account", "address", "dob",
+                                  "person")
 Style = Literal["label", "indexed", "mask"]
 STYLES = ("label", "indexed", "mask")
 
 # When two findings overlap, the type listed first wins (an IBAN holds digit runs a phone matcher could take).
-_PRIORITY = {name: i for i, name in enumerate(("email", "iban", "card", "ssn", "ein", "account", "phone",
+_PRIORITY = {name: i for i, name in enumerate(("email", "iban", "card", "ssn", "ein", "account", "dob", "phone",
                                                 "address", "person"))}
 
 # Keys of record dicts whose (nested) strings are free text to redact. Ids, labels, offsets and other meta
@@ -73,23 +85,47 @@ TEXT_KEYS = frozenset({"content", "prompt", "chosen", "rejected", "responses", "
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                     r"[A-Za-z]{2,24}(?![\w-])")
+# Addresses written so that scrapers miss them are still someone's address: "jane [at] example [dot] com",
+# "jane(at)example(dot)com", and spelled out, "jane dot doe at example dot com" (this one only with a known
+# top-level domain at the end, so prose with "at" in it is left alone).
+_AT, _DOT = r"\s*[\[({<]\s*at\s*[\])}>]\s*", r"\s*[\[({<]\s*dot\s*[\])}>]\s*"
+_EMAIL_BRACKETED = re.compile(
+    rf"(?<![\w.+-])[A-Za-z0-9][\w.%+-]*(?:{_DOT}[\w%+-]+)*{_AT}[A-Za-z0-9-]+(?:(?:{_DOT}|\.)[A-Za-z0-9-]+)*"
+    rf"(?:{_DOT}|\.)[A-Za-z]{{2,24}}(?![\w-])", re.IGNORECASE)
+_AT_BRACKETED = re.compile(_AT, re.IGNORECASE)
+_TLDS = "com|org|net|edu|gov|io|co|uk|de|fr|es|it|nl|eu|ch|be|se|no|dk|fi|ie|pl|pt|info|biz|me|us|ca|au|in|jp|br|mx"
+_EMAIL_SPELLED = re.compile(rf"\b[A-Za-z0-9][\w.+-]*(?:\s+dot\s+[\w+-]+)*\s+at\s+[A-Za-z0-9-]+"
+                            rf"(?:\s+dot\s+[A-Za-z0-9-]+)*\s+dot\s+(?:{_TLDS})\b", re.IGNORECASE)
 _SSN = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])")
+# Grouped with spaces ("536 22 8154"); not when the groups are part of a longer run of digit groups.
+_SSN_SPACED = re.compile(r"(?<![\w.,/-])(?<!\d )(\d{3}) (\d{2}) (\d{4})(?![\w-])(?! \d)")
 _SSN_CONTEXT = re.compile(r"(?:\bSSN|\bsocial\s+security\s+(?:number|no\.?|#))\s*[:#]?\s*(\d{3}[ -]?\d{2}[ -]?\d{4})(?![\w-])",
                           re.IGNORECASE)
 _EIN = re.compile(r"(?<![\w-])(\d{2})-(\d{7})(?![\w-])")
 _CARD = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|6(?:011|5|4[4-9])|3(?:0[0-5]|[68]))")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8})(?![A-Za-z0-9])")
+# Any letter case ("fr76 3000 6000 ..."): the country length and mod-97 check keep words out.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{1,4}){3,8})(?![A-Za-z0-9])")
 _ACCOUNT = re.compile(
-    r"\b(?:(?:bank\s+)?account|acct\.?|a/c)\s*(?:no\.?|number|num\.?|#)?\s*[:#]?\s*(\d[\d -]{4,22}\d)(?![\w-])"
+    r"\b(?:(?:bank\s+|checking\s+|savings\s+)?account|acct\.?|a/c|checking|savings)"
+    r"\s*(?:no\.?|number|num\.?|#)?\s*[:#]?\s*(\d[\d -]{4,22}\d)(?![\w-])"
     r"|\b(?:routing|ABA)\s*(?:transit\s+)?(?:no\.?|number|#)?\s*[:#]?\s*(\d{9})(?![\w-])",
     re.IGNORECASE)
 
-_NANP = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ ./-])\d{3}[ .-]\d{4}\b")
+_NANP = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ ./-])\d{3}[ .-]\d{4}(?!\d)")  # "x204" may follow
 _PHONE_WORDS = re.compile(r"(?:tel(?:ephone)?|phone|fax|facsimile|telecopy|telecopier|mobile|cell|call|dial|"
-                          r"hotline|sms|text|whatsapp)\b\.?\s*(?:no\.?|number|#)?\s*[:.]?\s*$", re.IGNORECASE)
+                          r"hotline|sms|text|whatsapp)\b\.?\s*(?:no\.?|number|#)?\s*[:.]?\s*$"
+                          r"|\b(?:reach|contact|ring|call|text|phone)\s+(?:me|us|him|her|them)\s+(?:on|at)\s*:?\s*$"
+                          r"|\b(?:(?:my|his|her|their|your|our)\s+(?:phone\s+|mobile\s+|cell\s+)?number"
+                          r"|phone|mobile|cell)\s+is\s*:?\s*$", re.IGNORECASE)
+# "0049 30 901820": 00 is the international prefix dialled in most countries; read as "+49 30 901820".
+_IDD_00 = re.compile(r"(?<![\w+.,/-])(?<!\d[ ./-])00(?=[1-9]\d)")  # not inside "+1 617 275 0039"
+# A number in national format ("07911 123456", "020 7946 0112") belongs to no region the text names; these are
+# tried, after a phone word only, for the countries whose numbers appear most in the contracts and chats seen.
+_NATIONAL_REGIONS = ("GB", "DE", "FR", "IN", "AU")
 _STREET_SUFFIX = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Way|Court|Ct|Place|Pl|Parkway|Pkwy|"
-                  r"Highway|Hwy|Terrace|Ter|Circle|Cir|Square|Sq|Plaza|Trail|Trl|Turnpike|Tpke|Alley|Row|Pike|Freeway)")
+                  r"Highway|Hwy|Terrace|Ter|Circle|Cir|Square|Sq|Plaza|Trail|Trl|Turnpike|Tpke|Alley|Row|Pike|Freeway|"
+                  r"Close|Crescent|Mews|Grove|Gardens|Loop)")
 _STREET_WORD = r"(?:[A-Z][A-Za-z'’.-]*|\d{1,3}(?:st|nd|rd|th))"
 _UNIT = r"(?:,?\s+(?:Suite|Ste\.?|Unit|Apt\.?|Apartment|Floor|Fl\.?|Room|Rm\.?|#)\s*[A-Z0-9-]{1,6})"
 _STATES = ("AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|"
@@ -100,9 +136,28 @@ _ADDRESS = re.compile(
     rf"(?<![\w$.,-])\d{{1,6}}[A-Z]?\s+(?:[NSEW]\.?\s+|North\s+|South\s+|East\s+|West\s+)?(?:{_STREET_WORD}\s+){{0,4}}"
     rf"{_STREET_WORD}?\s*\b{_STREET_SUFFIX}\b\.?(?:\s+(?:[NSEW]|N\.?[EW]|S\.?[EW])\.?(?![A-Za-z]))?{_UNIT}?{_CITY_STATE_ZIP}?"
     r"|\bP\.?\s?O\.?\s+Box\s+\d{1,7}\b" + rf"{_CITY_STATE_ZIP}?")
+# "Clause 9 Place of Delivery", "Section 5 Court Approval": a numbered heading, not a house number.
+_REFERENCE_BEFORE = re.compile(r"\b(?:Sections?|Clauses?|Articles?|Schedules?|Exhibits?|Annex(?:es)?|Appendix|Parts?|"
+                               r"Paragraphs?|Items?|Chapters?|Rules?)\s*$", re.IGNORECASE)
+# A UK or Canadian postcode after a town ("London W2 4BH", "Nova Scotia B3J 3R7"); the letters allowed in
+# each position keep references like "A1 2BC" rare, and the town in front keeps codes in tables out.
+_POSTCODE = re.compile(r"(?<![\w-])(?:[A-Z]{1,2}\d[A-Z\d]?[ \t]\d[ABD-HJLNP-UW-Z]{2}"
+                       r"|[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z][ \t]\d[ABCEGHJ-NPRSTV-Z]\d)(?![\w-])")
+_TOWN_BEFORE = re.compile(r"\b[A-Z][a-z]+,?[ \t]+$")
 
 _UP = "A-Z\u00c0-\u00d6\u00d8-\u00de"      # upper-case Latin letters (with accents)
 _LO = "a-z\u00df-\u00f6\u00f8-\u00ff"      # lower-case Latin letters (with accents)
+# European street addresses, which put the street type where the US suffix rule cannot see it: German-style
+# compounds with the number after ("Hauptstraße 12"), and French, Spanish, Italian and Portuguese street types
+# with the number before ("12 rue de Rivoli", "61 Calle Mayor"). "via" is left out in lower case (English).
+_STREET_DE = re.compile(rf"\b[{_UP}][{_LO}]+(?:straße|strasse|str\.|weg|gasse|allee|platz)[ \t]+\d{{1,4}}[a-z]?\b")
+_STREET_DE_WORDS = ("straße", "strasse", "str.", "weg", "gasse", "allee", "platz")  # cheap test before the pattern
+_STREET_ROMANCE = re.compile(
+    rf"(?<![\w$.,-])\d{{1,4}}(?:[ \t]?(?:bis|ter))?,?[ \t]+(?:rue|Rue|boulevard|chemin|Chemin|quai|Quai|impasse|"
+    rf"Impasse|allée|Allée|calle|Calle|avenida|Avenida|paseo|Paseo|Via|Viale|viale|Piazza|piazza|Corso|rua|Rua)[ \t]+"
+    rf"(?:(?:de|du|des|del|della|di|da|do|dos|la|le|las|los)[ \t]+|[dl]['\u2019])*"
+    rf"[{_UP}][{_LO}]+(?:['\u2019-][{_UP}]?[{_LO}]+)*(?:[ \t]+[{_UP}][{_LO}]+(?:['\u2019-][{_UP}]?[{_LO}]+)*){{0,2}}")
+
 _NAME_WORD = (rf"(?:O['\u2019][{_UP}][{_LO}]+|[{_UP}][{_LO}]+(?:['\u2019-]?[{_UP}][{_LO}]+)?(?:-[{_LO}]+)?"
               rf"|[{_UP}]\.|[{_UP}]{{2,}}(?:['\u2019-][{_UP}]+)?)")
 _HONORIFIC = re.compile(rf"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Hon|Judge|Justice)\.?[ \t]+((?:{_NAME_WORD}[ \t]+){{0,2}}{_NAME_WORD})")
@@ -111,6 +166,30 @@ _SIGNATURE = re.compile(rf"/s/[ \t]*((?:{_NAME_WORD}[ \t]+){{0,3}}{_NAME_WORD})"
 _LABELLED = re.compile(
     rf"\b(?:By|Name|Print(?:ed)?\s+Name|Attn|Attention|Signed|Signature|Witness)[ \t]*:[ \t]*(?:\n[ \t]*)?"
     rf"((?:{_NAME_WORD}[ \t]+){{1,3}}{_NAME_WORD})")
+# Contexts where only a person's name stands, so the name needs no title or label: a self-introduction in a
+# chat, a letter's salutation and closing, the recital of a contract with an individual, the employee or
+# executive named in apposition, an attestation's witnesses. Each takes 2-3 name words.
+_NAME = rf"((?:{_NAME_WORD}[ \t]+){{1,2}}{_NAME_WORD})"
+_INTRODUCED = re.compile(rf"(?i:\bmy[ \t]+name[ \t]+is|\bI[ \t]+am|\bI['\u2019]m)[ \t]+{_NAME}")
+_SALUTATION = re.compile(rf"\bDear[ \t]+{_NAME}")
+_CLOSING = re.compile(rf"(?i:\b(?:yours[ \t]+)?(?:sincerely|faithfully|truly)|\b(?:best|kind|warm)[ \t]+regards|"
+                      rf"\bregards|\bbest[ \t]+wishes|\bmany[ \t]+thanks|\brespectfully)[ \t]*,?[ \t]*\n[ \t]*{_NAME}")
+_APPOSITION = re.compile(rf"\b(?:Employee|Executive|[Dd]ecedent|[Dd]eceased|[Tt]estator)[ \t]*,[ \t]*{_NAME}[ \t]*,")
+_WITNESSES = re.compile(rf"(?i:\bin[ \t]+the[ \t]+presence[ \t]+of)[ \t]*:?[ \t]*(?:\n[ \t]*)?{_NAME}"
+                        rf"(?:[ \t]*(?:,|and)[ \t]+{_NAME})?")
+# Here the context follows the name ("Daniel Okonkwo, an individual residing in Lagos"): the context is found
+# first and the name looked for just before it (a name pattern tried at every position is slow).
+_INDIVIDUAL = re.compile(r"[ \t]*,?[ \t]+(?:an[ \t]+individual|a[ \t]+natural[ \t]+person)\b")
+_NAME_AT_END = re.compile(rf"(?<![\w'\u2019-]){_NAME}$")
+
+# Dates of birth: a date after "born", "date of birth", "DOB"... (a date alone, such as an agreement's, is kept).
+_MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
+           r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+_DATE = (rf"(?:\d{{1,2}}[./-]\d{{1,2}}[./-](?:\d{{4}}|\d{{2}})|\d{{4}}-\d{{2}}-\d{{2}}"
+         rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS},?\s+\d{{4}}|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})")
+_DOB = re.compile(rf"(?i:\bborn(?:\s+on)?|\bdate\s+of\s+birth|\bbirth\s*date|\bDOB\b|\bd\.o\.b\.?)"
+                  rf"(?:\s+(?:is|was))?\s*[:\u2013-]?\s*({_DATE})(?![\w/-])")
+
 # A match holding one of these words is an organization (or a role), not a person: it is not redacted.
 _ORG_WORDS = frozenset(w.lower() for w in """
     Inc Incorporated LLC LLP LP Ltd Limited Co Corp Corporation Company Companies Group Holdings Holding Bank Trust
@@ -137,6 +216,7 @@ _NOT_NAMES = frozenset(w.lower() for w in """
     Human Resources Finance Marketing Sales Operations Procurement Purchasing Accounting Engineering Development
     Business Affairs Compliance Privacy Risk Management Board Committee Team Services Service Support Products
     Tel Tel. Phone Mobile Cell Head Project Program Office Offices Mailstop Desk Center Centre Unit Facility Plant Store
+    Between Hi Hello Dear Thanks Regards Sincerely Notary Public Witnesses Not
 """.split())
 
 
@@ -224,8 +304,13 @@ class Finding:
 
 
 def _find_email(text: str) -> Iterable[Finding]:
-    for m in _EMAIL.finditer(text):
-        yield Finding(m.start(), m.end(), "email")
+    lowered = text.lower()
+    patterns = [_EMAIL] if "@" in text else []
+    if "at" in lowered and "dot" in lowered or _AT_BRACKETED.search(text):
+        patterns += [_EMAIL_BRACKETED, _EMAIL_SPELLED]
+    for pattern in patterns:
+        for m in pattern.finditer(text):
+            yield Finding(m.start(), m.end(), "email")
 
 
 def _phone_shaped(raw: str, before: str) -> bool:
@@ -243,16 +328,29 @@ def _find_phone(text: str) -> Iterable[Finding]:
     import phonenumbers
     from phonenumbers import Leniency, PhoneNumberMatcher
 
+    # "00" becomes " +" (same length, so offsets hold); the matcher then reads the number as international.
+    idd = {m.start() for m in _IDD_00.finditer(text)}
+    scan = _IDD_00.sub(" +", text) if idd else text
     try:
-        for match in PhoneNumberMatcher(text, "US", leniency=Leniency.VALID):
-            if _phone_shaped(match.raw_string, text[max(0, match.start - 30):match.start]):
-                yield Finding(match.start, match.end, "phone")
+        for match in PhoneNumberMatcher(scan, "US", leniency=Leniency.VALID):
+            start = match.start - 1 if match.start - 1 in idd else match.start
+            if start < match.start or _phone_shaped(match.raw_string, text[max(0, start - 30):start]):
+                yield Finding(start, match.end, "phone")
+        if any(_PHONE_WORDS.search(text[max(0, m.start() - 30):m.start()]) for m in re.finditer(r"(?<!\d)0\d", text)):
+            for region in _NATIONAL_REGIONS:
+                for match in PhoneNumberMatcher(text, region, leniency=Leniency.VALID):
+                    before = text[max(0, match.start - 30):match.start]
+                    if match.raw_string.startswith("0") and _PHONE_WORDS.search(before):
+                        yield Finding(match.start, match.end, "phone")
     except phonenumbers.NumberParseException:  # pragma: no cover - the matcher skips unparsable candidates
         return
 
 
 def _find_ssn(text: str) -> Iterable[Finding]:
     for m in _SSN.finditer(text):
+        if _ssn_ok(m.group(1) + m.group(2) + m.group(3)):
+            yield Finding(m.start(), m.end(), "ssn")
+    for m in _SSN_SPACED.finditer(text):
         if _ssn_ok(m.group(1) + m.group(2) + m.group(3)):
             yield Finding(m.start(), m.end(), "ssn")
     for m in _SSN_CONTEXT.finditer(text):
@@ -305,27 +403,78 @@ def _find_account(text: str) -> Iterable[Finding]:
 
 def _find_address(text: str) -> Iterable[Finding]:
     for m in _ADDRESS.finditer(text):
+        if _REFERENCE_BEFORE.search(text[max(0, m.start() - 15):m.start()]):
+            continue
         value = m.group(0).rstrip()
         end = m.start() + len(value)
         yield Finding(m.start(), end, "address")
+    lowered = text.lower()
+    german = any(w in lowered for w in _STREET_DE_WORDS)
+    for pattern in (_STREET_DE, _STREET_ROMANCE) if german else (_STREET_ROMANCE,):
+        for m in pattern.finditer(text):
+            if not _REFERENCE_BEFORE.search(text[max(0, m.start() - 15):m.start()]):
+                yield Finding(m.start(), m.end(), "address")
+    for m in _POSTCODE.finditer(text):
+        if _TOWN_BEFORE.search(text[max(0, m.start() - 40):m.start()]):
+            yield Finding(m.start(), m.end(), "address")
+
+
+def _find_dob(text: str) -> Iterable[Finding]:
+    for m in _DOB.finditer(text):
+        yield Finding(m.start(1), m.end(1), "dob")
+
+
+def _name_candidates(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[int, str]]:
+    """(offset, words) of each name group the pattern finds; for _INDIVIDUAL the words just before its match.
+    The words may run on past the name ("Jane Roe Employee Prudential Bank"): _looks_like_name cuts them."""
+    for m in pattern.finditer(text):
+        if pattern is _INDIVIDUAL:
+            before = _NAME_AT_END.search(text, max(0, m.start() - 80), m.start())
+            if before is not None:
+                yield before.start(1), before.group(1)
+            continue
+        for group in range(1, (m.lastindex or 1) + 1):
+            if m.group(group) is not None:
+                yield m.start(group), m.group(group)
+
+
+# (pattern, fewest name words, words of which one must be in the lower-cased text): a title says "person" even
+# before a surname alone; the other contexts need a full name, so "By: Licensor", "Attn: Legal" or "Dear
+# Customer" stay. The words are a cheap test that lets most texts skip a pattern.
+_PERSON_RULES: tuple[tuple[re.Pattern[str], int, tuple[str, ...]], ...] = (
+    (_HONORIFIC, 1, ()), (_SIGNATURE, 1, ("/s/",)), (_LABELLED, 2, (":",)),
+    (_INTRODUCED, 2, ("name is", "i am", "i'm", "i\u2019m")), (_SALUTATION, 2, ("dear",)),
+    (_CLOSING, 2, ("sincerely", "faithfully", "truly", "regards", "wishes", "thanks", "respectfully")),
+    (_APPOSITION, 2, ("employee", "executive", "decedent", "deceased", "testator")), (_WITNESSES, 2, ("presence of",)),
+    (_INDIVIDUAL, 2, ("individual", "natural person")))
 
 
 def _find_person(text: str) -> Iterable[Finding]:
-    for pattern in (_HONORIFIC, _SIGNATURE, _LABELLED):
-        for m in pattern.finditer(text):
-            name = _looks_like_name(m.group(1))
+    lowered = text.lower()
+    for pattern, fewest, words_needed in _PERSON_RULES:
+        if words_needed and not any(w in lowered for w in words_needed):
+            continue
+        for start, words in _name_candidates(text, pattern):
+            if pattern is _INDIVIDUAL:  # the match may start at a word before the name ("Between John Roe")
+                kept = [w for w in re.finditer(r"\S+", words) if w.group().strip(".").lower() not in _NOT_NAMES]
+                if not kept:
+                    continue
+                start, words = start + kept[0].start(), words[kept[0].start():]
+            name = _looks_like_name(words)
             if name is None:
                 continue
-            following = re.split(r"[,;:()\n]", text[m.end(1):m.end(1) + 40], maxsplit=1)[0].split()[:2]
+            end, matched_end = start + len(name), start + len(words)
+            following = re.split(r"[,;:()\n]", text[matched_end:matched_end + 40], maxsplit=1)[0].split()[:2]
             if any(w.strip(".").lower() in _ORG_WORDS for w in following):
                 continue  # "By: MPM Oncology Impact Management GP": the words run on into an organization
-            if pattern is _LABELLED and len(name.split()) < 2:
-                continue  # "By: Licensor" / "Attn: Legal": a label needs a full name
-            yield Finding(m.start(1), m.start(1) + len(name), "person")
+            if len(name.split()) < fewest:
+                continue
+            yield Finding(start, end, "person")
 
 
 _FINDERS = {"email": _find_email, "phone": _find_phone, "ssn": _find_ssn, "ein": _find_ein, "card": _find_card,
-            "iban": _find_iban, "account": _find_account, "address": _find_address, "person": _find_person}
+            "iban": _find_iban, "account": _find_account, "address": _find_address, "dob": _find_dob,
+            "person": _find_person}
 
 
 # --------------------------------------------------------------------------- redaction

@@ -1082,16 +1082,28 @@ class Store:
                         remaining=open_ + int(available))
 
     def my_rankings(self, username: str, limit: int = 20) -> list[dict[str, Any]]:
-        """This annotator's own latest rankings (never anyone else's)."""
+        """This annotator's own latest rankings (never anyone else's), each with its task (id, prompt_id, meta,
+        source), the answers' texts in stored order (``texts``; ``ranks`` follow it) and the form token the
+        ranking was submitted with (it fixed the order the answers were shown in)."""
         with self._read() as conn:
             annotator = self._active_annotator(conn, username)
-            rows = conn.execute(
-                select(tasks.c.prompt_id, rankings.c.ranks, rankings.c.none_acceptable, rankings.c.flags,
-                       rankings.c.rationale, rankings.c.submitted_at)
+            rows = [dict(row._mapping) for row in conn.execute(
+                select(tasks.c.prompt_id, tasks.c.meta, tasks.c.source, rankings.c.task_id, rankings.c.ranks,
+                       rankings.c.none_acceptable, rankings.c.flags, rankings.c.rationale, rankings.c.form_token,
+                       rankings.c.submitted_at)
                 .join(tasks, tasks.c.id == rankings.c.task_id)
                 .where(rankings.c.annotator_id == annotator.id)
-                .order_by(rankings.c.id.desc()).limit(limit)).all()
-        return [dict(row._mapping) for row in rows]
+                .order_by(rankings.c.id.desc()).limit(limit))]
+            texts: dict[int, list[str]] = {}
+            task_ids = sorted({row["task_id"] for row in rows})
+            if task_ids:
+                for cand in conn.execute(select(candidates.c.task_id, candidates.c.text)
+                                         .where(candidates.c.task_id.in_(task_ids))
+                                         .order_by(candidates.c.task_id, candidates.c.position)):
+                    texts.setdefault(cand.task_id, []).append(cand.text)
+        for row in rows:
+            row["texts"] = texts.get(row["task_id"], [])
+        return rows
 
     def admin_progress(self) -> list[AnnotatorProgress]:
         with self._read() as conn:

@@ -7,9 +7,12 @@ handler takes the user from the server-side session (``gr.Request.username``), n
 annotator sees one task at a time (the contract excerpt, the question and N candidate answers side by side,
 in an order shuffled per assignment so position does not bias the ranking), gives every answer a rank
 (1 = best; equal ranks for ties), may tick "none acceptable", write a rationale and set flags, then submits
-(button, or Ctrl/Cmd+Enter anywhere) or skips. The task, its candidate ids and the one-time form token live
-in server-side session state; the store validates everything again and stores a submission in one
-transaction, or nothing with a clear message.
+(button, or Ctrl/Cmd+Enter anywhere; Enter in the rationale only starts a new line) or skips. The submit bar
+(a live summary such as "A > C = D > B", messages, Submit and Skip) stays at the bottom of the window. The
+task, its candidate ids and the one-time form token live in server-side session state; the store validates
+everything again and stores a submission in one transaction, or nothing with a clear message. Tasks are
+titled by kind, clause category and contract (from the task's meta); errors and "My submissions" name the
+answers by the letters they had on screen.
 
 Model and user text is inert: it is HTML-escaped before it reaches Markdown (which also runs Gradio's
 sanitizer), and free text (rationales) with markup is refused. Admins (role ``admin``) also get an Admin
@@ -24,12 +27,22 @@ import os
 import random
 import string
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if
-from lexalign.data.store import DEFAULT_RATIONALE_MAX, DEFAULT_URL, FLAGS, Store, StoreError, SubmissionError, TaskView
+from lexalign.data.store import (
+    DEFAULT_RATIONALE_MAX,
+    DEFAULT_URL,
+    FLAGS,
+    Store,
+    StoreError,
+    SubmissionError,
+    TaskView,
+    check_ranks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,7 @@ the assistant (and sometimes by other systems). Rank the answers as a careful re
 6. **Skip** a task you cannot judge (outside your practice area, unreadable excerpt); it goes to a colleague.
 
 Keyboard: **Tab** moves through the rank choices, **Space** picks one, **Ctrl+Enter** (Cmd+Enter) submits.
+**Enter** in the rationale starts a new line.
 """
 
 _THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
@@ -63,13 +77,50 @@ SUBMIT_SHORTCUT_JS = """
       if (button && !button.disabled) { event.preventDefault(); button.click(); }
     }
   });
+  // Gradio's multi-line textbox turns Shift+Enter into a submit and swallows the line break. In the
+  // rationale Enter and Shift+Enter only break the line: stop the key before it reaches that handler
+  // (capture phase on window runs first; the browser's default, the new line, still happens).
+  window.addEventListener('keypress', (event) => {
+    const inRationale = event.target instanceof Element && event.target.closest('#rationale');
+    if (event.key === 'Enter' && inRationale && !event.ctrlKey && !event.metaKey) {
+      event.stopImmediatePropagation();
+    }
+  }, true);
 }
+"""
+
+ERROR_CLASS = "error"
+
+# Runs after Submit/Skip: a new task is on screen unless the message is an error, so start it from the top.
+SCROLL_TO_NEW_TASK_JS = f"""
+(message) => {{
+  if (typeof message === 'string' && !message.includes("class='{ERROR_CLASS}'")) {{ window.scrollTo(0, 0); }}
+}}
 """
 
 CSS = """
 .candidate { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
 #message .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+/* Messages sit next to Submit and the bar stays on screen, so a refusal is seen where the click was.
+   Gradio's container clips with overflow: hidden, which makes it the bar's scroll box and stops the sticking;
+   clip cuts the same overflow without being a scroll box. */
+.gradio-container { overflow: clip !important; }
+#submit-bar { position: sticky; bottom: 0; z-index: 50; background: var(--background-fill-primary);
+              border-top: 1px solid var(--border-color-primary); padding: 8px 4px; }
+#ranking-summary { font-weight: 600; }
 """
+
+# How a task's kind (meta.task) reads in its title.
+TASK_KINDS: dict[str, str] = {
+    "extract": "Clause extraction",
+    "presence": "Clause presence",
+    "normalize": "Normalized answer",
+    "unfair": "Unfair-terms check",
+}
+# meta keys that name the contract or document a task comes from, most specific first
+_DOCUMENT_KEYS = ("document", "contract", "doc_name", "doc_id", "company")
+_TITLE_PART_MAX = 80
+_ANSWER_START_CHARS = 32
 
 
 @dataclass
@@ -131,10 +182,82 @@ def _letters(n: int) -> list[str]:
 
 
 def _display_order(view: TaskView, shuffle: bool) -> list[int]:
-    order = list(range(len(view.candidates)))
+    return _order_for(len(view.candidates), view.form_token, shuffle)
+
+
+def _order_for(n: int, form_token: str, shuffle: bool) -> list[int]:
+    """Candidate positions in the order shown; the form token fixes it, so a stored ranking can show it again."""
+    order = list(range(n))
     if shuffle:
-        random.Random(view.form_token).shuffle(order)  # stable for this assignment, differs across annotators
+        random.Random(form_token).shuffle(order)  # stable for this assignment, differs across annotators
     return order
+
+
+def _error(text: str) -> str:
+    """A message shown as an error (already inert text inside)."""
+    return f"<span class='{ERROR_CLASS}'>{text}</span>"
+
+
+def _md_text(text: str) -> str:
+    """Inert text whose Markdown punctuation shows as typed (file names with * or _ stay as they are)."""
+    escaped = "".join(f"\\{ch}" if ch in "\\`*_[]#|~" else ch for ch in text)
+    return inert(escaped)
+
+
+def _rank_value(rank: Any) -> int | None:
+    """A rank as chosen on the page; None when no rank is chosen (or it is not a number)."""
+    if rank is None or rank == "" or isinstance(rank, bool):
+        return None
+    try:
+        return int(rank)
+    except (TypeError, ValueError):
+        return None
+
+
+def ranking_summary(ranks: Sequence[Any], n: int) -> str:
+    """The ranking as the annotator reads it, best first: "A > C = D > B" (ties joined by "="), then the
+    answers without a rank yet."""
+    letters = _letters(n)
+    groups: dict[int, list[str]] = {}
+    unranked: list[str] = []
+    for slot, letter in enumerate(letters):
+        value = _rank_value(ranks[slot]) if slot < len(ranks) else None
+        if value is None:
+            unranked.append(letter)
+        else:
+            groups.setdefault(value, []).append(letter)
+    if not groups:
+        return "Ranking: no answer ranked yet (1 = best)."
+    text = "Ranking: " + " > ".join(" = ".join(groups[rank]) for rank in sorted(groups))
+    if unranked:
+        text += f" · not ranked yet: {', '.join(unranked)}"
+    return text
+
+
+def lettered_ranks(ranks: Sequence[int], letters: Sequence[str]) -> str:
+    """Ranks as entered, in the order shown: "A=1, B=4, C=3"."""
+    return ", ".join(f"{letter}={rank}" for letter, rank in zip(letters, ranks))
+
+
+def _short(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+
+
+def task_title(meta: Mapping[str, Any], source: str) -> str:
+    """A title an annotator can read: the task's kind and clause category (meta.task, meta.category) and the
+    contract or document it comes from; the task's source when meta names neither kind nor category."""
+    task = meta.get("task")
+    kind = TASK_KINDS.get(task, task.strip().capitalize()) if isinstance(task, str) and task.strip() else None
+    category = meta.get("category").strip() if isinstance(meta.get("category"), str) else None
+    if kind and category:
+        head = f"{kind}: {category}"
+    else:
+        head = kind or category or f"Task from {source or 'an unknown source'}"
+    document = next((meta[key].strip() for key in _DOCUMENT_KEYS
+                     if isinstance(meta.get(key), str) and meta[key].strip()), None)
+    head = _short(head, _TITLE_PART_MAX)
+    return f"{head} — {_short(document, _TITLE_PART_MAX)}" if document else head
 
 
 def question_and_excerpt(view: TaskView) -> tuple[str, str]:
@@ -204,14 +327,31 @@ class AnnotateApp:
         skipped = f" · {p.skipped} skipped" if p.skipped else ""
         return f"**{p.done} of {p.total} done**{skipped} · signed in as `{inert(user)}`"
 
+    def _shown_ranks(self, ranks: Sequence[int], texts: Sequence[str], form_token: str | None) -> tuple[str, str]:
+        """(ranks, answers) cells of a past submission, in the order its answers were shown ("A=1, B=3, C=2";
+        "A: New York law…"). Without a form token (an imported ranking) there is no shown order: each rank
+        is labelled by the start of its answer instead."""
+        n = len(ranks)
+        if not form_token or n != len(texts) or n > self.config.max_candidates:
+            cells = [f'"{_short(text, _ANSWER_START_CHARS)}"={rank}' for text, rank in zip(texts, ranks)]
+            return ", ".join(cells) or " ".join(map(str, ranks)), ""
+        order = _order_for(n, form_token, self.config.shuffle_candidates)
+        letters = _letters(n)
+        shown = [ranks[i] for i in order]
+        answers = " · ".join(f"{letter}: {_short(texts[i], _ANSWER_START_CHARS)}"
+                             for letter, i in zip(letters, order))
+        return lettered_ranks(shown, letters), answers
+
     def _my_rows(self, user: str) -> list[list[Any]]:
         rows = []
         for r in self.store.my_rankings(user, limit=50):
             submitted = r["submitted_at"].strftime("%Y-%m-%d %H:%M") if r["submitted_at"] else ""
             rationale = (r["rationale"] or "")
-            rows.append([r["prompt_id"], submitted, " ".join(map(str, r["ranks"])),
-                         "yes" if r["none_acceptable"] else "", ", ".join(r["flags"] or []),
-                         rationale[:200] + ("…" if len(rationale) > 200 else "")])
+            ranks, answers = self._shown_ranks(list(r["ranks"]), r["texts"], r["form_token"])
+            flags = ", ".join(FLAGS.get(flag, flag) for flag in r["flags"] or [])
+            rows.append([task_title(r["meta"] or {}, r["source"]), submitted, ranks, answers,
+                         "yes" if r["none_acceptable"] else "", flags,
+                         rationale[:200] + ("…" if len(rationale) > 200 else ""), r["prompt_id"]])
         return rows
 
     def _render(self, c: dict[str, Any], user: str | None, message: str = "") -> dict[Any, Any]:
@@ -225,11 +365,12 @@ class AnnotateApp:
             try:
                 view = self.store.next_task_for(user)
             except StoreError as err:
-                updates[c["message"]] = f"<span class='error'>{inert(str(err))}</span>"
+                updates[c["message"]] = _error(inert(str(err)))
         if view is not None and len(view.candidates) > n_max:
-            updates[c["message"]] = (f"<span class='error'>Task {inert(view.prompt_id)} has {len(view.candidates)} "
-                                     f"answers but this page shows at most {n_max}; ask an admin to raise "
-                                     "max_candidates. Skip it for now.</span>")
+            updates[c["message"]] = _error(f"Task {inert(view.prompt_id)} has {len(view.candidates)} answers but "
+                                           f"this page shows at most {n_max}; ask an admin to raise "
+                                           "max_candidates. Skip it for now.")
+        summary = c.get("summary")  # the live ranking summary, when the page has one
         if view is None:
             empty = "All done: no task is waiting for you. Thank you!" if user else "Not signed in."
             updates.update({
@@ -237,6 +378,8 @@ class AnnotateApp:
                 c["state"]: None, c["submit"]: gr.Button(interactive=False), c["skip"]: gr.Button(interactive=False),
                 c["none_acceptable"]: False, c["rationale"]: "", c["flags"]: [],
             })
+            if summary is not None:
+                updates[summary] = ""
             for i in range(n_max):
                 updates[c["columns"][i]] = gr.Column(visible=False)
                 updates[c["ranks"][i]] = gr.Radio(choices=[], value=None)
@@ -247,7 +390,9 @@ class AnnotateApp:
             letters = _letters(n)
             choices = [(str(r), r) for r in range(1, n + 1)]
             updates.update({
-                c["task_header"]: f"### Task `{inert(view.prompt_id)}`",
+                # the readable title first; the id stays as the reference to quote to an admin
+                c["task_header"]: (f"### {_md_text(task_title(view.meta, view.source))}\n\n"
+                                   f"Task `{inert(view.prompt_id)}`"),
                 c["question"]: f"**Question**\n\n{inert(question)}",
                 c["excerpt"]: gr.Textbox(value=excerpt, visible=bool(excerpt)),
                 c["state"]: Session(user, view.task_id, view.form_token,  # type: ignore[arg-type]
@@ -255,6 +400,8 @@ class AnnotateApp:
                 c["submit"]: gr.Button(interactive=True), c["skip"]: gr.Button(interactive=True),
                 c["none_acceptable"]: False, c["rationale"]: "", c["flags"]: [],
             })
+            if summary is not None:
+                updates[summary] = inert(ranking_summary([], n))
             for slot in range(n_max):
                 if slot < n:
                     candidate = view.candidates[order[slot]]
@@ -288,45 +435,57 @@ class AnnotateApp:
                   rationale: str, flags: list[str], request: Any) -> dict[Any, Any]:
         user = self._user(request)
         if not user:
-            return {c["message"]: "<span class='error'>Not signed in; reload the page and sign in.</span>"}
+            return {c["message"]: _error("Not signed in; reload the page and sign in.")}
         if state is None or state.user != user:
-            return self._render(c, user, "<span class='error'>Nothing was saved: the page was out of date, "
-                                         "so your current task was reloaded.</span>")
+            return self._render(c, user, _error("Nothing was saved: the page was out of date, so your current "
+                                                "task was reloaded."))
         shown = ranks[:len(state.slots)]
         letters = _letters(len(state.slots))
         if none_acceptable and all(r in (None, "") for r in shown):
             shown = [1] * len(state.slots)  # "none acceptable" without ranks: all tied, no preference
         missing = [letters[i] for i, r in enumerate(shown) if r in (None, "")]
         if missing:
-            return {c["message"]: f"<span class='error'>Not saved: give answer{'s' * (len(missing) > 1)} "
-                                  f"{', '.join(missing)} a rank (1 = best; equal ranks for ties).</span>"}
+            return {c["message"]: _error(f"Not saved: give answer{'s' * (len(missing) > 1)} "
+                                         f"{', '.join(missing)} a rank (1 = best; equal ranks for ties).")}
         try:
-            rank_map = {cid: int(r) for cid, r in zip(state.slots, shown)}
-            self.store.submit_ranking(user, state.task_id, rank_map, bool(none_acceptable), rationale,
-                                      list(flags or []), form_token=state.form_token)
+            values = [int(r) for r in shown]
         except (ValueError, TypeError):
-            return {c["message"]: "<span class='error'>Not saved: every rank must be a number.</span>"}
+            return {c["message"]: _error("Not saved: every rank must be a number.")}
+        # Checked here too so the message quotes the ranks as entered, by letter (the store sees candidate ids).
+        problem = _rank_problem(values, letters)
+        if problem:
+            return {c["message"]: _error(f"Not saved: {inert(problem)}")}
+        try:
+            self.store.submit_ranking(user, state.task_id, dict(zip(state.slots, values)), bool(none_acceptable),
+                                      rationale, list(flags or []), form_token=state.form_token)
         except SubmissionError as err:
-            text = f"<span class='error'>Not saved: {inert(_letter_ids(str(err), state))}</span>"
+            text = _error(f"Not saved: {inert(_letter_ids(str(err), state))}")
             current = self.store.next_task_for(user)
             if current is None or current.form_token != state.form_token:  # the form on screen is stale
                 return self._render(c, user, text + " Your current task was reloaded.")
             return {c["message"]: text}  # keep what was entered so it can be fixed
         except StoreError as err:
-            return {c["message"]: f"<span class='error'>Not saved: {inert(str(err))}</span>"}
+            return {c["message"]: _error(f"Not saved: {inert(str(err))}")}
         return self._render(c, user, "Saved. Here is your next task.")
 
     def on_skip(self, c: dict[str, Any], state: Session | None, request: Any) -> dict[Any, Any]:
         user = self._user(request)
         if not user:
-            return {c["message"]: "<span class='error'>Not signed in; reload the page and sign in.</span>"}
+            return {c["message"]: _error("Not signed in; reload the page and sign in.")}
         if state is None or state.user != user:
             return self._render(c, user)
         try:
             self.store.skip_task(user, state.task_id, form_token=state.form_token)
         except StoreError as err:
-            return {c["message"]: f"<span class='error'>Not skipped: {inert(str(err))}</span>"}
+            return {c["message"]: _error(f"Not skipped: {inert(str(err))}")}
         return self._render(c, user, "Skipped. Here is your next task.")
+
+    @staticmethod
+    def on_rank_input(state: Session | None, ranks: list[Any]) -> str:
+        """The live summary in the submit bar; it only echoes the page's own choices, so no store access."""
+        if state is None:
+            return ""
+        return inert(ranking_summary(ranks[:len(state.slots)], len(state.slots)))
 
     def admin_refresh(self, request: Any) -> tuple[list[list[Any]], str]:
         from lexalign.reward.agreement import rankings_agreement
@@ -365,7 +524,6 @@ class AnnotateApp:
                 with gr.Tab("Rank", id="rank"):
                     with gr.Accordion("Guidelines", open=False, elem_id="guidelines"):
                         gr.Markdown(self.guidelines)
-                    c["message"] = gr.Markdown("", elem_id="message")
                     c["task_header"] = gr.Markdown("", elem_id="task-header")
                     c["question"] = gr.Markdown("", elem_id="question")
                     c["excerpt"] = gr.Textbox(label="Contract excerpt", interactive=False, lines=4, max_lines=14,
@@ -382,16 +540,24 @@ class AnnotateApp:
                                                        elem_id="none-acceptable")
                     c["rationale"] = gr.Textbox(label="Rationale (optional, plain text)", lines=2, max_lines=8,
                                                 max_length=self.config.rationale_max_chars, elem_id="rationale",
-                                                placeholder="What decided your ranking? (Ctrl+Enter submits)")
+                                                placeholder="What decided your ranking? Enter starts a new line; "
+                                                            "Ctrl+Enter (Cmd+Enter) submits.")
                     c["flags"] = gr.CheckboxGroup(choices=[(label, key) for key, label in FLAGS.items()],
                                                   label="Flags", elem_id="flags")
-                    with gr.Row():
-                        c["submit"] = gr.Button("Submit ranking", variant="primary", interactive=False,
-                                                elem_id="submit-btn")
-                        c["skip"] = gr.Button("Skip this task", interactive=False, elem_id="skip-btn")
+                    # Stays at the bottom of the window (CSS), so the summary and every message are in view
+                    # wherever the annotator is on the page.
+                    with gr.Column(elem_id="submit-bar"):
+                        with gr.Row(equal_height=True):
+                            c["summary"] = gr.Markdown("", elem_id="ranking-summary")
+                            c["submit"] = gr.Button("Submit ranking", variant="primary", interactive=False,
+                                                    elem_id="submit-btn", scale=0, min_width=200)
+                            c["skip"] = gr.Button("Skip this task", interactive=False, elem_id="skip-btn",
+                                                  scale=0, min_width=170)
+                        c["message"] = gr.Markdown("", elem_id="message")
                 with gr.Tab("My submissions", id="mine"):
-                    c["mine"] = gr.Dataframe(headers=["task", "submitted (UTC)", "ranks", "none acceptable",
-                                                      "flags", "rationale"], interactive=False, elem_id="my-table")
+                    c["mine"] = gr.Dataframe(headers=["task", "submitted (UTC)", "ranks (as shown)", "answers",
+                                                      "none acceptable", "flags", "rationale", "task id"],
+                                             interactive=False, elem_id="my-table")
                 with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                     c["admin_tab"] = admin_tab
                     admin_refresh = gr.Button("Refresh", elem_id="admin-refresh")
@@ -406,7 +572,7 @@ class AnnotateApp:
 
             task_outputs = [c["message"], c["task_header"], c["question"], c["excerpt"], c["state"], c["submit"],
                             c["skip"], c["none_acceptable"], c["rationale"], c["flags"], c["progress"], c["mine"],
-                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"]]
+                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], c["summary"]]
             n_ranks = len(c["ranks"])
 
             def load(request: gr.Request) -> dict[Any, Any]:
@@ -420,6 +586,9 @@ class AnnotateApp:
             def skip(state: Any, request: gr.Request) -> dict[Any, Any]:
                 return self.on_skip(c, state, request)
 
+            def summarize(state: Any, *ranks: Any) -> str:
+                return self.on_rank_input(state, list(ranks))
+
             def refresh(request: gr.Request) -> tuple[list[list[Any]], str]:
                 return self.admin_refresh(request)
 
@@ -428,9 +597,13 @@ class AnnotateApp:
 
             demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented")
             submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], c["flags"]]
-            c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented")
-            c["rationale"].submit(submit, submit_inputs, task_outputs, api_name=False, api_visibility="private")
-            c["skip"].click(skip, [c["state"]], task_outputs, api_name="skip", api_visibility="undocumented")
+            # The rationale box has no submit event: Enter there only starts a new line (see SUBMIT_SHORTCUT_JS).
+            c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented"
+                              ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
+            c["skip"].click(skip, [c["state"]], task_outputs, api_name="skip", api_visibility="undocumented"
+                            ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
+            gr.on([rank.input for rank in c["ranks"]], summarize, [c["state"], *c["ranks"]], c["summary"],
+                  api_visibility="private", show_progress="hidden", trigger_mode="always_last")
             admin_refresh.click(refresh, None, [admin_table, admin_agreement], api_name="admin_refresh",
                                 api_visibility="undocumented")
             admin_export.click(export, None, [admin_export_text, admin_export_file], api_name="admin_export",
@@ -451,6 +624,15 @@ class AnnotateApp:
             "css": CSS, "js": SUBMIT_SHORTCUT_JS,
             "allowed_paths": [str(Path(self.config.export_dir).resolve())],
         }
+
+
+def _rank_problem(values: list[int], letters: Sequence[str]) -> str | None:
+    """Why these ranks (in the order shown) are not a complete weak ordering, quoting them by letter."""
+    try:
+        check_ranks(values, len(values))
+    except ValueError as err:
+        return str(err).replace(f"got {values}", f"got {lettered_ranks(values, letters)}")
+    return None
 
 
 def _letter_ids(message: str, state: Session) -> str:

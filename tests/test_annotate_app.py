@@ -1,5 +1,6 @@
 """The ranking app's handlers without a browser: config, server-side admin checks, submission handling,
-inert rendering. (The headless-Chromium tests are in test_annotate_browser.py.)"""
+inert rendering, task titles, the live ranking summary and "My submissions". (The headless-Chromium tests
+are in test_annotate_browser.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 from lexalign.config import ConfigError, load_config
-from lexalign.data.store import open_store
-from lexalign.reward.annotate import AnnotateApp, AnnotateConfig, Session, inert, question_and_excerpt
+from lexalign.data.store import FLAGS, open_store
+from lexalign.reward.annotate import (
+    AnnotateApp,
+    AnnotateConfig,
+    Session,
+    inert,
+    question_and_excerpt,
+    ranking_summary,
+    task_title,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 N_MAX = 4
@@ -18,7 +27,7 @@ N_MAX = 4
 
 def components() -> dict:
     names = ["message", "task_header", "question", "excerpt", "state", "submit", "skip", "none_acceptable",
-             "rationale", "flags", "progress", "mine", "admin_tab"]
+             "rationale", "flags", "progress", "mine", "admin_tab", "summary"]
     c: dict = {name: name for name in names}
     for group in ("columns", "titles", "answers", "ranks"):
         c[group] = [f"{group}{i}" for i in range(N_MAX)]
@@ -129,3 +138,124 @@ def test_inert_and_question_split() -> None:
     view = SimpleNamespace(meta={"question": "MQ", "excerpt": "ME"}, prompt="whatever")
     assert question_and_excerpt(view) == ("MQ", "ME")
     assert question_and_excerpt(SimpleNamespace(meta={}, prompt="Just a request")) == ("Just a request", "")
+
+
+def _letters_to_texts(app, state: Session) -> dict[str, str]:
+    """Letter on screen -> answer text, for the task in ``state``."""
+    (view,) = [t for t in [app.store.next_task_for(state.user)] if t is not None]
+    text_of = {cand.id: cand.text for cand in view.candidates}
+    return {"ABCDEF"[slot]: text_of[cid] for slot, cid in enumerate(state.slots)}
+
+
+def test_rank_errors_quote_the_ranks_by_letter_as_entered(app) -> None:
+    c = components()
+    app.store.add_task("t4", "Which law governs?", ["New York.", "Delaware.", "Texas.", "Not present."], k=1)
+    state = app.on_load(c, req("alice"))["state"]
+    app.on_skip(c, state, req("alice"))  # t1 -> the four-answer task
+    state = app.on_load(c, req("alice"))["state"]
+    assert len(state.slots) == 4
+    msg = app.on_submit(c, state, [1, 4, 3, 3], False, "", [], req("alice"))["message"]
+    # in the order on screen, whatever the order of the candidate ids in the store
+    assert "got A=1, B=4, C=3, D=3" in msg and "missing rank 2" in msg and "[" not in msg.split("got")[1]
+    msg = app.on_submit(c, state, [0, 1, 2, 3], False, "", [], req("alice"))["message"]
+    assert "got A=0, B=1, C=2, D=3" in msg and app.store.counts()["rankings"] == 0
+
+
+def test_my_submissions_show_ranks_in_the_order_shown_and_readable_flags(app) -> None:
+    from lexalign.data.schemas import RankingRecord
+
+    c = components()
+    state = app.on_load(c, req("alice"))["state"]
+    letters = _letters_to_texts(app, state)
+    app.on_submit(c, state, [1, 2, 2, None], False, "fine", ["invented_clause", "wrong_law"], req("alice"))
+    (row,) = app._my_rows("alice")
+    title, _, ranks, answers, none_acceptable, flags, rationale, prompt_id = row
+    assert ranks == "A=1, B=2, C=2" and prompt_id == "t1" and rationale == "fine" and none_acceptable == ""
+    for letter, text in letters.items():  # each letter names the answer that had it on screen
+        assert f"{letter}: {text[:20]}" in answers
+    assert flags == f"{FLAGS['invented_clause']}, {FLAGS['wrong_law']}" and "_" not in flags
+    assert title == "Task from app"
+    # a ranking that never went through the app has no shown order: each rank is labelled by its answer
+    app.store.import_rankings([RankingRecord(prompt_id="imp-1", prompt="Which law governs?",
+                                             responses=["Delaware law governs this agreement entirely.", "No."],
+                                             ranks=[2, 1], annotator="alice",
+                                             meta={"task": "normalize", "category": "Governing Law"})], "import")
+    imported = app._my_rows("alice")[0]
+    assert imported[0] == "Normalized answer: Governing Law"
+    assert imported[2] == '"Delaware law governs this agree…"=2, "No."=1' and imported[3] == ""
+    # the rendered table holds the same rows
+    assert app.on_load(c, req("alice"))["mine"] == app._my_rows("alice")
+
+
+def test_task_titles_are_readable(app) -> None:
+    c = components()
+    meta = {"task": "extract", "category": "Governing Law", "doc_id": "ACME_Supply*Agreement.pdf",
+            "question": "Find the Governing Law clause.", "excerpt": "Governed by New York law."}
+    app.store.add_task("tiny-sft/4de907fa80322c02", "Q", ["New York.", "Not present."], meta, k=1,
+                       source="candidates")
+    state = app.on_load(c, req("alice"))["state"]
+    app.on_skip(c, state, req("alice"))
+    header = app.on_load(c, req("alice"))["task_header"]
+    title_line, reference = header.split("\n\n")
+    assert title_line == r"### Clause extraction: Governing Law — ACME\_Supply\*Agreement.pdf"
+    assert reference == "Task `tiny-sft/4de907fa80322c02`"  # the id stays, below, to quote to an admin
+    assert task_title({"task": "presence", "category": "Non-Compete"}, "app") == "Clause presence: Non-Compete"
+    assert task_title({"task": "unfair", "doc_id": "Acme Social"}, "candidates") == "Unfair-terms check — Acme Social"
+    assert task_title({"category": "Governing Law", "contract": "MSA"}, "acord") == "Governing Law — MSA"
+    assert task_title({"task": "summarize"}, "app") == "Summarize"
+    assert task_title({"doc": 3}, "candidates") == "Task from candidates"  # nothing readable in meta: the source
+    assert task_title({}, "") == "Task from an unknown source"
+    long = task_title({"task": "extract", "category": "x" * 300}, "app")
+    assert len(long) <= 80 and long.endswith("…")
+    # markup in meta stays text
+    app.store.add_task("evil", "Q", ["a", "b"], {"category": "<img src=x onerror=alert(1)>"}, k=1)
+    app.on_skip(c, app.on_load(c, req("root"))["state"], req("root"))  # t1, then (tiny-sft is taken) evil
+    header = app.on_load(c, req("root"))["task_header"]
+    assert header.startswith("### &lt;img src=x onerror=alert(1)&gt;") and "<" not in header
+
+
+def test_ranking_summary_orders_ties_and_names_unranked_answers(app) -> None:
+    assert ranking_summary([1, 4, 2, 2], 4) == "Ranking: A > C = D > B"
+    assert ranking_summary([2, 1, 1], 3) == "Ranking: B = C > A"
+    assert ranking_summary([1, None, "", 2], 4) == "Ranking: A > D · not ranked yet: B, C"
+    assert ranking_summary([None, None], 2) == "Ranking: no answer ranked yet (1 = best)."
+    assert ranking_summary([1, 3, 3], 3) == "Ranking: A > B = C"  # a gap is the submit check's business
+    assert ranking_summary([1], 3) == "Ranking: A · not ranked yet: B, C"  # fewer values than answers
+    assert ranking_summary([1, 2, 3, 1, 1, 1], 3) == "Ranking: A > B > C"  # hidden columns are ignored
+    c = components()
+    updates = app.on_load(c, req("alice"))
+    state = updates["state"]
+    assert updates["summary"] == "Ranking: no answer ranked yet (1 = best)."  # a new task starts empty
+    assert app.on_rank_input(state, [2, 1, None, None]) == "Ranking: B &gt; A · not ranked yet: C"
+    assert app.on_rank_input(None, [1, 2, 3, None]) == ""
+
+
+def test_layout_rationale_never_submits_and_buttons_have_text_labels(app) -> None:
+    import unicodedata
+
+    import gradio as gr
+
+    from lexalign.reward import annotate
+
+    demo = app.build()
+    blocks = demo.blocks.values()
+    rationale = next(b for b in blocks if getattr(b, "elem_id", None) == "rationale")
+    events = {(target, name) for fn in demo.fns.values() for target, name in fn.targets}
+    assert (rationale._id, "submit") not in events  # Enter / Shift+Enter in the rationale submit nothing
+    assert "Ctrl+Enter" in rationale.placeholder and "new line" in rationale.placeholder
+    assert "'keypress'" in annotate.SUBMIT_SHORTCUT_JS and "stopImmediatePropagation" in annotate.SUBMIT_SHORTCUT_JS
+    buttons = [b for b in blocks if isinstance(b, gr.Button)]
+    assert {b.elem_id for b in buttons} >= {"submit-btn", "skip-btn", "admin-refresh", "admin-export"}
+    for button in buttons:  # Debian's Chromium has no emoji font: labels are words
+        label = str(button.value)
+        assert any(ch.isalpha() for ch in label), label
+        assert not [ch for ch in label if unicodedata.category(ch) == "So" or ord(ch) >= 0x1F000], label
+    # the message lives in the submit bar, next to Submit and Skip
+    bar = next(b for b in blocks if getattr(b, "elem_id", None) == "submit-bar")
+    inside: set[str] = set()
+    stack = list(bar.children)
+    while stack:
+        child = stack.pop()
+        inside.add(getattr(child, "elem_id", None))
+        stack.extend(getattr(child, "children", []))
+    assert {"message", "submit-btn", "skip-btn", "ranking-summary"} <= inside

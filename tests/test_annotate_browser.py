@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"alice": ("alice-password", "annotator"), "bob": ("bob-password", "annotator"),
-         "root": ("root-password", "admin")}
+         "root": ("root-password", "admin"), "carol": ("carol-password", "annotator"),
+         "dave": ("dave-password", "annotator")}
 GOOD = "**New York** law governs this agreement."
 XSS_SCRIPT = "<script>window.__xss = 1</script>Delaware law governs."
 XSS_IMG = '<img src=x onerror="window.__xss = 2"> Not present.'
@@ -46,11 +47,12 @@ def server(tmp_path_factory):
     with open_store(url) as store:
         for name, (password, role) in USERS.items():
             store.add_annotator(name, password, role)
-        for i in range(4):
+        for i in range(6):
             prompt = [{"role": "system", "content": "You review contracts."},
                       {"role": "user", "content": f"Find the Governing Law clause.\n\nExcerpt:\n"
                                                   f"{i}. This Agreement is governed by the laws of New York."}]
-            store.add_task(f"gl-{i}", prompt, [GOOD, XSS_SCRIPT, XSS_IMG], {"doc": i}, k=2)
+            meta = {"doc": i, "task": "extract", "category": "Governing Law", "doc_id": f"Supply Agreement {i}"}
+            store.add_task(f"gl-{i}", prompt, [GOOD, XSS_SCRIPT, XSS_IMG], meta, k=2)
     proc, base = start_annotate(root, url)
     yield SimpleNamespace(url=base, store_url=url, root=root)
     stop_app(proc)
@@ -62,8 +64,8 @@ def browser():
         yield b
 
 
-def login(browser, server, user: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+def login(browser, server, user: str, viewport: tuple[int, int] = (1400, 1100)):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
     page.goto(server.url)
     page.get_by_label("username").fill(user)
@@ -121,6 +123,8 @@ def stored_rankings(server) -> list[dict]:
 def test_login_rank_submit_stores_the_row_and_model_text_stays_inert(browser, server) -> None:
     page = login(browser, server, "alice")
     assert page.evaluate("window.__xss") is None  # neither the <script> nor the onerror handler ran
+    header = page.locator("#task-header").inner_text()
+    assert header.startswith("Clause extraction: Governing Law — Supply Agreement") and "Task gl-" in header
     answers = shown_answers(page)
     assert len(answers) == 3
     assert any("<script>window.__xss = 1</script>" in a for a in answers)  # shown as text
@@ -142,7 +146,10 @@ def test_login_rank_submit_stores_the_row_and_model_text_stays_inert(browser, se
     assert dict(zip(row["texts"], row["ranks"])) == wanted
     assert row["rationale"] == ALICE_RATIONALE and row["flags"] == ["wrong_law"]
     page.get_by_role("tab", name="My submissions").click()
-    assert ALICE_RATIONALE in wait_text(page.locator("#my-table"), row["prompt_id"])
+    table = wait_text(page.locator("#my-table"), row["prompt_id"])
+    assert ALICE_RATIONALE in table and "wrong law or jurisdiction" in table and "wrong_law" not in table
+    assert "A=" in table and "Clause extraction: Governing Law" in table
+    assert page.evaluate("window.__xss") is None and page.locator("#my-table script, #my-table img").count() == 0
     page.context.close()
 
 
@@ -218,6 +225,82 @@ def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
     with open_store(server.store_url) as store:
         assert store.audit_events("export")[0]["actor"] == "root"
         assert {"login", "submission"} <= {e["action"] for e in store.audit_events()}
+    page.context.close()
+
+
+def in_view(page, selector: str) -> bool:
+    """The element is rendered and wholly inside the window."""
+    return page.evaluate("""(selector) => {
+        const element = document.querySelector(selector);
+        if (!element) return false;
+        const box = element.getBoundingClientRect();
+        return box.height > 0 && box.top >= 0 && box.bottom <= window.innerHeight;
+    }""", selector)
+
+
+def rank_all(page, n: int = 3) -> None:
+    for slot in range(n):
+        pick(page, slot, 1 if slot == 0 else 2)
+
+
+def test_enter_in_the_rationale_adds_lines_and_never_submits(browser, server) -> None:
+    page = login(browser, server, "dave")
+    before = len(stored_rankings(server))
+    rank_all(page)  # a complete ranking: a stray submit would be stored
+    box = page.locator("#rationale textarea")
+    assert "Ctrl+Enter" in box.get_attribute("placeholder")
+    box.click()
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    page.keyboard.press("Enter")
+    page.keyboard.type("third")
+    time.sleep(2)  # time for a submission to come back, had one been sent
+    assert box.input_value() == "first line\nsecond line\nthird"
+    assert len(stored_rankings(server)) == before and "Saved" not in page.locator("#message").inner_text()
+    box.press("Control+Enter")  # what the placeholder says submits
+    message(page, "Saved")
+    (row,) = [r for r in stored_rankings(server) if r["annotator"] == "dave"]
+    assert row["rationale"] == "first line\nsecond line\nthird"
+    page.context.close()
+
+
+def test_summary_messages_in_view_and_scroll_to_the_next_task(browser, server) -> None:
+    page = login(browser, server, "carol", viewport=(1000, 560))  # short: the page scrolls
+    assert page.locator("#submit-btn").inner_text().strip() == "Submit ranking"  # text labels, no emoji
+    assert page.locator("#skip-btn").inner_text().strip() == "Skip this task"
+    summary = page.locator("#ranking-summary")
+    wait_text(summary, "no answer ranked yet")
+    pick(page, 1, 1)
+    wait_text(summary, "Ranking: B · not ranked yet: A, C")
+    pick(page, 0, 2)
+    pick(page, 2, 2)
+    wait_text(summary, "Ranking: B > A = C")
+    pick(page, 2, 3)  # 2, 1, 3
+    wait_text(summary, "Ranking: B > A > C")
+    # An incomplete ranking, submitted from the bottom of the page: the refusal shows next to the button.
+    page.reload()  # the same task, with no rank chosen
+    page.locator("#progress").get_by_text("done").wait_for(timeout=30_000)
+    pick(page, 0, 1)
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    assert page.evaluate("window.scrollY") > 0
+    page.locator("#submit-btn").click()
+    message(page, "Not saved")
+    assert in_view(page, "#message .error") and in_view(page, "#submit-btn")
+    assert page.evaluate("window.scrollY") > 0  # a refusal keeps the place on the page
+    # Complete it from the top of the page: the bar, with its message and buttons, is still in view.
+    page.evaluate("window.scrollTo(0, 0)")
+    assert in_view(page, "#submit-btn") and in_view(page, "#message")
+    pick(page, 1, 2)
+    pick(page, 2, 2)
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    assert page.evaluate("window.scrollY") > 0
+    page.locator("#submit-btn").click()
+    message(page, "Saved")
+    page.wait_for_function("window.scrollY === 0", timeout=10_000)  # the next task is read from its top
+    assert in_view(page, "#message") and in_view(page, "#task-header")
+    wait_text(summary, "no answer ranked yet")  # the new task starts with an empty summary
+    assert len([r for r in stored_rankings(server) if r["annotator"] == "carol"]) == 1
     page.context.close()
 
 

@@ -1,5 +1,6 @@
 """PII redaction (data/redact.py): every type found and replaced, legal text left alone, the rate of findings
-on shipped contract text, hypothesis-planted PII, the data-build hook and the chat-feedback export hook."""
+on shipped contract text, hypothesis-planted PII, the data-build hook and the chat-feedback export hook, and
+recall on hand-written PII placed where the rules do not specifically look (tests/data/pii_recall*.jsonl)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,6 +37,7 @@ PLANTED = [
     ("address", "1600 Pennsylvania Avenue NW, Washington, DC 20500", "Notices go to {}."),
     ("address", "235 East 42nd Street, Suite 400, New York, NY 10017", "Buyer's office is at {}."),
     ("address", "P.O. Box 1234, Austin, TX 78701", "Mail payments to {}."),
+    ("dob", "14 March 1987", "The Employee (born {}) joins the pension plan."),
     ("person", "John Q. Smith", "This letter was signed by Mr. {} on behalf of the Seller."),
     ("person", "Emily Watson-Brown", "Attention: {}\nFacsimile: none"),
     ("person", "Robert O'Neil", "By: /s/ {}\nTitle: Chief Executive Officer"),
@@ -169,6 +172,8 @@ FIRST = ["John", "Maria", "Wei", "Fatima", "Olivia", "Kwame", "Anne-Marie", "Lia
 LAST = ["Smith", "Garcia", "Chen", "Okafor", "Novak", "McKenzie", "O'Brien", "Lindqvist", "Haddad", "Tanaka"]
 STREETS = ["Main", "Oak", "Market", "Lexington", "Von Karman", "Peachtree", "Elm"]
 SUFFIXES = ["Street", "Avenue", "Road", "Blvd.", "Drive", "Lane", "Parkway"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
 FILLER = [
     "The Supplier shall deliver the Products within thirty (30) days of each Purchase Order.",
     "This Agreement is governed by the laws of the State of New York.",
@@ -220,6 +225,10 @@ def pii(draw) -> tuple[str, str]:
         value = " ".join(compact[i:i + 4] for i in range(0, len(compact), 4)) if draw(st.booleans()) else compact
     elif kind == "account":
         value = "".join(str(draw(st.integers(0, 9))) for _ in range(draw(st.integers(8, 14))))
+    elif kind == "dob":
+        day, month, year = draw(st.integers(1, 28)), draw(st.integers(1, 12)), draw(st.integers(1930, 2010))
+        value = draw(st.sampled_from([f"{month:02d}/{day:02d}/{year}", f"{year}-{month:02d}-{day:02d}",
+                                      f"{day} {MONTHS[month - 1]} {year}", f"{MONTHS[month - 1]} {day}, {year}"]))
     elif kind == "address":
         value = (f"{draw(st.integers(1, 99999))} {draw(st.sampled_from(STREETS))} {draw(st.sampled_from(SUFFIXES))}"
                  + draw(st.sampled_from(["", ", Suite 200", ", Springfield, IL 62701", ", Austin, Texas 78701"])))
@@ -228,7 +237,7 @@ def pii(draw) -> tuple[str, str]:
     return kind, value
 
 
-CONTEXT = {"account": "account no. {}", "person": "Mr. {}", "ssn": "SSN {}", "ein": "EIN {}"}
+CONTEXT = {"account": "account no. {}", "person": "Mr. {}", "ssn": "SSN {}", "ein": "EIN {}", "dob": "date of birth: {}"}
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -361,3 +370,96 @@ def test_names_without_context_are_a_documented_limit(redactor) -> None:
     record = {"prompt": "Employee Maria Garcia agrees to the terms.", "response": "Ask Ms. Maria Garcia first."}
     redacted, counts = redactor.redact_record(record)
     assert "Maria Garcia" not in json.dumps(redacted) and counts["person"] == 2  # found once, removed everywhere
+
+
+# --------------------------------------------------------------------------- recall on PII the rules do not look for
+
+# pii_recall.jsonl was written first and the rules of data/redact.py were then extended with it in view, so its
+# "after" figures flatter the rules; pii_recall_fresh.jsonl was written after that change and not used to tune
+# anything: its figures are the fairer estimate (not an independent one: it was written knowing the rules).
+# Both hold negatives (legal text with no personal data).
+RECALL_SET = Path(__file__).resolve().parent / "data" / "pii_recall.jsonl"
+FRESH_SET = RECALL_SET.with_name("pii_recall_fresh.jsonl")
+RECALL_CATEGORIES = ("name", "address", "phone", "email", "number", "dob")
+
+
+def _covered(text: str, value: str, spans: list[tuple[int, int]]) -> tuple[bool, bool]:
+    """(fully, partly) redacted: every / some non-space character of each occurrence of value lies in a finding.
+
+    Counting a value only when all of it is covered keeps a half-redacted address ("[ADDRESS], London W2 4BH")
+    from passing as found."""
+    fully, partly, start = True, False, text.find(value)
+    while start >= 0:
+        chars = [i for i in range(start, start + len(value)) if not text[i].isspace()]
+        inside = [any(a <= i < b for a, b in spans) for i in chars]
+        fully, partly = fully and all(inside), partly or any(inside)
+        start = text.find(value, start + 1)
+    return fully, partly
+
+
+def measure_recall(redactor: Redactor, path: Path = RECALL_SET) -> dict[str, Any]:
+    """Per category: PII values, fully and partly redacted; on the negatives: findings and lines touched; on all
+    lines: the values marked ``keep`` (company names next to PII) that were redacted anyway."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    stats: dict[str, Counter] = {c: Counter() for c in (*RECALL_CATEGORIES, "negative")}
+    missed: list[tuple[str, str]] = []
+    wrong: list[str] = []
+    for row in rows:
+        text, counts = row["text"], stats[row["category"]]
+        spans = [(f.start, f.end) for f in redactor.find(text)]
+        counts["lines"] += 1
+        for value in row["pii"]:
+            fully, partly = _covered(text, value, spans)
+            counts["values"] += 1
+            counts["found"] += fully
+            counts["partly"] += partly and not fully
+            if not fully:
+                missed.append((row["category"], value))
+        if row["category"] == "negative":
+            counts["findings"] += len(spans)
+            counts["touched"] += bool(spans)
+            wrong += [text[a:b] for a, b in spans]
+        kept_wrongly = [v for v in row.get("keep", []) if _covered(text, v, spans)[1]]
+        counts["keep_redacted"] += len(kept_wrongly)
+        wrong += kept_wrongly
+    total = Counter()
+    for c in RECALL_CATEGORIES:
+        total.update(stats[c])
+    return {"stats": stats, "total": total, "missed": missed, "wrong": wrong}
+
+
+def recall_table(measured: dict[str, Any]) -> str:
+    stats, total = measured["stats"], measured["total"]
+    lines = ["| category | lines | PII values | fully redacted | partly | recall |", "|---|---|---|---|---|---|"]
+    for name, c in [*((c, stats[c]) for c in RECALL_CATEGORIES), ("all", total)]:
+        lines.append(f"| {name} | {c['lines']} | {c['values']} | {c['found']} | {c['partly']} | "
+                     f"{c['found'] / c['values']:.0%} |")
+    neg = stats["negative"]
+    lines.append(f"\nnegatives: {neg['lines']} lines, {neg['findings']} findings (false positives) on "
+                 f"{neg['touched']} lines; company names next to PII redacted: "
+                 f"{sum(s['keep_redacted'] for s in stats.values())}")
+    return "\n".join(lines)
+
+
+# Floors: the measured recall (docs/reliability.md) rounded down to 0.05, so a rule change that loses PII fails.
+RECALL_FLOORS = {
+    RECALL_SET: {"name": 0.40, "address": 0.90, "phone": 0.85, "email": 0.85, "number": 0.70, "dob": 0.80, "all": 0.75},
+    FRESH_SET: {"name": 0.35, "address": 0.75, "phone": 0.80, "email": 0.65, "number": 0.75, "dob": 0.30, "all": 0.60},
+}
+
+
+@pytest.mark.parametrize("path", [RECALL_SET, FRESH_SET], ids=["tuned-on", "fresh"])
+def test_recall_on_pii_outside_the_rules_contexts(redactor, path: Path) -> None:
+    """Hand-written contract and chat lines whose PII sits where no rule specifically looks (names without a
+    title, addresses in prose, disguised e-mails, unlabelled numbers, dates of birth), and legal text that must
+    stay untouched. Prints the recall table; the planted-PII tests above only show the rules find what they
+    were written for."""
+    measured = measure_recall(redactor, path)
+    print(f"\nPII recall on {path.relative_to(REPO)}:\n{recall_table(measured)}")
+    print("missed: " + "; ".join(f"{c}: {v!r}" for c, v in measured["missed"]))
+    stats, total, floors = measured["stats"], measured["total"], RECALL_FLOORS[path]
+    for category in RECALL_CATEGORIES:
+        assert stats[category]["found"] / stats[category]["values"] >= floors[category], category
+    assert total["found"] / total["values"] >= floors["all"]
+    assert not measured["wrong"], f"redacted but not personal data: {measured['wrong']}"
+    assert stats["negative"]["findings"] == 0 and sum(s["keep_redacted"] for s in stats.values()) == 0
