@@ -223,17 +223,20 @@ def test_inactive_algorithm_sections_are_ignored() -> None:
     assert config.run_dir == Path("runs/tiny/rloo") and config.training is config.rloo
 
 
-def labelled_chat(path: Path, n: int) -> Path:
-    """Extraction records with CUAD-style labels (half the clauses absent) and one record without a label."""
+def labelled_chat(path: Path, n: int, task: str = "extract") -> Path:
+    """Records with CUAD-style labels (half the clauses absent) and one record without a label: extraction labels,
+    or normalisation labels (the answer's text; token F1 gives partial credit, so even the tiny model's answers
+    differ in reward)."""
     from test_reward_support import chat_records
 
     rows = []
     for i, record in enumerate(chat_records(n, seed=3)):
         answer = record["messages"][-1]["content"]
         present = answer != "Not present."
-        rows.append({**record, "meta": {"task": "extract", "source": "cuad", "category": "Governing Law",
-                                        "doc_id": f"doc-{i}", "present": present,
-                                        "answers": [answer.strip('"')] if present else []}})
+        label = ({"present": present, "answers": [answer.strip('"')] if present else []} if task == "extract"
+                 else {"normalized": answer.strip('"')})
+        rows.append({**record, "meta": {"task": task, "source": "cuad", "category": "Governing Law",
+                                        "doc_id": f"doc-{i}", **label}})
     rows.append(chat_records(1, seed=4)[0])                               # no label: left out
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -254,14 +257,16 @@ def test_gold_reward_scores_answers_with_the_task_metric() -> None:
 
 
 def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:
-    prompts = labelled_chat(tmp_path / "labelled.jsonl", 24)
+    prompts = labelled_chat(tmp_path / "labelled.jsonl", 24, task="normalize")
     run = train_online(online_config(align_sft_run, Path(""), prompts, tmp_path, "algorithm=grpo", "reward=gold",
                                      "reward_run=", "eval.num_prompts=0"))
     results = read_manifest(run)["results"]
-    assert results["reward"].startswith("the prompts' gold labels") and results["prompts"] == 24
-    assert results["prompts_left_out"]["no_label"] == 1
+    left_out = results["prompts_left_out"]
+    assert results["reward"].startswith("the prompts' gold labels") and left_out["no_label"] == 1
+    assert results["prompts"] + left_out["duplicate"] + left_out["too_long"] == 24 and results["prompts"] >= 16
     metrics = [m for m in read_metrics(run) if "rewards/gold_label/mean" in m]
-    assert len(metrics) == 4 and all(-1.0 <= m["rewards/gold_label/mean"] <= 1.0 for m in metrics)
+    assert len(metrics) == 4 and all(0.0 <= m["rewards/gold_label/mean"] <= 1.0 for m in metrics)
+    assert any(m["rewards/gold_label/std"] > 0 for m in metrics), metrics   # the labels tell answers apart
     assert adapter_changed(run, align_sft_run) >= 1
     assert "reward_model" not in read_manifest(run)["inputs"]
 
