@@ -185,8 +185,9 @@ class GoldRewardFunction:
 
 def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = None, max_prompt_tokens: int = 0
                      ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total``, those that
-    fit ``max_prompt_tokens``) and the counts of what was left out and why. A label that cannot be read is a
+    """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total`` among those
+    that fit ``max_prompt_tokens``; ``too_long`` counts the drawn ones that did not) and the counts of what was
+    left out and why. A label that cannot be read is a
     DataError naming file:line; test-split documents are never used."""
     import random
 
@@ -219,14 +220,20 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
                 skipped["duplicate"] += 1
                 continue
             seen.add(key)
-            if tokenizer is not None and len(prompt_ids(tokenizer, messages)) > max_prompt_tokens:
-                skipped["too_long"] += 1
-                continue
             rows.append({"prompt": messages, "task": task, "gold": json.dumps(gold)})
     if problems:
         raise DataError("labels the scorer cannot read:\n" + "\n".join(f"  {p}" for p in problems[:50]), problems)
     random.Random(seed).shuffle(rows)
-    return rows[:total], skipped
+    # Tokenise in the drawn order and stop at ``total``: the draw needs the lengths of its own prompts only.
+    chosen = []
+    for row in rows:
+        if len(chosen) >= total:
+            break
+        if tokenizer is not None and len(prompt_ids(tokenizer, row["prompt"])) > max_prompt_tokens:
+            skipped["too_long"] += 1
+            continue
+        chosen.append(row)
+    return chosen, skipped
 
 
 # --------------------------------------------------------------------------- stage
