@@ -222,7 +222,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     from lexalign.pipeline import run_pipeline
     from lexalign.report import build_report
 
-    root = run_pipeline(args.config, args.overrides, start_from=args.start_from)
+    only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
+    root = run_pipeline(args.config, args.overrides, start_from=args.start_from, only=only,
+                        step_overrides=args.step_overrides)
     report = build_report(root)
     print(f"pipeline runs: {root}\nreport: {report / 'report.md'} ({report / 'report.html'})")
 
@@ -412,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="run the whole chain (data to report); unchanged stages are skipped")
     pipeline.add_argument("--from", dest="start_from", default=None, metavar="STEP",
                           help="re-run this step and every step after it")
+    pipeline.add_argument("--steps", default=None, metavar="A,B,...",
+                          help="run only these steps (in the config's order); the others are left as they are")
+    pipeline.add_argument("--set", dest="step_overrides", action="append", default=[], metavar="STEP:key=value",
+                          help="one more override for one step, e.g. --set sft:training.max_steps=2 (repeatable)")
     _add_config_args(pipeline, "configs/pipeline/tiny.yaml")
     pipeline.set_defaults(handler=_pipeline)
 

@@ -10,6 +10,11 @@ the command line, of the config file's text, and of every input (files or upstre
 upstream stage that ran again changes its directory's hash, so everything downstream runs again).
 ``--from STEP`` re-runs that step and all after it. A failing step stops the chain, naming the step, its
 exit code and the end of its log. State lives in ``<run>/pipeline.json``.
+
+A short form of the same chain (what the tests run, and a quick check of a changed config):
+``--steps data,base,sft`` runs only those steps, in the config's order, and ``--set sft:training.max_steps=2``
+appends an override to one step's command line (it wins over the step's own overrides; it is part of the
+fingerprint, so a shortened run is never taken for the full one).
 """
 
 from __future__ import annotations
@@ -138,11 +143,39 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
-def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str | None = None) -> Path:
+def apply_step_overrides(config: PipelineConfig, step_overrides: list[str]) -> None:
+    """``STEP:key=value`` -> appended to that step's overrides (after its own, so it wins)."""
+    steps = {s.id: s for s in config.steps}
+    for item in step_overrides:
+        step_id, colon, override = item.partition(":")
+        if not colon or "=" not in override:
+            raise LexalignError(f"--set {item}: expected STEP:key=value, e.g. sft:training.max_steps=2")
+        if step_id not in steps:
+            raise LexalignError(f"--set {item}: no step '{step_id}'; the steps are: {', '.join(steps)}")
+        steps[step_id].overrides.append(override)
+
+
+def selected_steps(config: PipelineConfig, only: list[str] | None) -> list[StepSection]:
+    """The steps to run, in the config's order: all of them, or those named by ``--steps``."""
+    if not only:
+        return list(config.steps)
+    ids = [s.id for s in config.steps]
+    unknown = [step_id for step_id in only if step_id not in ids]
+    if unknown:
+        raise LexalignError(f"--steps: no step {', '.join(unknown)}; the steps are: {', '.join(ids)}")
+    return [s for s in config.steps if s.id in only]
+
+
+def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str | None = None,
+                 only: list[str] | None = None, step_overrides: list[str] | None = None) -> Path:
     config = load_config(PipelineConfig, config_path, overrides)
     ids = [s.id for s in config.steps]
     if start_from and start_from not in ids:
         raise LexalignError(f"--from {start_from}: no such step; the steps are: {', '.join(ids)}")
+    apply_step_overrides(config, step_overrides or [])
+    steps = selected_steps(config, only)
+    if start_from and start_from not in [s.id for s in steps]:
+        raise LexalignError(f"--from {start_from}: not among --steps {', '.join(s.id for s in steps)}")
     root = config.run_root
     (root / "logs").mkdir(parents=True, exist_ok=True)
     state_path = root / "pipeline.json"
@@ -150,9 +183,9 @@ def run_pipeline(config_path: str | Path, overrides: list[str], start_from: str 
     state.update({"config": str(config_path), "name": config.name})
     forced = False
     started = time.time()
-    for number, step in enumerate(config.steps, 1):
+    for number, step in enumerate(steps, 1):
         forced = forced or step.id == start_from
-        label = f"[{number}/{len(config.steps)}] {step.id}"
+        label = f"[{number}/{len(steps)}] {step.id}"
         current = fingerprint(step, config)
         previous = state["steps"].get(step.id, {})
         if not forced and output_done(step, config) and previous.get("fingerprint") == current:

@@ -337,6 +337,41 @@ def check_shared_engine(targets: list[ServeTarget]) -> None:
         raise ServeError(f"several adapters would be served as {', '.join(repeated)}; give each run once")
 
 
+# What vLLM builds its network from: two model folders that agree on these serve one after the other on one engine
+# (weights reloaded in place, ``check_weight_swap``).
+NETWORK_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
+                "tie_word_embeddings", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_weight_swap(targets: list[ServeTarget]) -> None:
+    """Several full models (merged exports, the base) go on one engine, one after the other, only when vLLM would
+    build the same network, tokenizer and chat template for each (their weights are then reloaded in place);
+    ServeError naming both models and what differs otherwise."""
+    def network(target: ServeTarget) -> dict[str, Any]:
+        config = _read_json(target.base_model / "config.json")
+        return {key: config.get(key) for key in NETWORK_KEYS}
+
+    def text(path: Path | None) -> str | None:
+        return path.read_text(encoding="utf-8").strip() if path is not None and path.is_file() else None
+
+    first = targets[0]
+    for other in targets[1:]:
+        if other.adapter is not None or first.adapter is not None:
+            raise ServeError(f"{first.source} and {other.source}: an adapter and a model on another base; one server "
+                             "serves one base: give them in separate calls")
+        differs = [key for key in NETWORK_KEYS if network(first)[key] != network(other)[key]]
+        differs += [name for name in TOKENIZER_FILES
+                    if text(first.base_model / name) != text(other.base_model / name)]
+        if text(first.chat_template) != text(other.chat_template):
+            differs.append("chat template")
+        if differs:
+            raise ServeError(f"{first.source} and {other.source} are different models ({first.base_model} and "
+                             f"{other.base_model} differ in {', '.join(differs)}); one server serves one network: "
+                             "give them in separate calls")
+
+
 # =========================================================================== the engine
 
 

@@ -35,7 +35,8 @@ def dpo_run(align_sft_run: Path, align_pairs, align_reward_run: Path,
                                 "eval.num_prompts=6", "eval.max_new_tokens=16", f"eval.prompts=[{align_pairs[1]}]"))
 
 
-def test_dpo_raises_the_held_out_margin(dpo_run: Path) -> None:
+def test_dpo_raises_the_held_out_margin(dpo_run: Path, align_sft_run: Path) -> None:
+    assert read_manifest(align_sft_run)["results"]["mode"] == "qlora"  # the default path: a QLoRA SFT adapter
     results = read_manifest(dpo_run)["results"]
     assert results["initial_eval_rewards_margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at start
     assert results["eval_rewards_margins"] > 0.5, results

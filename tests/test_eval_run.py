@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lexalign.config import load_config
+from lexalign.errors import LexalignError
 from lexalign.runs import RunDir, is_complete, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -363,3 +364,59 @@ def test_several_adapters_are_scored_through_one_vllm_server(eval_models: dict[s
     assert answers["sft"] != answers["dpo"]                                # each adapter answered for itself
     assert results["dpo"]["tasks"]["winrate"]["n"] == 3 and results["base"]["tasks"]["winrate"]["n"] == 3
     assert results["sft"]["metrics"]["winrate/win_rate"] is None          # not compared with itself
+
+
+@pytest.mark.slow
+def test_merged_stages_are_scored_through_one_vllm_server_by_swapping_weights(eval_models: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """``model=[base, sft/merged, dpo/merged]`` (full models of one network): ONE engine start, each model's weights
+    reloaded in place in turn; every model answers exactly as on a server of its own (same greedy answers), so the
+    reload took and no cached prefix of the previous weights was reused."""
+    from sft.export import export_merged
+
+    assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
+    merged = {stage: export_merged(eval_models[stage], tmp_path / "merged" / stage) for stage in ("sft", "dpo")}
+    common = ["--config", str(EVAL_YAML), "name=fake", f"output_dir={tmp_path / 'runs'}", "data.max_per_task=4",
+              "generation.max_new_tokens=16", "threads=1", "tasks=[extract, presence, unfair, behaviour]"]
+    work = tmp_path / "serve"
+    result = _lexalign("eval", *common, f"model=[{eval_models['base']}, {merged['sft']}, {merged['dpo']}]",
+                       f"server.work_dir={work}", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
+    alone = _lexalign("eval", *common, "--model", str(merged["dpo"]), "label=dpo-alone",
+                      f"server.work_dir={tmp_path / 'serve-alone'}", cwd=tmp_path, timeout=900)
+    assert alone.returncode == 0, alone.stderr[-4000:]
+
+    def answers(folder: Path) -> dict[str, str]:
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        return {row["id"]: row["answer"] for row in rows if "answer" in row}
+
+    evals = tmp_path / "runs" / "fake" / "eval"
+    labels = sorted(p.name for p in evals.iterdir())
+    shared = {label: json.loads((evals / label / "results.json").read_text()) for label in labels
+              if label != "dpo-alone"}
+    assert len(shared) == 3
+    swapped = [r["model"]["shared_server"] for r in shared.values()]
+    assert all(s["weights_swapped_in_place"] == [str(eval_models["base"]), str(merged["sft"]), str(merged["dpo"])]
+               for s in swapped)
+    by_spec = {r["model"]["spec"]: answers(evals / label) for label, r in shared.items()}
+    assert by_spec[str(merged["dpo"])] == answers(evals / "dpo-alone")   # the swapped-in DPO = DPO on its own
+    assert by_spec[str(merged["sft"])] != by_spec[str(merged["dpo"])]     # and each model answered for itself
+    assert by_spec[str(merged["sft"])] != by_spec[str(eval_models["base"])]
+
+
+def test_full_models_of_different_networks_are_refused_naming_both(eval_models: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    from lexalign.evaluation.backends import shared_targets
+
+    other = tmp_path / "other"
+    shutil.copytree(eval_models["base"], other)
+    config = json.loads((other / "config.json").read_text())
+    config["num_hidden_layers"] = config["num_hidden_layers"] + 1
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LexalignError) as info:
+        shared_targets([str(eval_models["base"]), str(other)])
+    message = str(info.value)
+    assert str(eval_models["base"]) in message and str(other) in message and "num_hidden_layers" in message
+    targets, swap = shared_targets([str(eval_models["base"]), str(eval_models["base"])])
+    assert swap is False                                      # one folder twice: nothing to swap

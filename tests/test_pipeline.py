@@ -164,3 +164,42 @@ def test_tiny_pipeline_evaluates_every_stage_in_one_step() -> None:
     assert eval_config.models() == [f"runs/tiny/{stage}" for stage in ("base/model", "sft", "dpo", "ppo")]
     assert [expand(o, config) for o in evals[0].all_outputs()] == [f"runs/tiny/eval/{s}" for s in ("base", "sft", "dpo",
                                                                                                   "ppo")]
+
+
+@pytest.mark.slow
+def test_steps_and_set_run_a_short_form_that_is_never_taken_for_the_full_run(tmp_path: Path,
+                                                                           inputs: tuple[Path, Path]) -> None:
+    from lexalign.runs import read_manifest
+
+    corpus, chat = inputs
+    config = write_pipeline(tmp_path, corpus, chat)
+    root = run_pipeline(config, [], only=["base"])           # --steps base: the SFT step is not run
+    assert is_complete(root / "base") and not (root / "sft").exists()
+    assert list(state(tmp_path)) == ["base"]
+
+    run_pipeline(config, [], step_overrides=["sft:training.max_steps=1"])   # --set wins over the step's own
+    after = state(tmp_path)
+    assert after["base"]["skipped"] and not after["sft"]["skipped"]
+    assert after["sft"]["command"].endswith("training.max_steps=1")
+    assert read_manifest(root / "sft")["results"]["global_step"] == 1
+
+    run_pipeline(config, [], step_overrides=["sft:training.max_steps=1"])   # the same short form: skipped
+    assert state(tmp_path)["sft"]["skipped"]
+    run_pipeline(config, [])                                  # the full form is not the short one: it runs
+    after = state(tmp_path)
+    assert not after["sft"]["skipped"] and "training.max_steps=1" not in after["sft"]["command"]
+    assert read_manifest(root / "sft")["results"]["global_step"] == 2
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"only": ["sft", "nope"]}, "--steps: no step nope; the steps are: base, sft"),
+    ({"step_overrides": ["nope:training.max_steps=3"]}, "no step 'nope'; the steps are: base, sft"),
+    ({"step_overrides": ["training.max_steps=3"]}, "expected STEP:key=value"),
+    ({"step_overrides": ["sft:training.max_steps"]}, "expected STEP:key=value"),
+    ({"only": ["sft"], "start_from": "base"}, "--from base: not among --steps sft"),
+])
+def test_bad_steps_and_set_are_clear_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(LexalignError) as info:
+        run_pipeline(write_pipeline(tmp_path, tmp_path, tmp_path), [], **kwargs)
+    assert message in str(info.value)
+    assert not (tmp_path / "runs" / "mini" / "base").exists()   # nothing ran

@@ -45,6 +45,7 @@ def ppo_run(align_sft_run: Path, align_reward_run: Path, align_chat, tmp_path_fa
 
 def test_ppo_runs_steps_with_kl_to_the_sft_reference_and_a_changing_reward(ppo_run: Path,
                                                                          align_sft_run: Path) -> None:
+    assert read_manifest(align_sft_run)["results"]["mode"] == "qlora"  # the default path: a QLoRA SFT adapter
     metrics = [m for m in read_metrics(ppo_run) if "objective/kl" in m]
     assert len(metrics) == 4  # 32 episodes / 8 prompts per step
     kl = [m["objective/kl"] for m in metrics]

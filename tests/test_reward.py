@@ -24,6 +24,7 @@ REWARD_YAML = REPO / "configs" / "reward.yaml"
 
 def test_reward_model_learns_the_preference_and_writes_a_complete_run(align_reward_run: Path) -> None:
     manifest = read_manifest(align_reward_run)
+    assert read_manifest(Path(manifest["parent"]))["results"]["mode"] == "qlora"  # the default path: a QLoRA SFT run
     results = manifest["results"]
     assert results["pairwise_accuracy"] >= 0.9, results
     assert results["valid_pairs"] == 48 and results["valid_prompts_also_in_train"] == 0

@@ -92,7 +92,7 @@ def align_sft_run(tiny_model_dir: Path, align_chat: tuple[Path, Path],
     out = tmp_path_factory.mktemp("align-runs")
     config = load_config(SFTStageConfig, REPO / "configs" / "sft.yaml", [
         f"model.path={tiny_model_dir}", f"data.train={align_chat[0]}", f"data.valid={align_chat[1]}",
-        f"output_dir={out}", "model.quantization.bits=null", "model.threads=1", "model.lora.r=8",
+        f"output_dir={out}", "model.quantization.bits=4", "model.threads=1", "model.lora.r=8",
         "model.lora.alpha=16", "training.max_steps=40", "training.learning_rate=5e-3", "training.warmup_steps=0",
         "training.eval_steps=40", "training.save_steps=40", "training.logging_steps=10",
         "training.per_device_train_batch_size=8", "training.max_length=256", "data.max_valid_records=0"])

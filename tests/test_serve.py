@@ -21,6 +21,7 @@ import pytest
 
 from lexalign.config import ConfigError, load_config
 from lexalign.errors import LexalignError
+from lexalign.runs import read_manifest
 from lexalign.serve.launch import (
     ENGINE_ENV,
     Engine,
@@ -55,6 +56,8 @@ def arg(command: list[str], flag: str) -> str:
 
 
 def test_an_sft_run_serves_base_plus_its_adapter(sft_run: Path, tiny_model_dir: Path) -> None:
+    # The default path: an adapter trained on the 4-bit (NF4) base, served on the full-precision base.
+    assert read_manifest(sft_run)["results"]["mode"] == "qlora"
     target = resolve_target(sft_run)
     assert target.base_model == tiny_model_dir and target.adapter == sft_run / "adapter"
     assert target.lora_rank == 8 and target.chat_template == sft_run / "adapter" / "chat_template.jinja"

@@ -56,7 +56,7 @@ def sft_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     valid.write_text("".join(json.dumps(r) + "\n" for r in governing_law_records(16, seed=1)))
     config = load_config(SFTStageConfig, REPO / "configs" / "sft.yaml", [
         f"model.path={tiny_model_dir}", f"data.train={train}", f"data.valid={valid}", f"output_dir={folder / 'runs'}",
-        "name=tiny", "model.quantization.bits=null", "model.threads=1", "model.lora.r=8", "model.lora.alpha=16",
+        "name=tiny", "model.quantization.bits=4", "model.threads=1", "model.lora.r=8", "model.lora.alpha=16",
         "training.max_steps=40", "training.learning_rate=5e-3", "training.warmup_steps=0", "training.eval_steps=40",
         "training.save_steps=40", "training.logging_steps=10", "training.per_device_train_batch_size=8",
         "training.max_length=256", "data.max_valid_records=0"])

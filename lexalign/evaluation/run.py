@@ -332,15 +332,17 @@ class _ModelOutcome:
 
 
 class _AnswerCache:
-    """Greedy answers by (server, model name): a model asked twice (the evaluated adapter, then the other
-    policy of another model's win rate; the base for several adapters) answers once."""
+    """Greedy answers by (server, model name, model spec): a model asked twice (the evaluated adapter, then the
+    other policy of another model's win rate; the base for several adapters) answers once. The spec is part of the
+    key because one served name holds each model in turn on a weight-swapping server."""
 
     def __init__(self) -> None:
         self.found: dict[tuple[str, str], dict[str, Any]] = {}
 
     def answers(self, backend: Any, model: str | None, items: list[Any], max_new_tokens: int,
                 desc: str) -> dict[str, Any]:
-        key = (str(getattr(backend, "base_url", id(backend))), str(model or backend.model))
+        key = (str(getattr(backend, "base_url", id(backend))), str(model or backend.model),
+               "" if model else str(getattr(backend, "source", "")))
         known = self.found.setdefault(key, {})
         missing = [item for item in items if item.id not in known]
         if missing:
@@ -463,7 +465,10 @@ def evaluate_all(config: EvalConfig) -> list[dict[str, Any]]:
                         outcome.other_info = {"spec": "base", "model": policy.base_model}
                         outcome.timing["other_generation"] = time.monotonic() - t1
                 outcome.info.update(policy.describe())
-                if shared and spec in shared.names:
+                if shared and spec in shared.weights:   # one served name held each model in turn
+                    outcome.info["shared_server"] = {"weights_swapped_in_place": list(shared.weights),
+                                                     "swap_s": round(shared.swaps[-1], 1) if shared.swaps else 0.0}
+                elif shared and spec in shared.names:
                     outcome.info["shared_server"] = sorted(shared.names.values())
         if against and against != "base" and shared and against in shared.names:
             with open_policy(against, _other_config(config, against), shared=shared) as other:
