@@ -210,6 +210,14 @@ def _chat(args: argparse.Namespace) -> None:
     run_chat(args.config, args.overrides, endpoint=args.endpoint)
 
 
+def _review(args: argparse.Namespace) -> None:
+    from lexalign.serve.clause_review import run_review
+
+    outputs = run_review(args.contract, args.out, playbook=args.playbook, endpoint=args.endpoint, run=args.run,
+                         model=args.model, config_path=args.config, overrides=args.overrides)
+    print(f"clause review of {args.contract} with {outputs.model}: {outputs.describe()}")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from lexalign.evaluation.run import run_eval
 
@@ -393,6 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--endpoint", default=None, help="OpenAI-compatible URL ending in /v1 (default: from the config)")
     _add_config_args(chat, "configs/chat.yaml")
     chat.set_defaults(handler=_chat)
+
+    review = commands.add_parser("review", help="clause-by-clause review of one contract against a playbook "
+                                                "(review.json, review.md, review.docx)")
+    review.add_argument("--contract", required=True, help="the contract (TXT, PDF or DOCX)")
+    review.add_argument("--playbook", default=None,
+                        help="YAML list of clauses with the firm's positions (e.g. configs/playbook.yaml; "
+                             "default: every CUAD category, no positions)")
+    review_model = review.add_mutually_exclusive_group(required=True)
+    review_model.add_argument("--endpoint", default=None,
+                              help="OpenAI-compatible URL ending in /v1 (key from $LEXALIGN_API_KEY)")
+    review_model.add_argument("--run", default=None, help="serve this run with vLLM (a private server, random key)")
+    review.add_argument("--model", default=None, help="served model name (default: the tuned model)")
+    review.add_argument("--out", required=True, help="output folder for review.json, review.md and review.docx")
+    _add_config_args(review, "configs/chat.yaml")
+    review.set_defaults(handler=_review)
 
     evaluation = commands.add_parser("eval", help="evaluate a model on contract-review tasks (vLLM; tables and plots)")
     evaluation.add_argument("--model", nargs="+", default=None, metavar="MODEL",

@@ -419,7 +419,7 @@ def quotes_in(answer: str, min_chars: int = 20) -> list[str]:
 
 def locate_quotes(answer: str, document: Document, min_chars: int = 20) -> list[Citation]:
     """Where each quoted passage of the answer is in the contract (whitespace-insensitive, exact otherwise)."""
-    flat, index_map = _flatten(document.text)
+    flat, index_map = flatten_whitespace(document.text)
     citations = []
     for quote in quotes_in(answer, min_chars):
         position = flat.find(quote)
@@ -432,7 +432,7 @@ def locate_quotes(answer: str, document: Document, min_chars: int = 20) -> list[
     return citations
 
 
-def _flatten(text: str) -> tuple[str, list[int]]:
+def flatten_whitespace(text: str) -> tuple[str, list[int]]:
     """Text with every whitespace run as one space, and each character's offset in the original."""
     chars: list[str] = []
     index: list[int] = []

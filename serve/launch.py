@@ -342,7 +342,9 @@ def check_shared_engine(targets: list[ServeTarget]) -> None:
 NETWORK_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
                 "tie_word_embeddings", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# What decides how text becomes tokens and back (a re-saved tokenizer_config.json differs in bookkeeping fields)
+TOKENIZER_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token",
+                  "added_tokens_decoder", "clean_up_tokenization_spaces")
 
 
 def check_weight_swap(targets: list[ServeTarget]) -> None:
@@ -356,14 +358,20 @@ def check_weight_swap(targets: list[ServeTarget]) -> None:
     def text(path: Path | None) -> str | None:
         return path.read_text(encoding="utf-8").strip() if path is not None and path.is_file() else None
 
+    def tokenizer_setting(target: ServeTarget, key: str) -> Any:
+        path = target.base_model / "tokenizer_config.json"
+        return _read_json(path).get(key) if path.is_file() else None
+
     first = targets[0]
     for other in targets[1:]:
         if other.adapter is not None or first.adapter is not None:
             raise ServeError(f"{first.source} and {other.source}: an adapter and a model on another base; one server "
                              "serves one base: give them in separate calls")
         differs = [key for key in NETWORK_KEYS if network(first)[key] != network(other)[key]]
-        differs += [name for name in TOKENIZER_FILES
-                    if text(first.base_model / name) != text(other.base_model / name)]
+        if text(first.base_model / "tokenizer.json") != text(other.base_model / "tokenizer.json"):
+            differs.append("tokenizer.json")
+        differs += [f"tokenizer_config.json {key}" for key in TOKENIZER_KEYS
+                    if tokenizer_setting(first, key) != tokenizer_setting(other, key)]
         if text(first.chat_template) != text(other.chat_template):
             differs.append("chat template")
         if differs:
