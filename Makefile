@@ -57,7 +57,7 @@ smoke: setup serve-setup
 	$(BIN)/lexalign pipeline --config configs/pipeline/tiny.yaml
 
 test: setup serve-setup browser postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: setup postgres
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -11,6 +11,10 @@ How the admin view reads the store's rankings (tasks ranked by at least two anno
 * **Kendall's W** (coefficient of concordance) per task, with the tie correction, averaged over tasks.
   0 = no agreement, 1 = identical rankings. A task where every annotator tied every candidate has no
   defined W and is left out of the mean.
+
+How the numbers read (``AgreementSummary.explanation``): Krippendorff's usual thresholds are alpha >= 0.8
+reliable, >= 0.667 enough for tentative conclusions, below that unreliable. The tasks with the lowest W
+(``AgreementSummary.most_disputed``) are where the guidelines or the answers most need a second look.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from typing import Any, Literal
 import numpy as np
 
 Level = Literal["nominal", "ordinal", "interval"]
+Band = Literal["reliable", "tentative", "unreliable", "undefined"]
+
+# Krippendorff (2004), "Content Analysis", 2nd ed., standards for data reliability: rely on alpha >= .800;
+# .667 is the lowest value that still allows tentative conclusions.
+ALPHA_RELIABLE = 0.8
+ALPHA_TENTATIVE = 0.667
 
 
 def fractional_ranks(ranks: Sequence[float]) -> np.ndarray:
@@ -126,6 +136,43 @@ class AgreementSummary:
     mean_kendall_w: float = math.nan   # mean over overlapping tasks where W is defined
     per_task: list[dict[str, Any]] = field(default_factory=list)
 
+    def alpha_band(self) -> Band:
+        """Where alpha falls among Krippendorff's thresholds ("undefined" when there is no alpha)."""
+        if math.isnan(self.alpha_ordinal):
+            return "undefined"
+        if self.alpha_ordinal >= ALPHA_RELIABLE:
+            return "reliable"
+        if self.alpha_ordinal >= ALPHA_TENTATIVE:
+            return "tentative"
+        return "unreliable"
+
+    def explanation(self) -> str:
+        """What the two numbers mean, the usual thresholds and which band the current alpha is in (plain text)."""
+        meaning = (f"Krippendorff's alpha says how much more the annotators agree than chance would (1 = perfect "
+                   "agreement, 0 = no better than chance, below 0 = systematic disagreement). The usual thresholds: "
+                   f"alpha >= {ALPHA_RELIABLE} is reliable, >= {ALPHA_TENTATIVE} is enough for tentative "
+                   f"conclusions, below {ALPHA_TENTATIVE} the rankings are unreliable. Kendall's W says how "
+                   "alike the rankings of one task are (1 = identical, 0 = no agreement); the mean is over tasks.")
+        band = self.alpha_band()
+        if band == "undefined":
+            current = ("There is no alpha yet: it needs at least one task ranked by two annotators, with some "
+                       "difference between the answers' ranks.")
+        else:
+            current = {
+                "reliable": "the rankings can be relied on.",
+                "tentative": "good enough for tentative conclusions only; look at the disputed tasks.",
+                "unreliable": "the annotators do not agree enough to rely on the rankings; look at the "
+                              "disputed tasks and the guidelines.",
+            }[band]
+            current = f"The current alpha, {self.alpha_ordinal:.3f}, is {band}: {current}"
+        return f"{meaning} {current}"
+
+    def most_disputed(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The ``limit`` tasks with the lowest Kendall's W, lowest first. Tasks with W undefined (every
+        annotator tied every answer) or W = 1 (identical rankings) are not disputed and are left out."""
+        disputed = [t for t in self.per_task if not math.isnan(t["kendall_w"]) and t["kendall_w"] < 1 - 1e-9]
+        return sorted(disputed, key=lambda t: (t["kendall_w"], str(t["prompt_id"])))[:max(0, limit)]
+
     def as_text(self) -> str:
         if not self.tasks_with_overlap:
             return "No task has been ranked by two or more annotators yet; agreement needs overlap."
@@ -149,7 +196,9 @@ def rankings_agreement(task_rankings: Sequence[Any]) -> AgreementSummary:
         summary.rankings_in_overlap += len(task.rankings)
         matrix = [list(r.ranks) for r in task.rankings]
         w = kendalls_w(matrix)
-        summary.per_task.append({"prompt_id": task.prompt_id, "annotators": len(matrix), "kendall_w": w})
+        # meta and source let a caller title the task for people (the ranking app's task_title)
+        summary.per_task.append({"prompt_id": task.prompt_id, "annotators": len(matrix), "kendall_w": w,
+                                 "meta": getattr(task, "meta", None) or {}, "source": getattr(task, "source", "")})
         if not math.isnan(w):
             ws.append(w)
         unit_columns: list[dict[int, float]] = [{} for _ in task.candidates]

@@ -16,7 +16,8 @@ answers by the letters they had on screen.
 
 Model and user text is inert: it is HTML-escaped before it reaches Markdown (which also runs Gradio's
 sanitizer), and free text (rationales) with markup is refused. Admins (role ``admin``) also get an Admin
-tab: progress per annotator, agreement (Krippendorff's alpha, Kendall's W) and an export button. The tab is
+tab, filled when the page opens: progress per annotator, agreement (Krippendorff's alpha, Kendall's W, said in
+words against the usual thresholds, with the most disputed tasks by title) and an export button. The tab is
 hidden for others, and every admin handler checks the role on the server, so a hand-made request from an
 annotator's session is refused (and audited).
 """
@@ -30,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if
 from lexalign.data.store import (
@@ -43,6 +44,9 @@ from lexalign.data.store import (
     TaskView,
     check_ranks,
 )
+
+if TYPE_CHECKING:  # numpy is imported only when the Admin tab needs agreement
+    from lexalign.reward.agreement import AgreementSummary
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ TASK_KINDS: dict[str, str] = {
 _DOCUMENT_KEYS = ("document", "contract", "doc_name", "doc_id", "company")
 _TITLE_PART_MAX = 80
 _ANSWER_START_CHARS = 32
+DISPUTED_SHOWN = 10  # tasks listed under "Most disputed tasks" in the Admin tab
 
 
 @dataclass
@@ -258,6 +263,25 @@ def task_title(meta: Mapping[str, Any], source: str) -> str:
                      if isinstance(meta.get(key), str) and meta[key].strip()), None)
     head = _short(head, _TITLE_PART_MAX)
     return f"{head} — {_short(document, _TITLE_PART_MAX)}" if document else head
+
+
+def agreement_markdown(summary: "AgreementSummary", limit: int = DISPUTED_SHOWN) -> str:
+    """The Admin tab's agreement: the numbers, what they mean and where they stand (in words), and the most
+    disputed tasks by readable title, so an admin knows which tasks to discuss with the annotators."""
+    lines = [inert(summary.as_text())]
+    if not summary.tasks_with_overlap:
+        return lines[0]
+    lines.append(inert(summary.explanation()))
+    disputed = summary.most_disputed(limit)
+    if disputed:
+        lines.append("**Most disputed tasks** (lowest Kendall's W first):")
+        lines.append("\n".join(
+            f"{number}. {_md_text(task_title(t.get('meta') or {}, t.get('source') or ''))} "
+            f"(task `{inert(str(t['prompt_id']))}`): W = {t['kendall_w']:.3f}, {t['annotators']} annotators"
+            for number, t in enumerate(disputed, 1)))
+    else:
+        lines.append("No task is disputed: every task with overlap was ranked the same way by its annotators.")
+    return "\n\n".join(lines)
 
 
 def question_and_excerpt(view: TaskView) -> tuple[str, str]:
@@ -496,7 +520,14 @@ class AnnotateApp:
                 for p in self.store.admin_progress()]
         # agreement between people: derived rankings (gold:<corpus>) are not annotators of the panel
         summary = rankings_agreement(self.store.task_rankings(min_annotators=2, kinds=["human"]))
-        return rows, inert(summary.as_text())
+        return rows, agreement_markdown(summary)
+
+    def admin_on_open(self, request: Any) -> tuple[list[list[Any]], str] | None:
+        """The Admin tab's contents when the page opens: filled for admins, None for everyone else (the tab is
+        hidden for them; this runs on every page load, so it neither refuses nor audits)."""
+        if not self.store.is_admin(self._user(request)):
+            return None
+        return self.admin_refresh(request)
 
     def admin_export(self, request: Any) -> tuple[str, str | None]:
         from lexalign.reward.prefs import export_preferences
@@ -592,10 +623,18 @@ class AnnotateApp:
             def refresh(request: gr.Request) -> tuple[list[list[Any]], str]:
                 return self.admin_refresh(request)
 
+            def admin_open(request: gr.Request) -> tuple[Any, Any]:
+                filled = self.admin_on_open(request)
+                return filled if filled is not None else (gr.skip(), gr.skip())
+
             def export(request: gr.Request) -> tuple[str, str | None]:
                 return self.admin_export(request)
 
-            demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented")
+            # The admin sees progress and agreement without clicking Refresh: filled after the task is on screen
+            # (so annotators' pages do not wait for it), and again whenever the Admin tab is selected.
+            demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented"
+                      ).then(admin_open, None, [admin_table, admin_agreement], api_visibility="private")
+            admin_tab.select(refresh, None, [admin_table, admin_agreement], api_visibility="private")
             submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], c["flags"]]
             # The rationale box has no submit event: Enter there only starts a new line (see SUBMIT_SHORTCUT_JS).
             c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented"

@@ -7,17 +7,19 @@ official ``openai`` client, streaming every answer; the API key comes from the e
 by ``api_key_env``. Sign-in is Gradio's login page checked against the preference store's accounts (the
 same argon2 hashes as the ranking app); every handler takes the user from the server-side session.
 
-A lawyer uploads a contract (TXT, PDF or DOCX, bounded in size, pages and characters; ``documents.py``),
-picks a review task (find one of the 41 CUAD clause categories, flag potentially unfair clauses, summarize
-obligations and dates) or types a question. The contract is cut into chunks; the chunks that best match the
-task are chosen by BM25 to fit the model's context (``review.py``), sent with their location labels, and
-shown beside the answer. Quotes in the answer are located in the contract ("[chunk 3, chars 1200-2100]"),
-or marked as not found: a quote that is not in the contract is the first thing a reviewer must see.
+A lawyer uploads a contract (TXT, PDF or DOCX, bounded in size, pages and characters; ``documents.py``;
+a refused file is named in red and taken out of the upload box), picks a review task (find one of the 41
+CUAD clause categories, flag potentially unfair clauses, summarize obligations and dates; "Run review" is
+enabled once a contract is loaded) or types a question (with or without a contract). The contract is cut
+into chunks; the chunks that best match the task are chosen by BM25 to fit the model's context
+(``review.py``), sent with their location labels, and shown beside the answer. Quotes in the answer are
+located in the contract ("[chunk 3, chars 1200-2100]"), or marked as not found: a quote that is not in the
+contract is the first thing a reviewer must see.
 
-Thumbs up / down (with an optional better answer written by the lawyer) store one feedback row in the
-preference store (``Store.add_feedback``): the exact prompt messages sent, the answer, the rating, the
-better answer and what produced it (model, task, excerpts, document hash). The preference export turns
-them into training pairs, closing the loop. The conversation can be downloaded as JSON.
+"Good answer" / "Needs work" (with an optional better answer written by the lawyer) store one feedback
+row in the preference store (``Store.add_feedback``): the exact prompt messages sent, the answer, the
+rating, the better answer and what produced it (model, task, excerpts, document hash). The preference
+export turns them into training pairs, closing the loop. The conversation can be downloaded as JSON.
 
 All user, document and model text is HTML-escaped before it reaches a component that renders Markdown, so
 nothing in a contract or an answer can run in the browser.
@@ -45,6 +47,10 @@ CSS = """
 #feedback-status .error, #status .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
 """
 _THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
+# Marks and labels are words: emoji need a font many browsers' systems lack (Debian's Chromium shows boxes).
+WARNING = "Warning:"
+RATING_LABELS = {1: "Good answer", -1: "Needs work"}
+NEEDS_CONTRACT = "Load a contract to run a review."
 
 
 @dataclass
@@ -244,7 +250,7 @@ class ChatSession:
 def citation_line(turn: Turn) -> str:
     parts = []
     for c in turn.citations:
-        parts.append(c["label"] if c["found"] else f"\u26a0 quote not found in the contract: \u201c{c['quote'][:80]}\u201d")
+        parts.append(c["label"] if c["found"] else f"{WARNING} quote not found in the contract: \u201c{c['quote'][:80]}\u201d")
     if not parts and turn.sources:
         parts.append("excerpts used: " + ", ".join(s["label"] for s in turn.sources))
     return "Sources: " + "; ".join(parts) if parts else ""
@@ -258,7 +264,7 @@ def chat_messages(session: ChatSession | None) -> list[dict[str, str]]:
     for turn in session.turns:
         out.append({"role": "user", "content": inert(turn.display)})
         if turn.error:
-            out.append({"role": "assistant", "content": f"\u26a0 {inert(turn.error)}"})
+            out.append({"role": "assistant", "content": f"{WARNING} {inert(turn.error)}"})
             continue
         body = inert(turn.answer) or ("(empty answer)" if turn.done else "\u2026")
         line = citation_line(turn)
@@ -277,7 +283,7 @@ def sources_markdown(session: ChatSession | None) -> str:
     if turn.citations:
         lines.append("\n**Quotes in the answer**")
         for c in turn.citations:
-            where = inert(c["label"]) if c["found"] else "\u26a0 not found in the contract"
+            where = inert(c["label"]) if c["found"] else f"{WARNING} not found in the contract"
             lines.append(f"- {where}: \u201c{inert(c['quote'][:300])}\u201d")
     return "\n".join(lines)
 
@@ -363,6 +369,9 @@ class ChatApp:
         problem = validate_request(review)
         if problem is None and review.question and len(review.question) > self.config.max_question_chars:
             problem = f"The question is {len(review.question)} characters long; the limit is {self.config.max_question_chars}."
+        # The page disables "Run review" without a contract; a request made by hand gets the same answer.
+        if problem is None and review.task != "question" and session.document is None:
+            problem = NEEDS_CONTRACT
         if problem:
             yield chat_messages(session), sources_markdown(session), _error(problem), session, bool(session.last_answer())
             return
@@ -405,7 +414,7 @@ class ChatApp:
                               for c in locate_quotes(turn.answer, session.document)]
         missing = [c for c in turn.citations if not c["found"]]
         done = f"Done (answer {len(session.turns)})." + (
-            f" \u26a0 {len(missing)} quote(s) are not in the contract: check before relying on them." if missing else "")
+            f" {WARNING} {len(missing)} quote(s) are not in the contract: check before relying on them." if missing else "")
         yield chat_messages(session), sources_markdown(session), done, session, bool(turn.answer.strip())
 
     # ----------------------------------------------------------------------- feedback and export
@@ -440,9 +449,9 @@ class ChatApp:
         except StoreError as err:
             return _error(f"Not saved: {err}"), session, True, better_answer
         turn.feedback_id, turn.rating, turn.better_answer = feedback_id, rating, better
-        thanks = "\U0001f44d" if rating > 0 else "\U0001f44e"
+        label = RATING_LABELS[1 if rating > 0 else -1]
         extra = " with your better answer" if better else ""
-        return f"Feedback {thanks} saved{extra} (#{feedback_id}). Thank you.", session, False, ""
+        return f"Feedback saved{extra} (#{feedback_id}): {label}. Thank you.", session, False, ""
 
     def export(self, state: ChatSession | None, request: Any) -> str | None:
         """Write the conversation as JSON; the path for the download button (None when there is nothing)."""
@@ -496,9 +505,11 @@ class ChatApp:
                                        label="Review task", elem_id="task")
                     category = gr.Dropdown(choices=list(CUAD_CATEGORIES), value="Governing Law",
                                            label="Clause category (CUAD)", elem_id="category")
-                    run = gr.Button("Run review", variant="primary", elem_id="run")
+                    # Enabled once a contract is loaded (see review_controls); the note says why until then.
+                    run = gr.Button("Run review", variant="primary", interactive=False, elem_id="run")
+                    run_note = gr.Markdown(NEEDS_CONTRACT, elem_id="run-note")
                     gr.Markdown("Answers are drafts for a lawyer to check, not legal advice. Every quote is "
-                                "located in the contract; a quote marked \u26a0 is not in it.")
+                                f"located in the contract; a quote marked \u201c{WARNING}\u201d is not in it.")
                 with gr.Column(scale=2, min_width=400):
                     chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=460, sanitize_html=True,
                                          render_markdown=True, buttons=["copy"])
@@ -512,8 +523,8 @@ class ChatApp:
                         better = gr.Textbox(label="Better answer (optional; write it before rating)", lines=2,
                                             max_lines=10, scale=4, elem_id="better-answer")
                         with gr.Column(scale=1, min_width=160):
-                            up = gr.Button("\U0001f44d Good answer", interactive=False, elem_id="thumbs-up")
-                            down = gr.Button("\U0001f44e Needs work", interactive=False, elem_id="thumbs-down")
+                            up = gr.Button(RATING_LABELS[1], interactive=False, elem_id="thumbs-up")
+                            down = gr.Button(RATING_LABELS[-1], interactive=False, elem_id="thumbs-down")
                     feedback_status = gr.Markdown("", elem_id="feedback-status")
                     with gr.Row():
                         export = gr.DownloadButton("Download conversation (JSON)", value=None, elem_id="export",
@@ -532,8 +543,18 @@ class ChatApp:
                 user = self._user(request)
                 return (f"signed in as `{inert(user)}`" if user else "not signed in"), ChatSession(user) if user else None
 
+            def review_controls(loaded: bool) -> tuple[Any, Any]:
+                return gr.Button(interactive=loaded), gr.Markdown(visible=not loaded)
+
             def on_upload(file: Any, session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
-                return self.on_upload(file, session, request)
+                new_state, text, src = self.on_upload(file, session, request)
+                loaded = new_state is not None and new_state.document is not None
+                refused = file is not None and not loaded
+                if refused:
+                    logger.info("upload refused for %s: %s", self._user(request), text)
+                # A refused file leaves the box, so the box never shows a file the answers do not use. Setting
+                # the value fires neither upload nor clear, so the error stays on screen.
+                return (new_state, text, src, *review_controls(loaded), None if refused else gr.skip())
 
             def stream(request_data: dict[str, Any], session: ChatSession | None, request: gr.Request
                        ) -> Iterator[tuple[Any, ...]]:
@@ -568,7 +589,11 @@ class ChatApp:
 
             answer_outputs = [chatbot, sources, status, state, up, down, export]
             demo.load(on_load, None, [who, state], api_visibility="private")
-            upload.change(on_upload, [upload, state], [state, doc_status, sources], api_visibility="private")
+            # upload and clear, not change: change also fires when on_upload empties the box after a refused file,
+            # and would replace the error with "No contract loaded".
+            upload_outputs = [state, doc_status, sources, run, run_note, upload]
+            upload.upload(on_upload, [upload, state], upload_outputs, api_visibility="private")
+            upload.clear(on_upload, [upload, state], upload_outputs, api_visibility="private")
             task.change(show_category, [task], [category], api_visibility="private")
             run.click(on_run, [task, category, message, state], answer_outputs, api_visibility="private",
                       concurrency_id="answer")

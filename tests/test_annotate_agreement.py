@@ -77,3 +77,56 @@ def test_rankings_agreement_over_store_rows() -> None:
     split = rankings_agreement([task("t1", ("a", [1, 2, 3]), ("b", [3, 2, 1]))])
     assert split.alpha_ordinal < 0 and split.mean_kendall_w == pytest.approx(0.0)
     assert "No task" in rankings_agreement([task("solo", ("a", [1, 2]))]).as_text()
+
+
+def _task(pid, rankings, meta=None, source="app"):
+    return SimpleNamespace(prompt_id=pid, meta=meta or {}, source=source, candidates=[None] * len(rankings[0][1]),
+                           rankings=[SimpleNamespace(annotator=a, ranks=r) for a, r in rankings])
+
+
+@pytest.mark.parametrize("alpha, band", [(1.0, "reliable"), (0.8, "reliable"), (0.79, "tentative"),
+                                         (0.667, "tentative"), (0.666, "unreliable"), (-0.2, "unreliable"),
+                                         (nan, "undefined")])
+def test_alpha_bands_follow_krippendorffs_thresholds(alpha, band) -> None:
+    from lexalign.reward.agreement import AgreementSummary
+
+    summary = AgreementSummary(tasks_with_overlap=1, rankings_in_overlap=2, alpha_ordinal=alpha)
+    assert summary.alpha_band() == band
+    text = summary.explanation()
+    # what the numbers mean and the usual thresholds, always; then where the current value stands
+    assert "Krippendorff's alpha says how much more the annotators agree than chance" in text
+    assert "alpha >= 0.8 is reliable, >= 0.667 is enough for tentative conclusions, below 0.667" in text
+    assert "Kendall's W says how alike the rankings of one task are (1 = identical, 0 = no agreement)" in text
+    if band == "undefined":
+        assert "There is no alpha yet" in text
+    else:
+        assert f"The current alpha, {alpha:.3f}, is {band}:" in text
+
+
+def test_explanation_and_most_disputed_on_constructed_rankings() -> None:
+    tasks = [
+        _task("agree", [("a", [1, 2, 3]), ("b", [1, 2, 3])], {"task": "unfair", "doc_id": "Acme Terms"}),
+        _task("split", [("a", [1, 2, 3]), ("b", [3, 2, 1])], {"task": "extract", "category": "Governing Law"}),
+        _task("partial", [("a", [1, 2, 3]), ("b", [1, 3, 2])], {"task": "presence", "category": "Non-Compete"}),
+        _task("all-tied", [("a", [1, 1]), ("b", [1, 1])]),
+        _task("solo", [("a", [1, 2])]),
+    ]
+    summary = rankings_agreement(tasks)
+    assert summary.tasks_with_overlap == 4
+    by_id = {t["prompt_id"]: t for t in summary.per_task}
+    # R = [2, 5, 5], S = 6, W = 12 * 6 / (4 * 24) = 0.75
+    assert by_id["partial"]["kendall_w"] == pytest.approx(0.75) and by_id["split"]["kendall_w"] == pytest.approx(0)
+    assert by_id["split"]["meta"] == {"task": "extract", "category": "Governing Law"}
+    assert by_id["split"]["source"] == "app"
+    # lowest W first; identical rankings (W = 1) and undefined W (all tied) are not disputes
+    assert [t["prompt_id"] for t in summary.most_disputed()] == ["split", "partial"]
+    assert [t["prompt_id"] for t in summary.most_disputed(1)] == ["split"]
+    assert summary.alpha_band() == "unreliable" and "is unreliable:" in summary.explanation()
+    assert rankings_agreement(tasks[:1]).alpha_band() == "reliable" and not rankings_agreement(tasks[:1]).most_disputed()
+    # many disputed tasks: only the lowest ten, ordered by W
+    many = [_task(f"t{i:02d}", [("a", [1, 2, 3, 4]), ("b", [1, 2, 3, 4]), ("c", [4 - (i % 4), 1, 2, 3])])
+            for i in range(16)]
+    lowest = rankings_agreement(many).most_disputed(10)
+    ws = [t["kendall_w"] for t in lowest]
+    assert len(lowest) == 10 and ws == sorted(ws)
+    assert max(ws) <= min(t["kendall_w"] for t in rankings_agreement(many).per_task if t not in lowest)

@@ -259,3 +259,47 @@ def test_layout_rationale_never_submits_and_buttons_have_text_labels(app) -> Non
         inside.add(getattr(child, "elem_id", None))
         stack.extend(getattr(child, "children", []))
     assert {"message", "submit-btn", "skip-btn", "ranking-summary"} <= inside
+
+
+def test_admin_view_fills_on_open_and_explains_agreement_with_disputed_task_titles(app) -> None:
+    from lexalign.data.schemas import RankingRecord
+
+    rankings = [("split", {"task": "extract", "category": "Governing Law", "doc_id": "Reseller_Agreement*v2"},
+                 [1, 2, 3], [3, 2, 1]),
+                ("partial", {"task": "presence", "category": "Non-Compete"}, [1, 2, 3], [1, 3, 2]),
+                ("same", {"task": "unfair", "doc_id": "Acme Terms"}, [1, 2, 3], [1, 2, 3])]
+    app.store.import_rankings([RankingRecord(prompt_id=pid, prompt="Q", responses=["x", "y", "z"], ranks=ranks,
+                                             annotator=who, meta=meta)
+                               for pid, meta, first, second in rankings
+                               for who, ranks in (("panel-a", first), ("panel-b", second))], "acord")
+    # on open: filled for the admin, nothing (and no refusal on record) for an annotator
+    assert app.admin_on_open(req("alice")) is None and app.admin_on_open(req(None)) is None
+    assert app.store.audit_events("admin_denied") == []
+    rows, agreement = app.admin_on_open(req("root"))
+    assert {"alice", "bob", "root"} <= {r[0] for r in rows}
+    assert (rows, agreement) == app.admin_refresh(req("root"))
+    head, meaning, disputed_head, disputed = agreement.split("\n\n")
+    assert head.startswith("Krippendorff&#x27;s alpha (ordinal): ") and "3 task(s) with overlap" in head
+    assert "alpha &gt;= 0.8 is reliable, &gt;= 0.667 is enough for tentative conclusions" in meaning
+    assert "Kendall&#x27;s W says how alike" in meaning and " is unreliable: " in meaning
+    assert disputed_head == "**Most disputed tasks** (lowest Kendall's W first):"
+    # readable titles (Markdown punctuation shown as typed), lowest W first; the identical task is not listed
+    assert disputed.split("\n") == [
+        r"1. Clause extraction: Governing Law — Reseller\_Agreement\*v2 (task `split`): W = 0.000, 2 annotators",
+        "2. Clause presence: Non-Compete (task `partial`): W = 0.750, 2 annotators"]
+    with pytest.raises(Exception, match="Only admins"):
+        app.admin_refresh(req("alice"))
+
+
+def test_agreement_words_without_overlap_and_without_disputes() -> None:
+    from types import SimpleNamespace as NS
+
+    from lexalign.reward.agreement import rankings_agreement
+    from lexalign.reward.annotate import agreement_markdown
+
+    assert agreement_markdown(rankings_agreement([])).startswith("No task has been ranked by two or more")
+    same = rankings_agreement([NS(prompt_id="t", meta={}, source="app", candidates=[1, 2],
+                                  rankings=[NS(annotator="a", ranks=[1, 2]), NS(annotator="b", ranks=[1, 2])])])
+    text = agreement_markdown(same)
+    assert "The current alpha, 1.000, is reliable:" in text and "No task is disputed" in text
+    assert "Most disputed" not in text

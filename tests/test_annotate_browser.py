@@ -228,6 +228,42 @@ def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
     page.context.close()
 
 
+def test_admin_tab_is_filled_on_open_and_says_what_agreement_means(browser, server) -> None:
+    from lexalign.data.schemas import RankingRecord
+    from lexalign.reward.agreement import rankings_agreement
+
+    # two panel members disagree on two imported tasks (not assigned to anyone: k=0)
+    disputed = [("panel-split", {"task": "extract", "category": "Termination for Convenience",
+                                 "doc_id": "Reseller Agreement"}, [1, 2, 3], [3, 2, 1]),
+                ("panel-partial", {"task": "presence", "category": "Non-Compete", "doc_id": "Franchise Agreement"},
+                 [1, 2, 3], [1, 3, 2])]
+    with open_store(server.store_url) as store:
+        store.import_rankings([RankingRecord(prompt_id=pid, prompt="Which clause?", responses=["x", "y", "z"],
+                                             ranks=ranks, annotator=who, meta=meta)
+                               for pid, meta, first, second in disputed
+                               for who, ranks in (("panel-a", first), ("panel-b", second))], "panel")
+        band = rankings_agreement(store.task_rankings(min_annotators=2, kinds=["human"])).alpha_band()
+    page = login(browser, server, "root")
+    page.get_by_role("tab", name="Admin").click()
+    # no click on Refresh: the table and the agreement are there
+    table = wait_text(page.locator("#admin-table"), "alice")
+    assert "root" in table and "admin" in table
+    agreement = wait_text(page.locator("#admin-agreement"), "Most disputed tasks")
+    assert "Krippendorff's alpha (ordinal): " in agreement and "mean Kendall's W" in agreement
+    assert "alpha >= 0.8 is reliable, >= 0.667 is enough for tentative conclusions, below 0.667" in agreement
+    assert "Kendall's W says how alike the rankings of one task are" in agreement
+    assert f"is {band}:" in agreement
+    items = page.locator("#admin-agreement li").all_inner_texts()
+    assert 2 <= len(items) <= 10
+    titles = [next((i for i, text in enumerate(items) if wanted in text), None)
+              for wanted in ("Clause extraction: Termination for Convenience — Reseller Agreement (task panel-split)"
+                             ": W = 0.000", "Clause presence: Non-Compete — Franchise Agreement (task panel-partial)"
+                             ": W = 0.750")]
+    assert None not in titles and titles[0] < titles[1], items  # lowest W first
+    assert page.locator("#admin-refresh").is_visible()  # Refresh is still there for later changes
+    page.context.close()
+
+
 def in_view(page, selector: str) -> bool:
     """The element is rendered and wholly inside the window."""
     return page.evaluate("""(selector) => {

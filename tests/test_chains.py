@@ -31,14 +31,14 @@ TINY_SHORT = [
     "reward:training.max_steps=4", "reward:training.save_steps=4", "reward:data.max_valid_pairs=16",
     "dpo:training.max_steps=4", "dpo:training.save_steps=4", "dpo:data.max_valid_pairs=16", "dpo:eval.num_prompts=2",
     "ppo:ppo.total_episodes=16", "ppo:data.max_prompts=32", "ppo:eval.num_prompts=2",
-    "eval:data.max_per_task=4", "eval:winrate.max_prompts=2",
+    "eval:data.max_per_task=2", "eval:winrate.max_prompts=2",
 ]
 
 SMOLLM2_STEPS = ["base", "sft", "rankings", "export-sft", "candidates", "preferences-own", "dpo", "export-dpo"]
 SMOLLM2_SHORT = [
     "sft:training.max_steps=2", "sft:training.eval_steps=2", "sft:training.save_steps=2",
     "sft:data.max_valid_records=8",
-    "candidates:max_prompts=8",
+    "candidates:max_prompts=6", "candidates:sampling.max_tokens=96",
     "dpo:training.max_steps=2", "dpo:training.save_steps=2", "dpo:training.per_device_train_batch_size=2",
     "dpo:training.warmup_steps=0", "dpo:eval.reward_run=",      # no reward model in the short form
     "dpo:data.valid=[shipped:acord_pairs_valid.jsonl]", "dpo:data.max_valid_pairs=4",
@@ -69,7 +69,7 @@ def test_the_tiny_chain_runs_every_step_and_reports_every_stage(tmp_path: Path) 
     for stage in ("base", "sft", "dpo", "ppo"):
         results = json.loads((root / "eval" / stage / "results.json").read_text())
         assert is_complete(root / "eval" / stage)
-        assert results["data"]["max_per_task"] == 4, stage
+        assert results["data"]["max_per_task"] == 2, stage
     report = (root / "report" / "report.md").read_text()
     for stage in ("base", "sft", "dpo", "ppo"):
         assert f"| {stage} |" in report, stage
@@ -88,7 +88,7 @@ def test_a_short_form_of_the_real_model_chain_imports_trains_aligns_serves_and_e
     sft = read_manifest(root / "sft")["results"]
     assert sft["global_step"] == 2 and sft["eval_loss"] < sft["initial_eval_loss"], sft
     tasks = [json.loads(line) for line in (root / "candidates" / "tasks.jsonl").open()]
-    assert 1 <= len(tasks) <= 8 and all(task["responses"] for task in tasks)   # distinct answers per prompt
+    assert 1 <= len(tasks) <= 6 and all(task["responses"] for task in tasks)   # distinct answers per prompt
     dpo = read_manifest(root / "dpo")["results"]
     assert dpo["global_step"] == 2 and dpo["train_pairs_by_origin"], dpo
     assert all(origin.startswith("candidates/derived:gold:") for origin in dpo["train_pairs_by_origin"]), dpo

@@ -1,4 +1,5 @@
-"""The chat UI's handlers without a browser: config, uploads, errors as messages, and (slow) streamed review
+"""The chat UI's handlers without a browser: config, uploads, errors as messages, the layout (text labels and
+"Warning:" marks, Run review waiting for a contract, a refused file leaving the box), and (slow) streamed review
 answers from the REAL vLLM server with located quotes, feedback rows in the store and the JSON export.
 (The headless-Chromium test is test_chat_browser.py.)"""
 
@@ -165,3 +166,95 @@ def test_a_wrong_key_is_explained(served, tmp_path: Path) -> None:
     *_, (_, _, status, _, _) = app.ask({"task": "unfair"}, session, req("alice"))
     assert "refused the API key (HTTP 401)" in status and "LEXALIGN_API_KEY" in status
     app.store.close()
+
+
+def emoji(text: str) -> list[str]:
+    """Symbols that need an emoji font (Debian's Chromium has none: they show as boxes)."""
+    import unicodedata
+
+    return [ch for ch in text if unicodedata.category(ch) == "So" or ord(ch) >= 0x1F000]
+
+
+def handler(demo, elem_id: str, event: str):
+    """The function the app binds to ``event`` of the component with ``elem_id``."""
+    block = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    (fn,) = [fn for fn in demo.fns.values() if (block._id, event) in fn.targets]
+    return fn.fn
+
+
+def test_layout_buttons_and_marks_are_words_not_emoji(offline_app: ChatApp, tmp_path: Path, monkeypatch) -> None:
+    import gradio as gr
+
+    from lexalign.serve.chat import Turn, citation_line
+
+    demo = offline_app.build()
+    blocks = list(demo.blocks.values())
+    labels = {b.elem_id: str(b.value) for b in blocks if isinstance(b, gr.Button)}
+    labels.update({b.elem_id: str(b.label) for b in blocks if isinstance(b, gr.DownloadButton)})
+    assert {"run", "send", "thumbs-up", "thumbs-down", "export", "clear"} <= set(labels)
+    assert labels["thumbs-up"] == "Good answer" and labels["thumbs-down"] == "Needs work"
+    for label in labels.values():
+        assert any(ch.isalpha() for ch in label) and not emoji(label), label
+    notes = " ".join(str(b.value) for b in blocks if isinstance(b, gr.Markdown))
+    assert "a quote marked \u201cWarning:\u201d is not in it" in notes and not emoji(notes)
+
+    # every place that marks a problem says "Warning:" in words
+    session, _, _ = upload(offline_app, tmp_path)
+    turn = Turn({}, "Which law?", [], "It says \u201cgoverned by the laws of Mars\u201d.", "m", done=True,
+                citations=[{"quote": "governed by the laws of Mars", "found": False, "label": ""}],
+                sources=[{"label": "[chunk 1, chars 0\u201310]", "text": "MASTER", "chunk": 1, "start": 0, "end": 10,
+                          "page": None}])
+    session.turns = [Turn({}, "Hi?", [], "", "m", error="The model server failed.", done=True), turn]
+    shown = citation_line(turn) + json.dumps(chat_messages(session), ensure_ascii=False) + sources_markdown(session)
+    assert "Warning: quote not found in the contract" in citation_line(turn)
+    assert chat_messages(session)[1]["content"] == "Warning: The model server failed."
+    assert "Warning: not found in the contract" in sources_markdown(session) and not emoji(shown)
+
+    # an answer quoting text that is not in the contract, from a stand-in endpoint; then both ratings
+    answer = 'The contract says "governed by the laws of the planet Mars" in section 3.'
+    monkeypatch.setattr(offline_app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(offline_app.endpoint, "stream", lambda model, messages, max_tokens: iter([answer]))
+    session.turns = []
+    *_, (_, _, status, session, enabled) = offline_app.ask({"task": "clause", "category": "Governing Law"},
+                                                           session, req("alice"))
+    assert enabled and "Warning: 1 quote(s) are not in the contract" in status and not emoji(status)
+    thanks, *_ = offline_app.on_feedback(1, "", session, req("alice"))
+    assert thanks == "Feedback saved (#1): Good answer. Thank you."
+    *_, (_, _, _, session, _) = offline_app.ask({"task": "question", "question": "And the fees?"}, session,
+                                                req("alice"))
+    thanks, *_ = offline_app.on_feedback(-1, "Better.", session, req("alice"))
+    assert thanks == "Feedback saved with your better answer (#2): Needs work. Thank you."
+    assert [r["rating"] for r in offline_app.store.list_feedback()] == [1, -1]
+
+
+def test_run_review_needs_a_contract_and_a_refused_file_leaves_the_box(offline_app: ChatApp, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    demo = offline_app.build()
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert blocks["run"].interactive is False and blocks["run-note"].value == "Load a contract to run a review."
+    # the box's own upload and clear events, never change: emptying the box after a refusal must not fire
+    events = {name for fn in demo.fns.values() for target, name in fn.targets if target == blocks["upload"]._id}
+    assert events == {"upload", "clear"}
+
+    on_upload = handler(demo, "upload", "upload")
+    good, bad = tmp_path / "msa.txt", tmp_path / "broken.pdf"
+    good.write_text(CONTRACT, encoding="utf-8")
+    bad.write_bytes(b"%PDF-1.4 garbage")
+    session, status, _, run, note, box = on_upload(str(good), None, req("alice"))
+    assert status.startswith("Loaded **msa.txt") and run.interactive is True and note.visible is False
+    assert box is not None  # the loaded file stays in the box
+    session, status, _, run, note, box = on_upload(str(bad), session, req("alice"))
+    assert "class='error'" in status and "Not loaded: broken.pdf" in status and session.document is None
+    assert run.interactive is False and note.visible is True and box is None  # the refused file is removed
+    on_upload(str(good), session, req("alice"))
+    session, status, _, run, note, box = handler(demo, "upload", "clear")(None, session, req("alice"))
+    assert status.startswith("No contract loaded") and run.interactive is False and note.visible is True
+
+    # the server refuses a review without a contract too; a typed question still goes out
+    monkeypatch.setattr(offline_app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(offline_app.endpoint, "stream", lambda model, messages, max_tokens: iter(["A clause."]))
+    *_, (_, _, status, session, _) = offline_app.ask({"task": "unfair"}, session, req("alice"))
+    assert "Load a contract to run a review." in status and "class='error'" in status and not session.turns
+    *_, (_, _, status, session, _) = offline_app.ask({"task": "question", "question": "What is an indemnity?"},
+                                                     session, req("alice"))
+    assert status.startswith("Done (answer 1).") and session.turns[0].answer == "A clause."

@@ -3,7 +3,9 @@
 `lexalign chat` runs in a subprocess against the session's REAL vLLM server, with a temporary SQLite store
 holding the account. The tests sign in through Gradio's login page, upload contracts (TXT, and a PDF and a
 DOCX made here), run review tasks, watch the answer stream in, rate it with a better answer, find the
-feedback row in the store, and check that contract and user text never runs as HTML.
+feedback row in the store, and check that contract and user text never runs as HTML. What needs no model
+(Run review waiting for a contract, a refused file leaving the upload box, text labels) is checked against
+a second app whose endpoint is not there.
 """
 
 from __future__ import annotations
@@ -222,4 +224,74 @@ def test_pdf_and_docx_uploads_other_tasks_and_a_bad_file(browser, chat_app, tmp_
         ratings = [row["rating"] for row in store.list_feedback() if row["meta"]["document"]
                    and row["meta"]["document"]["name"] == "lease.pdf"]
     assert ratings == [1]
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def offline_chat(tmp_path_factory):
+    """`lexalign chat` against an endpoint that is not there (port 9): what needs no model, checked without one."""
+    root = tmp_path_factory.mktemp("chat-offline")
+    url = f"sqlite:///{root / 'prefs.db'}"
+    with open_store(url) as store:
+        store.add_annotator("alice", PASSWORD)
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
+    proc = start_app(
+        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
+         "--endpoint", "http://127.0.0.1:9/v1", f"store={url}", f"port={port}"], root / "chat.log", port, env)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
+    stop_app(proc)
+
+
+def wait_until(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_run_review_waits_for_a_contract_and_a_refused_file_is_cleared(browser, offline_chat, tmp_path: Path) -> None:
+    page = login(browser, offline_chat)
+    run, note, status = page.locator("#run"), page.locator("#run-note"), page.locator("#doc-status")
+    assert run.is_disabled()
+    assert "Load a contract to run a review" in note.inner_text()
+
+    contract = tmp_path / "msa.txt"
+    contract.write_text(CONTRACT, encoding="utf-8")
+    assert "Loaded msa.txt: TXT" in upload(page, contract)
+    wait_until(run.is_enabled, "Run review to be enabled after the upload")
+    wait_until(lambda: not note.is_visible(), "the note to go once a contract is loaded")
+
+    # a refused file: a red error, the box empty again, Run review disabled; the error is not replaced
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7\n this is not really a pdf")
+    assert "Not loaded: broken.pdf: cannot read this PDF" in upload(page, broken)
+    assert status.locator(".error").count() == 1
+    wait_until(lambda: "broken.pdf" not in page.locator("#upload").inner_text(), "the refused file to leave the box")
+    assert page.locator("#upload button[aria-label='Clear']").count() == 0
+    time.sleep(1.5)  # time for a stray change event to overwrite the message, had one been sent
+    assert "Not loaded: broken.pdf" in status.inner_text() and status.locator(".error").count() == 1
+    assert run.is_disabled() and "Load a contract to run a review" in note.inner_text()
+
+    # loaded again, then cleared with the box's own button: disabled again
+    assert "Loaded msa.txt" in upload(page, contract)
+    wait_until(run.is_enabled, "Run review to be enabled after the second upload")
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    wait_text(status, "No contract loaded")
+    wait_until(run.is_disabled, "Run review to be disabled after clearing")
+    assert note.is_visible()
+
+    # a typed question without a contract still goes to the model (here: the server that is not there)
+    page.locator("#message textarea").fill("What is an indemnity clause?")
+    page.locator("#send").click()
+    wait_text(page.locator("#status"), "not reachable")  # sent, not refused for want of a contract
+    page.context.close()
+
+
+def test_feedback_buttons_and_marks_are_words(browser, offline_chat) -> None:
+    page = login(browser, offline_chat)
+    assert page.locator("#thumbs-up").inner_text().strip() == "Good answer"
+    assert page.locator("#thumbs-down").inner_text().strip() == "Needs work"
+    assert "a quote marked \u201cWarning:\u201d is not in it" in page.locator("body").inner_text()
     page.context.close()
