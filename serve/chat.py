@@ -21,10 +21,17 @@ row in the preference store (``Store.add_feedback``): the exact prompt messages 
 rating, the better answer and what produced it (model, task, excerpts, document hash). The preference
 export turns them into training pairs, closing the loop. The conversation can be downloaded as JSON.
 
+"Review all clauses" runs the clause-by-clause review (``clause_review.py``) on the loaded contract with the same
+model, budget and prompts: one "Find a clause" prompt per playbook clause, the result as a table (clause,
+found / not found / unverified, quote, location, risk note) under its summary line, and the memo as Word and
+Markdown downloads. The playbook is the config's ``playbook`` (checked with its file:line before the app starts;
+null = every CUAD category), or a playbook YAML uploaded in the page for this session.
+
 All user, document and model text is HTML-escaped before it reaches a component that renders Markdown, so
 nothing in a contract or an answer can run in the browser.
 """
 
+import dataclasses
 import html
 import json
 import logging
@@ -44,13 +51,16 @@ logger = logging.getLogger(__name__)
 
 CSS = """
 #sources .excerpt { white-space: pre-wrap; }
-#feedback-status .error, #status .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+#feedback-status .error, #status .error,
+#playbook-status .error, #clause-summary .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
 """
 _THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 # Marks and labels are words: emoji need a font many browsers' systems lack (Debian's Chromium shows boxes).
 WARNING = "Warning:"
 RATING_LABELS = {1: "Good answer", -1: "Needs work"}
 NEEDS_CONTRACT = "Load a contract to run a review."
+NEEDS_CONTRACT_CLAUSES = "Load a contract to review all clauses."
+CLAUSE_COLUMNS = ["Clause", "Status", "Quote", "Location", "Risk note"]
 
 
 @dataclass
@@ -83,6 +93,8 @@ class ChatConfig:
     max_chars: int = 1_000_000
     max_question_chars: int = 4000
     concurrency_limit: int = 8                  # answers generated at once (the endpoint batches them)
+    # clause-by-clause review
+    playbook: str | None = None                 # a playbook YAML (clause_review.py); null = every CUAD category
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
@@ -110,7 +122,23 @@ class ChatConfig:
         found += problem_if(self.max_question_chars < 10, "max_question_chars", self.max_question_chars, "expected >= 10")
         found += problem_if(self.concurrency_limit < 1, "concurrency_limit", self.concurrency_limit, "expected >= 1")
         found += problem_if(self.request_timeout_s <= 0, "request_timeout_s", self.request_timeout_s, "expected > 0")
+        found += self.playbook_problems()
         return found
+
+    def playbook_problems(self) -> list[Problem]:
+        """The playbook file's problems, each with its file:line, so a bad playbook stops the app at startup
+        rather than the first review."""
+        if self.playbook is None:
+            return []
+        # imported here: clause_review imports this module
+        from lexalign.serve.clause_review import PlaybookError, load_playbook
+
+        try:
+            load_playbook(self.playbook)
+        except PlaybookError as err:
+            # load_config drops a ValueError raised by problems(), so the problems are returned, not raised
+            return [dataclasses.replace(p, key=f"playbook.{p.key}") for p in err.problems]
+        return []
 
     def limits(self) -> Any:
         from lexalign.serve.documents import DocumentLimits
@@ -239,6 +267,7 @@ class ChatSession:
     conversation_id: str = field(default_factory=lambda: secrets.token_hex(8))
     document: Any = None          # documents.Document
     turns: list[Turn] = field(default_factory=list)
+    playbook: Any = None          # clause_review.Playbook uploaded in the page; None = the app's
 
     def history(self) -> list[tuple[str, str]]:
         return [(t.display, t.answer) for t in self.turns if t.answer and not t.error]
@@ -297,6 +326,9 @@ class ChatApp:
         self.config = config
         self.endpoint = endpoint
         self.export_dir = Path(tempfile.mkdtemp(prefix="lexalign-chat-"))
+        from lexalign.serve.clause_review import load_playbook
+
+        self.playbook = load_playbook(config.playbook)  # checked by load_config already; read once
 
     # ----------------------------------------------------------------------- auth and session
 
@@ -350,11 +382,10 @@ class ChatApp:
     # ----------------------------------------------------------------------- asking
 
     def _budget(self, context: int) -> Any:
-        from lexalign.serve.review import Budget
+        from lexalign.serve.clause_review import budget_for
 
-        # The answer may use at most a quarter of a small context: the rest is for the contract text.
-        return Budget(context_tokens=context, max_tokens=min(self.config.max_tokens, max(16, context // 4)),
-                      chars_per_token=self.config.chars_per_token, history_share=self.config.history_share)
+        # One budget for chat answers and the clause-by-clause review: the same prompt in both gets the same answer.
+        return budget_for(self.config, context)
 
     def ask(self, request_data: dict[str, Any], state: ChatSession | None, request: Any) -> Iterator[tuple[Any, ...]]:
         """Stream one answer. Yields (chatbot messages, sources md, status md, state, feedback enabled)."""
@@ -477,10 +508,104 @@ class ChatApp:
     def clear(self, state: ChatSession | None, request: Any) -> tuple[Any, ...]:
         session = self._session(state, request)
         if session is not None:
-            document = session.document
+            document, playbook = session.document, session.playbook
             session = ChatSession(session.user)
-            session.document = document
+            session.document, session.playbook = document, playbook
         return [], sources_markdown(session), "New conversation.", session, False
+
+    # ----------------------------------------------------------------------- clause-by-clause review
+
+    def playbook_note(self, session: ChatSession | None) -> str:
+        book = session.playbook if session is not None and session.playbook is not None else self.playbook
+        name, count = Path(book.source).name, len(book.clauses)  # a file's name, or "all CUAD categories"
+        return f"Playbook: {inert(name)} ({count} clause{'s' * (count != 1)})."
+
+    def on_playbook(self, file: Any, state: ChatSession | None, request: Any) -> tuple[ChatSession | None, str, bool]:
+        """Use an uploaded playbook YAML for this session's reviews; (state, status markdown, accepted).
+        A refused playbook leaves the session on the app's playbook. Never raises."""
+        from lexalign.serve.clause_review import PlaybookError, load_playbook
+
+        session = self._session(state, request)
+        if session is None:
+            return state, _error("Not signed in; reload the page and sign in."), False
+        if file is None:
+            session.playbook = None
+            return session, self.playbook_note(session), False
+        path = str(file if isinstance(file, str) else getattr(file, "name", None) or getattr(file, "path", ""))
+        name = getattr(file, "orig_name", None) or Path(path).name
+        try:
+            book = load_playbook(path)
+        except PlaybookError as err:
+            session.playbook = None
+            # the upload's temporary path means nothing to the lawyer; the file's own name with its line does
+            message = str(err).replace(path, name)
+            return session, _error(f"Playbook not used: {message}") + "<br>" + self.playbook_note(session), False
+        except Exception as err:  # noqa: BLE001 - an upload must never crash the app
+            logger.exception("reading playbook %s failed", name)
+            session.playbook = None
+            return session, _error(f"Playbook not used: {name}: could not be read ({type(err).__name__})."), False
+        session.playbook = dataclasses.replace(book, source=name)
+        logger.info("%s uses playbook %s (%d clauses)", session.user, name, len(book.clauses))
+        return session, self.playbook_note(session), True
+
+    def review_all(self, state: ChatSession | None, request: Any, progress: Any = None
+                   ) -> tuple[str, list[list[str]], str | None, str | None, ChatSession | None]:
+        """Look for every playbook clause in the loaded contract and write the memo;
+        (summary markdown, table rows, review.docx path, review.md path, state). Never raises.
+
+        ``progress(fraction, desc=...)`` (gr.Progress) marks the start and the memo; the clauses in between are
+        counted by the review's own progress bar, which gr.Progress(track_tqdm=True) follows.
+        """
+        from lexalign.serve.clause_review import (
+            ClauseReviewError,
+            ask_through,
+            shorten_quote,
+            budget_for,
+            memo_markdown,
+            run_clause_review,
+            summary_line,
+            write_memo_docx,
+        )
+
+        session = self._session(state, request)
+        if session is None:
+            return _error("Not signed in; reload the page and sign in."), [], None, None, state
+        # The page disables the button without a contract; a request made by hand gets the same answer.
+        if session.document is None:
+            return _error(NEEDS_CONTRACT_CLAUSES), [], None, None, session
+        document = session.document
+        book = session.playbook if session.playbook is not None else self.playbook
+        started = time.monotonic()
+        try:
+            model, context = self.endpoint.resolve()
+            budget = budget_for(self.config, context)
+            if progress is not None:
+                progress(0, desc=f"Asking about {len(book.clauses)} clauses")
+            rows = run_clause_review(document, book, ask_through(self.endpoint, model, budget.max_tokens),
+                                     budget=budget, max_chunks=self.config.max_chunks,
+                                     concurrency=self.config.concurrency_limit)
+        except (EndpointError, ClauseReviewError) as err:
+            return _error(str(err)), [], None, None, session
+        if progress is not None:
+            progress(1, desc="Writing the memo")
+        # one folder per conversation: a lawyer's memo is never offered to another session
+        folder = self.export_dir / session.conversation_id / "clause-review"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            markdown = folder / "review.md"
+            markdown.write_text(memo_markdown(rows, document.name, model), encoding="utf-8")
+            docx_path = write_memo_docx(rows, folder / "review.docx", document.name, model)
+        except OSError as err:
+            logger.exception("writing the clause review memo failed")
+            return _error(f"The memo could not be written: {err.strerror or err}"), [], None, None, session
+        self.store.audit(session.user, "chat_clause_review", {
+            "conversation": session.conversation_id, "document": document.meta(), "model": model,
+            "playbook": book.source, "clauses": len(rows), "found": sum(r.found for r in rows)})
+        logger.info("%s reviewed %s: %d clauses in %.1f s", session.user, document.name, len(rows),
+                    time.monotonic() - started)
+        table = [[r.clause, r.status, shorten_quote(r.quote), r.location, r.risk_note] for r in rows]
+        summary = f"**{inert(document.name)}** with `{inert(model)}`: {inert(summary_line(rows))}"
+        return summary, table, str(docx_path), str(markdown), session
 
     # ----------------------------------------------------------------------- layout
 
@@ -531,6 +656,27 @@ class ChatApp:
                                                    interactive=False)
                         clear = gr.Button("New conversation", elem_id="clear")
                     sources = gr.Markdown(sources_markdown(None), elem_id="sources")
+            gr.Markdown("### Clause-by-clause review")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    playbook = gr.File(label="Playbook (YAML, optional)", file_types=[".yaml", ".yml"],
+                                       type="filepath", elem_id="playbook")
+                    playbook_status = gr.Markdown(self.playbook_note(None), elem_id="playbook-status")
+                    # Enabled with "Run review", once a contract is loaded.
+                    review_all = gr.Button("Review all clauses", variant="primary", interactive=False,
+                                           elem_id="review-all")
+                    review_all_note = gr.Markdown(NEEDS_CONTRACT_CLAUSES, elem_id="review-all-note")
+                    with gr.Row():
+                        memo_docx = gr.DownloadButton("Download memo (Word)", value=None, interactive=False,
+                                                      elem_id="memo-docx")
+                        memo_md = gr.DownloadButton("Download memo (Markdown)", value=None, interactive=False,
+                                                    elem_id="memo-md")
+                with gr.Column(scale=3, min_width=400):
+                    clause_summary = gr.Markdown("*One row per playbook clause appears here.*",
+                                                 elem_id="clause-summary")
+                    clause_table = gr.Dataframe(headers=CLAUSE_COLUMNS, datatype="str", interactive=False,
+                                                wrap=True, label="Clauses", elem_id="clause-table",
+                                                column_widths=["14%", "9%", "37%", "18%", "22%"])
 
             def feedback_buttons(enabled: bool) -> tuple[Any, Any]:
                 return gr.Button(interactive=enabled), gr.Button(interactive=enabled)
@@ -584,6 +730,27 @@ class ChatApp:
                 return (messages, src, stat, new_state, *feedback_buttons(enabled), "",
                         gr.DownloadButton(value=None, interactive=False))
 
+            def clause_review_reset(session: ChatSession | None) -> tuple[Any, ...]:
+                # A new contract (or none) empties the last review: its table and memo belong to the old one.
+                loaded = session is not None and session.document is not None
+                return (gr.Button(interactive=loaded), gr.Markdown(visible=not loaded),
+                        "*One row per playbook clause appears here.*", gr.Dataframe(value=[], headers=CLAUSE_COLUMNS),
+                        gr.DownloadButton(value=None, interactive=False),
+                        gr.DownloadButton(value=None, interactive=False))
+
+            def on_playbook(file: Any, session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
+                new_state, text, accepted = self.on_playbook(file, session, request)
+                # like a refused contract, a refused playbook leaves the box (its error stays)
+                return new_state, text, None if file is not None and not accepted else gr.skip()
+
+            # track_tqdm: the review's own progress bar (one step per clause) drives the page's progress
+            def on_review_all(session: ChatSession | None, request: gr.Request,
+                              progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:
+                summary, rows, docx_path, md_path, new_state = self.review_all(session, request, progress)
+                return (summary, gr.Dataframe(value=rows, headers=CLAUSE_COLUMNS), new_state,
+                        gr.DownloadButton(value=docx_path, interactive=docx_path is not None),
+                        gr.DownloadButton(value=md_path, interactive=md_path is not None))
+
             def show_category(task_key: str) -> Any:
                 return gr.Dropdown(visible=task_key == "clause")
 
@@ -592,8 +759,17 @@ class ChatApp:
             # upload and clear, not change: change also fires when on_upload empties the box after a refused file,
             # and would replace the error with "No contract loaded".
             upload_outputs = [state, doc_status, sources, run, run_note, upload]
-            upload.upload(on_upload, [upload, state], upload_outputs, api_visibility="private")
-            upload.clear(on_upload, [upload, state], upload_outputs, api_visibility="private")
+            reset_outputs = [review_all, review_all_note, clause_summary, clause_table, memo_docx, memo_md]
+            upload.upload(on_upload, [upload, state], upload_outputs, api_visibility="private"
+                          ).then(clause_review_reset, [state], reset_outputs, api_visibility="private")
+            upload.clear(on_upload, [upload, state], upload_outputs, api_visibility="private"
+                         ).then(clause_review_reset, [state], reset_outputs, api_visibility="private")
+            playbook.upload(on_playbook, [playbook, state], [state, playbook_status, playbook],
+                            api_visibility="private")
+            playbook.clear(on_playbook, [playbook, state], [state, playbook_status, playbook],
+                           api_visibility="private")
+            review_all.click(on_review_all, [state], [clause_summary, clause_table, state, memo_docx, memo_md],
+                             api_visibility="private", concurrency_id="answer")
             task.change(show_category, [task], [category], api_visibility="private")
             run.click(on_run, [task, category, message, state], answer_outputs, api_visibility="private",
                       concurrency_id="answer")

@@ -345,7 +345,7 @@ def _found_cell(row: ClauseRow) -> str:
     return {FOUND: "yes", NOT_FOUND: "no"}.get(row.status, "check")
 
 
-def _short(text: str, limit: int = TABLE_QUOTE_CHARS) -> str:
+def shorten_quote(text: str, limit: int = TABLE_QUOTE_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " \u2026"
 
@@ -379,7 +379,7 @@ def memo_markdown(rows: list[ClauseRow], contract_name: str, model_name: str, da
              "| # | Clause | Found | Quote | Location | Risk note |", "|---|---|---|---|---|---|"]
     for i, row in enumerate(rows, start=1):
         refs = " ".join(f"[{n}]" for n in numbers.get(id(row), []))
-        quote = f"\u201c{_md(_short(row.quote))}\u201d {refs}".strip() if row.quote else ""
+        quote = f"\u201c{_md(shorten_quote(row.quote))}\u201d {refs}".strip() if row.quote else ""
         lines.append(f"| {i} | {_md(row.clause)} | {_found_cell(row)} | {quote} | {_md(row.location)} | "
                      f"{_md(row.risk_note)} |")
     lines += ["", "## Citations", ""]
@@ -428,7 +428,7 @@ def write_memo_docx(rows: list[ClauseRow], path: str | Path, contract_name: str,
         cell.paragraphs[0].add_run(text).bold = True
     for i, row in enumerate(rows, start=1):
         refs = " ".join(f"[{n}]" for n in numbers.get(id(row), []))
-        quote = f"\u201c{_short(row.quote)}\u201d {refs}".strip() if row.quote else ""
+        quote = f"\u201c{shorten_quote(row.quote)}\u201d {refs}".strip() if row.quote else ""
         values = (str(i), row.clause, _found_cell(row), quote, row.location, row.risk_note)
         for cell, text in zip(table.add_row().cells, values):
             cell.text = _xml(text)
@@ -475,7 +475,7 @@ class ReviewOutputs:
         return f"{summary_line(self.rows)} Memo: {', '.join(str(p) for p in self.files.values())}"
 
 
-def _ask_with(endpoint: Endpoint, model: str, max_tokens: int) -> Ask:
+def ask_through(endpoint: Endpoint, model: str, max_tokens: int) -> Ask:
     def ask(messages: list[dict[str, str]]) -> str:
         try:
             return "".join(endpoint.stream(model, messages, max_tokens))
@@ -493,7 +493,7 @@ def review_with_endpoint(document: Document, playbook: Playbook, config: ReviewC
     except EndpointError as err:
         raise ClauseReviewError(str(err)) from None
     budget = budget_for(config, context)
-    rows = run_clause_review(document, playbook, _ask_with(endpoint, model, budget.max_tokens), budget=budget,
+    rows = run_clause_review(document, playbook, ask_through(endpoint, model, budget.max_tokens), budget=budget,
                              max_chunks=config.max_chunks, concurrency=config.concurrency_limit)
     files = {"json": out / "review.json", "markdown": out / "review.md", "docx": out / "review.docx"}
     payload = review_json(rows, document, model, playbook, **(about or {}))
@@ -514,7 +514,7 @@ def run_review(contract: str | Path, out: str | Path, *, playbook: str | Path | 
         raise ClauseReviewError("give the model as --endpoint URL or --run RUN_DIR (one of them)")
     overrides = list(overrides or []) + [f"{k}={v}" for k, v in (("endpoint", endpoint), ("model", model)) if v]
     config = load_config(ReviewConfig, config_path, overrides)
-    book = load_playbook(playbook)
+    book = load_playbook(playbook or config.playbook)   # --playbook, else the config's, else every CUAD category
     document = load_document(contract, config.limits(), chunk_chars=config.chunk_chars,
                              chunk_overlap=config.chunk_overlap)
     out = Path(out)

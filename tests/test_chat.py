@@ -1,11 +1,14 @@
 """The chat UI's handlers without a browser: config, uploads, errors as messages, the layout (text labels and
-"Warning:" marks, Run review waiting for a contract, a refused file leaving the box), and (slow) streamed review
+"Warning:" marks, Run review waiting for a contract, a refused file leaving the box), "Review all clauses" (the
+playbook checked at startup or uploaded, the table, summary and both memos from a stand-in model on a real CUAD
+contract), and (slow) streamed review
 answers from the REAL vLLM server with located quotes, feedback rows in the store and the JSON export.
 (The headless-Chromium test is test_chat_browser.py.)"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -258,3 +261,126 @@ def test_run_review_needs_a_contract_and_a_refused_file_leaves_the_box(offline_a
     *_, (_, _, status, session, _) = offline_app.ask({"task": "question", "question": "What is an indemnity?"},
                                                      session, req("alice"))
     assert status.startswith("Done (answer 1).") and session.turns[0].answer == "A clause."
+
+
+# --------------------------------------------------------------------------- clause-by-clause review
+
+
+def test_review_all_clauses_table_summary_and_memos(tmp_path: Path, monkeypatch) -> None:
+    """The "Review all clauses" handler on a real CUAD contract, with the config's playbook and a stand-in model
+    that quotes the contract as the tuned model is trained to (tests/test_clause_review.py's fixed answers)."""
+    import docx
+
+    from test_clause_review import PLAYBOOK, cuad_contract, fixed_ask
+
+    from lexalign.serve.clause_review import NOT_IN_CONTRACT
+
+    # the chat config's own chunking and budget (1000-character chunks, as the training data)
+    app = make_app(tmp_path, "http://127.0.0.1:9/v1", "key", "chunk_chars=1000", "chunk_overlap=250",
+                   "chars_per_token=3.0", "max_tokens=256", f"playbook={PLAYBOOK}")
+    assert app.playbook_note(None) == "Playbook: playbook.yaml (10 clauses)."
+    text, gold = cuad_contract()
+    summary, table, docx_path, md_path, _ = app.review_all(None, req("alice"))
+    assert "Load a contract to review all clauses." in summary and table == [] and docx_path is None
+
+    session, _, _ = upload(app, tmp_path, name="inmode.txt", data=text.encode())
+    # nothing listens on the endpoint: a message, no memo
+    summary, table, docx_path, md_path, session = app.review_all(session, req("alice"))
+    assert "not reachable" in summary and "class='error'" in summary and table == [] and md_path is None
+
+    calls: list[list[dict[str, str]]] = []
+    answer = fixed_ask(gold, calls)
+
+    def stand_in(model: str, messages: list[dict[str, str]], max_tokens: int):
+        assert model == "stand-in" and max_tokens == 256  # the chat budget: min(max_tokens, context // 4)
+        if "Find the Audit Rights clause" in messages[-1]["content"]:
+            return iter(['"The Contractor may audit the books of the planet Mars."'])  # not in the contract
+        return iter([answer(messages)])
+
+    monkeypatch.setattr(app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(app.endpoint, "stream", stand_in)
+    steps: list[tuple[float, str]] = []
+    started = time.monotonic()
+    summary, table, docx_path, md_path, session = app.review_all(
+        session, req("alice"), lambda fraction, desc=None: steps.append((fraction, desc)))
+    assert time.monotonic() - started < 30
+    assert steps == [(0, "Asking about 10 clauses"), (1, "Writing the memo")]
+    assert len(calls) == 9  # ten clauses; Audit Rights was answered by the stand-in itself
+    names = [row[0] for row in table]
+    assert names[:3] == ["Governing Law", "Termination for Convenience", "Cap on Liability"] and len(table) == 10
+    rows = {row[0]: row for row in table}
+    for clause in ("Governing Law", "Termination for Convenience", "Cap on Liability"):
+        _, status, quote, location, _ = rows[clause]
+        assert status == "found" and quote.startswith(gold[clause][:40]) and location.startswith("[chunk ")
+    assert rows["Non-Compete"][1] == "not found" and rows["Non-Compete"][2] == ""
+    assert rows["Non-Compete"][4].startswith("Missing (")
+    assert rows["Audit Rights"][1] == "unverified" and "Check by hand" in rows["Audit Rights"][4]
+    assert "Found 3 of 10 clauses." in summary and "inmode.txt" in summary and "`stand-in`" in summary
+    assert "Audit Rights" in summary  # to check by hand
+    assert app.store.audit_events("chat_clause_review")[-1]["detail"]["found"] == 3
+
+    # both memos, in this conversation's own folder
+    assert Path(docx_path).name == "review.docx" and Path(md_path).name == "review.md"
+    assert Path(docx_path).parent == app.export_dir / session.conversation_id / "clause-review"
+    memo = Path(md_path).read_text(encoding="utf-8")
+    assert memo.startswith("# Clause review: inmode.txt") and "- Model: stand-in" in memo
+    assert "| 1 | Governing Law | yes |" in memo and NOT_IN_CONTRACT in memo
+    word = docx.Document(docx_path)
+    (grid,) = word.tables
+    assert [c.text for c in grid.rows[0].cells] == ["#", "Clause", "Found", "Quote", "Location", "Risk note"]
+    assert len(grid.rows) == 11 and grid.rows[1].cells[1].text == "Governing Law"
+    assert any("Found 3 of 10 clauses." in p.text for p in word.paragraphs)
+    app.store.close()
+
+
+def test_the_playbook_is_checked_at_startup_and_one_can_be_uploaded(offline_app: ChatApp, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    bad = tmp_path / "book.yaml"
+    bad.write_text("- clause: Governing Law\n- clause: Governing law\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(ChatConfig, REPO / "configs" / "chat.yaml", [f"playbook={bad}"])
+    assert f"{bad}:2: playbook.clause = 'Governing law': not a CUAD category" in str(info.value)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(ChatConfig, None, [f"playbook={tmp_path / 'missing.yaml'}"])
+
+    # in the page: the default is every CUAD category; a bad upload is an error naming the file's line
+    assert offline_app.playbook_note(None) == "Playbook: all CUAD categories (41 clauses)."
+    session, status, accepted = offline_app.on_playbook(str(bad), None, req("alice"))
+    assert not accepted and session.playbook is None and "class='error'" in status
+    assert "Playbook not used: invalid playbook: book.yaml:2: " in status
+    assert "all CUAD categories (41 clauses)" in status
+    good = tmp_path / "mine.yaml"
+    good.write_text("- Governing Law\n- clause: Audit Rights\n  risk_if_missing: high\n", encoding="utf-8")
+    session, status, accepted = offline_app.on_playbook(str(good), session, req("alice"))
+    assert accepted and status == "Playbook: mine.yaml (2 clauses)."
+    session, _, _ = offline_app.on_upload(str(_contract(tmp_path)), session, req("alice"))
+    monkeypatch.setattr(offline_app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(offline_app.endpoint, "stream", lambda model, messages, max_tokens: iter(["Not present."]))
+    summary, table, *_ = offline_app.review_all(session, req("alice"))
+    assert [row[:2] for row in table] == [["Governing Law", "not found"], ["Audit Rights", "not found"]]
+    assert "Missing high-risk clauses: Audit Rights." in summary
+    # a new conversation keeps the contract and the playbook
+    *_, session, _ = offline_app.clear(session, req("alice"))
+    assert session.playbook is not None and session.document is not None
+    session, status, _ = offline_app.on_playbook(None, session, req("alice"))
+    assert session.playbook is None and "41 clauses" in status
+
+
+def _contract(tmp_path: Path) -> Path:
+    path = tmp_path / "msa.txt"
+    path.write_text(CONTRACT, encoding="utf-8")
+    return path
+
+
+def test_review_all_clauses_waits_for_a_contract_in_the_layout(offline_app: ChatApp) -> None:
+    import gradio as gr
+
+    demo = offline_app.build()
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert blocks["review-all"].value == "Review all clauses" and blocks["review-all"].interactive is False
+    assert blocks["review-all-note"].value == "Load a contract to review all clauses."
+    assert blocks["memo-docx"].label == "Download memo (Word)" and blocks["memo-md"].label == "Download memo (Markdown)"
+    assert isinstance(blocks["clause-table"], gr.Dataframe) and blocks["clause-table"].interactive is False
+    assert blocks["playbook-status"].value == "Playbook: all CUAD categories (41 clauses)."
+    for elem_id in ("review-all", "memo-docx", "memo-md"):
+        assert not emoji(str(blocks[elem_id].value or blocks[elem_id].label))

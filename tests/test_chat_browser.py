@@ -5,7 +5,9 @@ holding the account. The tests sign in through Gradio's login page, upload contr
 DOCX made here), run review tasks, watch the answer stream in, rate it with a better answer, find the
 feedback row in the store, and check that contract and user text never runs as HTML. What needs no model
 (Run review waiting for a contract, a refused file leaving the upload box, text labels) is checked against
-a second app whose endpoint is not there.
+a second app whose endpoint is not there. "Review all clauses" (one prompt per playbook clause) runs against a
+third app whose endpoint is a stand-in OpenAI-compatible server answering in the trained form, so the table,
+summary and memo downloads are checked without waiting for a real model to answer every clause.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -294,4 +299,127 @@ def test_feedback_buttons_and_marks_are_words(browser, offline_chat) -> None:
     assert page.locator("#thumbs-up").inner_text().strip() == "Good answer"
     assert page.locator("#thumbs-down").inner_text().strip() == "Needs work"
     assert "a quote marked \u201cWarning:\u201d is not in it" in page.locator("body").inner_text()
+    page.context.close()
+
+
+
+# --------------------------------------------------------------------------- clause-by-clause review
+
+REVIEWED = CONTRACT + "5. Audit. Provider may audit <img src=x onerror='window.__xss = 5'> the records once a year.\n"
+GOVERNING = "This Agreement shall be governed by the laws of the State of New York."
+AUDIT = "Provider may audit <img src=x onerror='window.__xss = 5'> the records once a year."
+
+
+class StandInModel(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that streams the trained answer form: the clause quoted when the prompt's
+    excerpts hold it (Governing Law, Audit Rights of REVIEWED), else "Not present."."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._json({"object": "list", "data": [{"id": "stand-in", "object": "model", "max_model_len": 4096}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        from lexalign.data import prompts
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = body["messages"][-1]["content"]
+        answer = prompts.NOT_PRESENT
+        for clause, span in (("Governing Law", GOVERNING), ("Audit Rights", AUDIT)):
+            if user.startswith(f"Find the {clause} clause") and span in user:
+                answer = prompts.extract_answer([span])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+        for delta, finish in (({"role": "assistant", "content": answer}, None), ({}, "stop")):
+            event = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture(scope="module")
+def review_chat(tmp_path_factory):
+    """`lexalign chat` with a three-clause playbook in its config, against the stand-in model."""
+    root = tmp_path_factory.mktemp("chat-review")
+    url = f"sqlite:///{root / 'prefs.db'}"
+    with open_store(url) as store:
+        store.add_annotator("alice", PASSWORD)
+    book = root / "book.yaml"
+    book.write_text("- clause: Governing Law\n  risk_if_missing: medium\n- Audit Rights\n"
+                    "- clause: Non-Compete\n  risk_if_missing: high\n  position: None binding the client.\n",
+                    encoding="utf-8")
+    model = ThreadingHTTPServer(("127.0.0.1", 0), StandInModel)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
+    proc = start_app(
+        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
+         "--endpoint", f"http://127.0.0.1:{model.server_address[1]}/v1", f"store={url}", f"port={port}",
+         f"playbook={book}"], root / "chat.log", port, env)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
+    stop_app(proc)
+    model.shutdown()
+    model.server_close()
+
+
+def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_path: Path) -> None:
+    import docx
+
+    page = login(browser, review_chat)
+    button, note = page.locator("#review-all"), page.locator("#review-all-note")
+    assert button.is_disabled() and "Load a contract to review all clauses" in note.inner_text()
+    assert "Playbook: book.yaml (3 clauses)" in page.locator("#playbook-status").inner_text()
+
+    contract = tmp_path / "msa.txt"
+    contract.write_text(REVIEWED, encoding="utf-8")
+    assert "Loaded msa.txt: TXT" in upload(page, contract)
+    wait_until(button.is_enabled, "Review all clauses to be enabled after the upload")
+    assert not note.is_visible()
+
+    button.click()
+    summary = wait_text(page.locator("#clause-summary"), "Found 2 of 3 clauses.")
+    assert "Missing high-risk clauses: Non-Compete." in summary and "stand-in" in summary
+    table = page.locator("#clause-table")
+    shown = wait_text(table, "Non-Compete")
+    for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "[chunk ",
+                 "Missing (high risk). Firm position: None binding the client."):
+        assert text in shown, text
+    # the contract's markup in a quote is text in the table, never an element
+    assert "onerror='window.__xss = 5'" in shown
+    assert table.locator("img[src='x']").count() == 0 and page.evaluate("window.__xss") is None
+
+    with page.expect_download() as info:
+        page.locator("#memo-docx").click()
+    assert info.value.suggested_filename == "review.docx"
+    word = docx.Document(info.value.path())
+    assert [row.cells[1].text for row in word.tables[0].rows] == ["Clause", "Governing Law", "Audit Rights",
+                                                                  "Non-Compete"]
+    with page.expect_download() as info:
+        page.locator("#memo-md").click()
+    memo = Path(info.value.path()).read_text(encoding="utf-8")
+    assert info.value.suggested_filename == "review.md" and memo.startswith("# Clause review: msa.txt")
+
+    # a playbook uploaded in the page: a bad one is an error with its line and leaves the box
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("- Governing Law\n- Govern Law\n", encoding="utf-8")
+    page.locator("#playbook input[type=file]").set_input_files(str(bad))
+    status = wait_text(page.locator("#playbook-status"), "Playbook not used")
+    assert "mine.yaml:2" in status and page.locator("#playbook-status .error").count() == 1
+    wait_until(lambda: "mine.yaml" not in page.locator("#playbook").inner_text(), "the refused playbook to go")
+
+    # clearing the contract disables the button and empties the last review
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    wait_until(button.is_disabled, "Review all clauses to be disabled after clearing")
+    wait_until(lambda: "Governing Law" not in table.inner_text(), "the table to empty")
+    assert page.locator("#memo-docx").is_disabled()
     page.context.close()

@@ -137,7 +137,7 @@ def test_playbook_errors_name_the_file_line_and_close_names(tmp_path: Path) -> N
 def test_bad_input_fails_in_one_line_before_any_model_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(Endpoint, "resolve", forbidden)
-    monkeypatch.setattr(clause_review, "_ask_with", forbidden)
+    monkeypatch.setattr(clause_review, "ask_through", forbidden)
     monkeypatch.setattr("lexalign.serve.launch.start_server", forbidden)
     good = tmp_path / "msa.txt"
     good.write_text("This Agreement shall be governed by the laws of the State of New York.\n", encoding="utf-8")
