@@ -50,6 +50,13 @@ HTML markup (rationales are plain text; they are also always rendered escaped), 
 task is not assigned to this annotator, or the form token is unknown, stale or already used (each
 assignment has one random token; a ranking stores it under a unique constraint, so a replayed form is
 refused even under a race).
+
+Withdrawal. ``withdraw_ranking`` lets an annotator take back one of their own app submissions until an admin
+exports: in one transaction the ranking is deleted, the annotator's assignment of the task is reopened (same
+slot, same form token, so the answers come back in the order first shown) and a ``ranking_withdrawn`` audit
+event keeps who withdrew what and when. Exports are the ``export`` audit events (``reward/prefs.py`` writes one
+after every export); a ranking submitted at or before any export's time is locked, because it may be in that
+export's files. Imported and derived rankings were never submitted in the app and cannot be withdrawn.
 """
 
 from __future__ import annotations
@@ -339,6 +346,20 @@ class DerivedRanking:
     ranks: tuple[int, ...]         # in candidate position order, 1 = best, ties share a rank
     none_acceptable: bool
     rationale: str | None = None   # how the ranks were derived (plain text)
+
+
+@dataclass(frozen=True)
+class WithdrawnRanking:
+    """A ranking its annotator took back (``withdraw_ranking``): what it said, and the task reopened for them."""
+
+    ranking_id: int
+    task_id: int
+    ranks: dict[int, int]          # candidate id -> rank, as submitted
+    none_acceptable: bool
+    rationale: str | None
+    flags: tuple[str, ...]
+    submitted_at: datetime | None
+    task: TaskView                 # the reopened assignment (its original form token: the same answer order)
 
 
 @dataclass
@@ -815,7 +836,7 @@ class Store:
     def _active_annotator(self, conn: Connection, username: str, error: type[StoreError] = StoreError) -> Any:
         if not isinstance(username, str) or not _USERNAME.match(username):  # never a stored name: no query
             raise error(f"no annotator named {username!r}")
-        row = conn.execute(select(annotators.c.id, annotators.c.role, annotators.c.active)
+        row = conn.execute(select(annotators.c.id, annotators.c.role, annotators.c.active, annotators.c.kind)
                            .where(annotators.c.username == username)).first()
         if row is None:
             raise error(f"no annotator named {username!r}")
@@ -1064,6 +1085,93 @@ class Store:
 
         self._retrying("skipping the task", run)
 
+    # ----------------------------------------------------------------------- withdrawal of one's own ranking
+
+    @staticmethod
+    def _export_since(submitted_at: Any) -> Any:
+        """The time of the first export at or after ``submitted_at`` (a scalar subquery; NULL: none yet).
+
+        An export records ``export_started`` before it reads the rankings (and ``export`` after writing), so a
+        ranking that made it into an export was always submitted before that event: "at or after" never unlocks
+        an exported ranking, even while the export is still writing. (One submitted during an export's run is
+        locked too, though it may not be in the files: the safe side.)"""
+        return (select(func.min(audit_events.c.at))
+                .where(audit_events.c.action.in_(("export_started", "export")), audit_events.c.at >= submitted_at)
+                .scalar_subquery())
+
+    @staticmethod
+    def _locked_reason(form_token: str | None, kind: str, exported_at: datetime | None) -> str | None:
+        """Why a ranking can no longer be withdrawn by its annotator; None while it still can."""
+        if kind != "human":
+            return "computed from labels, not submitted by a person"
+        if not form_token:
+            return "imported, not submitted in the ranking app"
+        if exported_at is not None:
+            if exported_at.tzinfo is not None:  # PostgreSQL answers in the session's time zone
+                exported_at = exported_at.astimezone(timezone.utc)
+            return f"exported by an admin on {exported_at:%Y-%m-%d %H:%M} UTC"
+        return None
+
+    def withdraw_ranking(self, username: str, *, ranking_id: int | None = None,
+                         task_id: int | None = None) -> WithdrawnRanking:
+        """Take back one of ``username``'s own rankings (by ranking id or task id) so they can rank the task again.
+
+        One transaction: the ranking is deleted, the annotator's assignment of the task is open again (same slot
+        and form token: the task keeps its place among the k annotators and shows its answers in the same
+        order) and a ``ranking_withdrawn`` audit event records it. Raises StoreError, changing nothing, when the
+        ranking is unknown (or already withdrawn), is someone else's, was not submitted in the app by a person
+        (imported, derived), or was submitted before an export. A page should name the task: an annotator has one
+        ranking per task, whereas SQLite may give a withdrawn ranking's id to the next ranking stored."""
+        if (ranking_id is None) == (task_id is None):
+            raise StoreError("give exactly one of ranking_id and task_id to say which ranking to withdraw")
+        for name, value in (("ranking_id", ranking_id), ("task_id", task_id)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise StoreError(f"{name} must be a whole number; got {value!r}")
+        which = f"ranking {ranking_id}" if ranking_id is not None else f"your ranking of task {task_id}"
+
+        def run() -> WithdrawnRanking:
+            with self._write() as conn:
+                annotator = self._active_annotator(conn, username)
+                query = (select(rankings, self._export_since(rankings.c.submitted_at).label("exported_at"))
+                         .with_for_update(of=rankings))  # PostgreSQL: two withdrawals of one ranking queue here
+                if ranking_id is not None:
+                    query = query.where(rankings.c.id == ranking_id)
+                else:
+                    query = query.where(rankings.c.task_id == task_id, rankings.c.annotator_id == annotator.id)
+                row = conn.execute(query).first()
+                if row is None:
+                    raise StoreError(f"{which} does not exist (unknown, or already withdrawn); "
+                                     "reload My submissions")
+                if row.annotator_id != annotator.id:
+                    raise StoreError(f"{which} is not yours: only the annotator who submitted a ranking can "
+                                     "withdraw it")
+                locked = self._locked_reason(row.form_token, annotator.kind, row.exported_at)
+                if locked:
+                    raise StoreError(f"{which} can no longer be withdrawn: {locked}; ask an admin if it is wrong")
+                reopened = conn.execute(
+                    update(assignments)
+                    .where(assignments.c.task_id == row.task_id, assignments.c.annotator_id == annotator.id,
+                           assignments.c.status == "done", assignments.c.form_token == row.form_token)
+                    .values(status="open", finished_at=None))
+                if reopened.rowcount != 1:  # a submitted app ranking always has its done assignment
+                    raise StoreError(f"{which} has no finished assignment to reopen; ask an admin")
+                # The ranking's form token is freed with it, so the reopened form can be submitted once more.
+                if conn.execute(rankings.delete().where(rankings.c.id == row.id)).rowcount != 1:
+                    raise StoreError(f"{which} was withdrawn at the same time from another page; reload")
+                submitted_at = row.submitted_at
+                self._audit(conn, username, "ranking_withdrawn", {
+                    "task_id": int(row.task_id), "ranking_id": int(row.id), "ranks": list(row.ranks),
+                    "none_acceptable": bool(row.none_acceptable), "flags": list(row.flags or ()),
+                    "submitted_at": submitted_at.isoformat() if submitted_at else None})
+                view = self._task_view(conn, row.task_id, row.form_token)
+            logger.info("%s withdrew ranking %d of task %d", username, row.id, row.task_id)
+            ids = [c.id for c in view.candidates]
+            return WithdrawnRanking(int(row.id), int(row.task_id), dict(zip(ids, row.ranks)),
+                                    bool(row.none_acceptable), row.rationale, tuple(row.flags or ()),
+                                    submitted_at, view)
+
+        return self._retrying("withdrawing the ranking", run)
+
     # ----------------------------------------------------------------------- progress and views
 
     def progress(self, username: str) -> Progress:
@@ -1083,14 +1191,16 @@ class Store:
 
     def my_rankings(self, username: str, limit: int = 20) -> list[dict[str, Any]]:
         """This annotator's own latest rankings (never anyone else's), each with its task (id, prompt_id, meta,
-        source), the answers' texts in stored order (``texts``; ``ranks`` follow it) and the form token the
-        ranking was submitted with (it fixed the order the answers were shown in)."""
+        source), the answers' texts in stored order (``texts``; ``ranks`` follow it), the form token the
+        ranking was submitted with (it fixed the order the answers were shown in), its ``ranking_id`` and
+        whether the annotator may still withdraw it (``editable``; else ``locked_reason`` says why)."""
         with self._read() as conn:
             annotator = self._active_annotator(conn, username)
             rows = [dict(row._mapping) for row in conn.execute(
                 select(tasks.c.prompt_id, tasks.c.meta, tasks.c.source, rankings.c.task_id, rankings.c.ranks,
                        rankings.c.none_acceptable, rankings.c.flags, rankings.c.rationale, rankings.c.form_token,
-                       rankings.c.submitted_at)
+                       rankings.c.submitted_at, rankings.c.id.label("ranking_id"),
+                       self._export_since(rankings.c.submitted_at).label("exported_at"))
                 .join(tasks, tasks.c.id == rankings.c.task_id)
                 .where(rankings.c.annotator_id == annotator.id)
                 .order_by(rankings.c.id.desc()).limit(limit))]
@@ -1103,6 +1213,8 @@ class Store:
                     texts.setdefault(cand.task_id, []).append(cand.text)
         for row in rows:
             row["texts"] = texts.get(row["task_id"], [])
+            row["locked_reason"] = self._locked_reason(row["form_token"], annotator.kind, row["exported_at"])
+            row["editable"] = row["locked_reason"] is None
         return rows
 
     def admin_progress(self) -> list[AnnotatorProgress]:

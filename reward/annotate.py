@@ -14,6 +14,11 @@ everything again and stores a submission in one transaction, or nothing with a c
 titled by kind, clause category and contract (from the task's meta); errors and "My submissions" name the
 answers by the letters they had on screen.
 
+"My submissions" lists the annotator's own rankings. Until an admin exports, an annotator may take one back
+("Withdraw and rank again"): the store withdraws it in one transaction and the task comes back on the Rank tab
+with the previous ranks, flags and rationale filled in, to change and submit again. Exported (and imported)
+rankings are shown as locked, with the reason.
+
 Model and user text is inert: it is HTML-escaped before it reaches Markdown (which also runs Gradio's
 sanitizer), and free text (rationales) with markup is refused. Admins (role ``admin``) also get an Admin
 tab, filled when the page opens: progress per annotator, agreement (Krippendorff's alpha, Kendall's W, said in
@@ -42,6 +47,7 @@ from lexalign.data.store import (
     StoreError,
     SubmissionError,
     TaskView,
+    WithdrawnRanking,
     check_ranks,
 )
 
@@ -102,6 +108,12 @@ SCROLL_TO_NEW_TASK_JS = f"""
 }}
 """
 
+# Runs after "Withdraw and rank again": on success (the note next to the button is cleared) the task is back on
+# the Rank tab, so start it from the top; a refusal stays where it was clicked, next to its reason.
+SCROLL_AFTER_EDIT_JS = """
+(note) => { if (!note) { window.scrollTo(0, 0); } }
+"""
+
 CSS = """
 .candidate { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
 #message .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
@@ -126,6 +138,7 @@ _DOCUMENT_KEYS = ("document", "contract", "doc_name", "doc_id", "company")
 _TITLE_PART_MAX = 80
 _ANSWER_START_CHARS = 32
 DISPUTED_SHOWN = 10  # tasks listed under "Most disputed tasks" in the Admin tab
+MY_SUBMISSIONS_SHOWN = 50  # latest own rankings in "My submissions" (and offered for editing)
 
 
 @dataclass
@@ -367,25 +380,45 @@ class AnnotateApp:
         return lettered_ranks(shown, letters), answers
 
     def _my_rows(self, user: str) -> list[list[Any]]:
-        rows = []
-        for r in self.store.my_rankings(user, limit=50):
+        return self._my_submissions(user)[0]
+
+    def _my_submissions(self, user: str) -> tuple[list[list[Any]], list[tuple[str, int]]]:
+        """"My submissions": the table rows, and (label, task id) of the ones the annotator may still edit.
+        One store read for both, so the table and the Edit choices always agree. The task id names the choice:
+        an annotator has one ranking per task, and a ranking id can be reused once its ranking is withdrawn."""
+        rows: list[list[Any]] = []
+        editable: list[tuple[str, int]] = []
+        for r in self.store.my_rankings(user, limit=MY_SUBMISSIONS_SHOWN):
             submitted = r["submitted_at"].strftime("%Y-%m-%d %H:%M") if r["submitted_at"] else ""
             rationale = (r["rationale"] or "")
             ranks, answers = self._shown_ranks(list(r["ranks"]), r["texts"], r["form_token"])
             flags = ", ".join(FLAGS.get(flag, flag) for flag in r["flags"] or [])
-            rows.append([task_title(r["meta"] or {}, r["source"]), submitted, ranks, answers,
-                         "yes" if r["none_acceptable"] else "", flags,
-                         rationale[:200] + ("…" if len(rationale) > 200 else ""), r["prompt_id"]])
-        return rows
+            title = task_title(r["meta"] or {}, r["source"])
+            status = "can edit" if r["editable"] else f"locked: {r['locked_reason']}"
+            rows.append([title, submitted, ranks, answers, "yes" if r["none_acceptable"] else "", flags,
+                         rationale[:200] + ("…" if len(rationale) > 200 else ""), r["prompt_id"], status])
+            if r["editable"]:
+                editable.append((f"{r['prompt_id']} · {_short(title, 60)} · {submitted} · {ranks}",
+                                 int(r["task_id"])))
+        return rows, editable
 
-    def _render(self, c: dict[str, Any], user: str | None, message: str = "") -> dict[Any, Any]:
-        """Updates that show the user's current task (or why there is none)."""
+    @staticmethod
+    def _edit_choices(editable: list[tuple[str, int]]) -> Any:
+        import gradio as gr
+
+        info = ("Submissions an admin has not exported yet." if editable else
+                "Nothing to edit: every submission here is exported or locked (see the last column).")
+        return gr.Dropdown(choices=editable, value=None, info=info)
+
+    def _render(self, c: dict[str, Any], user: str | None, message: str = "", *, view: TaskView | None = None,
+                prefill: WithdrawnRanking | None = None) -> dict[Any, Any]:
+        """Updates that show the user's current task (or why there is none); ``view`` shows that task instead,
+        with ``prefill``'s ranks, flags and rationale entered (a withdrawn ranking being edited)."""
         import gradio as gr
 
         n_max = self.config.max_candidates
         updates: dict[Any, Any] = {c["message"]: message}
-        view = None
-        if user:
+        if view is None and user:
             try:
                 view = self.store.next_task_for(user)
             except StoreError as err:
@@ -413,6 +446,8 @@ class AnnotateApp:
             n = len(order)
             letters = _letters(n)
             choices = [(str(r), r) for r in range(1, n + 1)]
+            # Ranks are stored per candidate id, so they land on the right answer whatever column it is in.
+            before = [prefill.ranks.get(view.candidates[i].id) for i in order] if prefill else [None] * n
             updates.update({
                 # the readable title first; the id stays as the reference to quote to an admin
                 c["task_header"]: (f"### {_md_text(task_title(view.meta, view.source))}\n\n"
@@ -422,17 +457,19 @@ class AnnotateApp:
                 c["state"]: Session(user, view.task_id, view.form_token,  # type: ignore[arg-type]
                                     [view.candidates[i].id for i in order]),
                 c["submit"]: gr.Button(interactive=True), c["skip"]: gr.Button(interactive=True),
-                c["none_acceptable"]: False, c["rationale"]: "", c["flags"]: [],
+                c["none_acceptable"]: bool(prefill and prefill.none_acceptable),
+                c["rationale"]: (prefill.rationale or "") if prefill else "",
+                c["flags"]: [flag for flag in prefill.flags if flag in FLAGS] if prefill else [],
             })
             if summary is not None:
-                updates[summary] = inert(ranking_summary([], n))
+                updates[summary] = inert(ranking_summary(before, n))
             for slot in range(n_max):
                 if slot < n:
                     candidate = view.candidates[order[slot]]
                     updates[c["columns"][slot]] = gr.Column(visible=True)
                     updates[c["titles"][slot]] = f"#### Answer {letters[slot]}"
                     updates[c["answers"][slot]] = inert(candidate.text)
-                    updates[c["ranks"][slot]] = gr.Radio(choices=choices, value=None,
+                    updates[c["ranks"][slot]] = gr.Radio(choices=choices, value=before[slot],
                                                          label=f"Rank of answer {letters[slot]} (1 = best)")
                 else:
                     updates[c["columns"][slot]] = gr.Column(visible=False)
@@ -440,7 +477,9 @@ class AnnotateApp:
         if user:
             try:
                 updates[c["progress"]] = self._progress_text(user)
-                updates[c["mine"]] = self._my_rows(user)
+                updates[c["mine"]], editable = self._my_submissions(user)
+                if "edit_choice" in c:  # pages built before the Edit action have no such component
+                    updates[c["edit_choice"]] = self._edit_choices(editable)
             except StoreError as err:
                 updates[c["progress"]] = inert(str(err))
         return updates
@@ -504,6 +543,39 @@ class AnnotateApp:
             return {c["message"]: _error(f"Not skipped: {inert(str(err))}")}
         return self._render(c, user, "Skipped. Here is your next task.")
 
+    def on_edit(self, c: dict[str, Any], task_id: Any, request: Any) -> dict[Any, Any]:
+        """"Withdraw and rank again": take the chosen ranking back and show its task on the Rank tab with the
+        previous answers entered. The store checks ownership and the export lock again; a refusal leaves the
+        submission as it was and says why next to the button."""
+        import gradio as gr
+
+        user = self._user(request)
+        note = c.get("edit_message", c["message"])
+        if not user:
+            return {note: _error("Not signed in; reload the page and sign in.")}
+        if task_id in (None, ""):
+            return {note: _error("Pick a submission to edit first.")}
+        try:
+            withdrawn = self.store.withdraw_ranking(user, task_id=int(task_id))
+        except (StoreError, TypeError, ValueError) as err:
+            logger.info("withdrawal refused for %s: %s", user, err)
+            updates = {note: _error(f"Not withdrawn: {inert(str(err))}")}
+            try:  # what changed since the page was drawn (an export, another tab) shows at once
+                updates[c["mine"]], editable = self._my_submissions(user)
+                if "edit_choice" in c:
+                    updates[c["edit_choice"]] = self._edit_choices(editable)
+            except StoreError:
+                pass
+            return updates
+        title = task_title(withdrawn.task.meta, withdrawn.task.source)
+        text = (f"Your ranking of “{_md_text(title)}” (task `{inert(withdrawn.task.prompt_id)}`) was withdrawn "
+                "and is not counted until you submit it again: change it below and submit.")
+        updates = self._render(c, user, text, view=withdrawn.task, prefill=withdrawn)
+        updates[note] = ""
+        if "tabs" in c:
+            updates[c["tabs"]] = gr.Tabs(selected="rank")
+        return updates
+
     @staticmethod
     def on_rank_input(state: Session | None, ranks: list[Any]) -> str:
         """The live summary in the submit bar; it only echoes the page's own choices, so no store access."""
@@ -551,7 +623,8 @@ class AnnotateApp:
                 gr.Markdown(f"## {inert(self.config.title)}")
                 c["progress"] = gr.Markdown("", elem_id="progress")
                 gr.Button("Log out", link="/logout", size="sm", scale=0)
-            with gr.Tabs():
+            with gr.Tabs() as tabs:
+                c["tabs"] = tabs
                 with gr.Tab("Rank", id="rank"):
                     with gr.Accordion("Guidelines", open=False, elem_id="guidelines"):
                         gr.Markdown(self.guidelines)
@@ -587,8 +660,14 @@ class AnnotateApp:
                         c["message"] = gr.Markdown("", elem_id="message")
                 with gr.Tab("My submissions", id="mine"):
                     c["mine"] = gr.Dataframe(headers=["task", "submitted (UTC)", "ranks (as shown)", "answers",
-                                                      "none acceptable", "flags", "rationale", "task id"],
+                                                      "none acceptable", "flags", "rationale", "task id", "edit"],
                                              interactive=False, elem_id="my-table")
+                    with gr.Row(equal_height=True):
+                        c["edit_choice"] = gr.Dropdown(choices=[], value=None, label="Edit a submission",
+                                                       elem_id="edit-choice", scale=3)
+                        c["edit_button"] = gr.Button("Withdraw and rank again", elem_id="edit-btn", scale=0,
+                                                     min_width=220)
+                    c["edit_message"] = gr.Markdown("", elem_id="edit-message")
                 with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                     c["admin_tab"] = admin_tab
                     admin_refresh = gr.Button("Refresh", elem_id="admin-refresh")
@@ -603,7 +682,8 @@ class AnnotateApp:
 
             task_outputs = [c["message"], c["task_header"], c["question"], c["excerpt"], c["state"], c["submit"],
                             c["skip"], c["none_acceptable"], c["rationale"], c["flags"], c["progress"], c["mine"],
-                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], c["summary"]]
+                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], c["summary"],
+                            c["edit_choice"]]  # last: API clients read the outputs before it by position
             n_ranks = len(c["ranks"])
 
             def load(request: gr.Request) -> dict[Any, Any]:
@@ -616,6 +696,9 @@ class AnnotateApp:
 
             def skip(state: Any, request: gr.Request) -> dict[Any, Any]:
                 return self.on_skip(c, state, request)
+
+            def edit(choice: Any, request: gr.Request) -> dict[Any, Any]:
+                return self.on_edit(c, choice, request)
 
             def summarize(state: Any, *ranks: Any) -> str:
                 return self.on_rank_input(state, list(ranks))
@@ -641,6 +724,9 @@ class AnnotateApp:
                               ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
             c["skip"].click(skip, [c["state"]], task_outputs, api_name="skip", api_visibility="undocumented"
                             ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
+            c["edit_button"].click(edit, [c["edit_choice"]], task_outputs + [c["tabs"], c["edit_message"]],
+                                   api_name="withdraw", api_visibility="undocumented"
+                                   ).then(None, [c["edit_message"]], None, js=SCROLL_AFTER_EDIT_JS)
             gr.on([rank.input for rank in c["ranks"]], summarize, [c["state"], *c["ranks"]], c["summary"],
                   api_visibility="private", show_progress="hidden", trigger_mode="always_last")
             admin_refresh.click(refresh, None, [admin_table, admin_agreement], api_name="admin_refresh",

@@ -330,6 +330,9 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
     except OSError as err:
         raise StoreError(f"cannot create the export folder {out}: {err.strerror or err}") from None
     started = time.time()
+    # recorded BEFORE the rankings are read: from this moment no ranking read here can be withdrawn by its
+    # annotator (Store.withdraw_ranking locks what an export may hold, even one that fails later)
+    store.audit(actor, "export_started", {"out_dir": str(out)})
     selected = store.task_rankings(sources=sources, kinds=kind_list)
     replaced = 0
     task_rankings: list[TaskRankings] = []

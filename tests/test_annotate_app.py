@@ -27,7 +27,7 @@ N_MAX = 4
 
 def components() -> dict:
     names = ["message", "task_header", "question", "excerpt", "state", "submit", "skip", "none_acceptable",
-             "rationale", "flags", "progress", "mine", "admin_tab", "summary"]
+             "rationale", "flags", "progress", "mine", "admin_tab", "summary", "tabs", "edit_choice", "edit_message"]
     c: dict = {name: name for name in names}
     for group in ("columns", "titles", "answers", "ranks"):
         c[group] = [f"{group}{i}" for i in range(N_MAX)]
@@ -169,7 +169,8 @@ def test_my_submissions_show_ranks_in_the_order_shown_and_readable_flags(app) ->
     letters = _letters_to_texts(app, state)
     app.on_submit(c, state, [1, 2, 2, None], False, "fine", ["invented_clause", "wrong_law"], req("alice"))
     (row,) = app._my_rows("alice")
-    title, _, ranks, answers, none_acceptable, flags, rationale, prompt_id = row
+    title, _, ranks, answers, none_acceptable, flags, rationale, prompt_id, status = row
+    assert status == "can edit"
     assert ranks == "A=1, B=2, C=2" and prompt_id == "t1" and rationale == "fine" and none_acceptable == ""
     for letter, text in letters.items():  # each letter names the answer that had it on screen
         assert f"{letter}: {text[:20]}" in answers
@@ -183,8 +184,71 @@ def test_my_submissions_show_ranks_in_the_order_shown_and_readable_flags(app) ->
     imported = app._my_rows("alice")[0]
     assert imported[0] == "Normalized answer: Governing Law"
     assert imported[2] == '"Delaware law governs this agree…"=2, "No."=1' and imported[3] == ""
+    assert imported[8] == "locked: imported, not submitted in the ranking app"
     # the rendered table holds the same rows
     assert app.on_load(c, req("alice"))["mine"] == app._my_rows("alice")
+
+
+def test_edit_withdraws_the_ranking_and_brings_the_task_back_filled_in(app) -> None:
+    c = components()
+    state = app.on_load(c, req("alice"))["state"]
+    saved = app.on_submit(c, state, [1, 2, 2, None], True, "B and C equally wrong", ["wrong_law"], req("alice"))
+    (choice,) = saved["edit_choice"].choices  # (label, task id) of the one editable submission
+    assert choice[1] == state.task_id and choice[0].startswith("t1 · Task from app · ") and "A=1, B=2, C=2" in choice[0]
+    assert saved["mine"][0][8] == "can edit"
+
+    edited = app.on_edit(c, choice[1], req("alice"))
+    assert "was withdrawn" in edited["message"] and "submit it again" in edited["message"]
+    assert edited["edit_message"] == "" and edited["tabs"].selected == "rank"
+    # the same task, in the same order, with everything as it was submitted
+    assert edited["state"] == state
+    assert [edited[f"ranks{i}"].value for i in range(3)] == [1, 2, 2] and edited["ranks3"].value is None
+    assert edited["none_acceptable"] is True and edited["rationale"] == "B and C equally wrong"
+    assert edited["flags"] == ["wrong_law"] and edited["summary"] == "Ranking: A &gt; B = C"
+    assert app.store.counts()["rankings"] == 0 and edited["mine"] == [] and edited["edit_choice"].choices == []
+    (event,) = app.store.audit_events("ranking_withdrawn")
+    assert event["actor"] == "alice" and event["detail"]["task_id"] == state.task_id
+
+    again = app.on_submit(c, edited["state"], [2, 1, 2, None], False, "B is right after all", [], req("alice"))
+    assert again["message"].startswith("Saved") and app.store.counts()["rankings"] == 1
+    row = app._my_rows("alice")[0]
+    assert row[2] == "A=2, B=1, C=2" and row[6] == "B is right after all" and row[8] == "can edit"
+
+
+def test_edit_refusals_say_why_and_change_nothing(app) -> None:
+    c = components()
+    state = app.on_load(c, req("alice"))["state"]
+    app.on_submit(c, state, [1, 2, 3, None], False, "", [], req("alice"))
+    assert "Not signed in" in app.on_edit(c, state.task_id, req(None))["edit_message"]
+    assert "Pick a submission" in app.on_edit(c, None, req("alice"))["edit_message"]
+    # bob has no ranking of the task (and could never reach alice's)
+    refused = app.on_edit(c, state.task_id, req("bob"))
+    assert "Not withdrawn" in refused["edit_message"] and "does not exist" in refused["edit_message"]
+    # once an admin exports, alice's ranking is locked, and the page says so
+    app.admin_export(req("root"))
+    refused = app.on_edit(c, state.task_id, req("alice"))
+    assert "Not withdrawn" in refused["edit_message"] and "exported by an admin on" in refused["edit_message"]
+    assert refused["mine"][0][8].startswith("locked: exported by an admin on ")
+    assert refused["edit_choice"].choices == [] and "Nothing to edit" in refused["edit_choice"].info
+    assert "state" not in refused  # the task on screen is left alone
+    assert app.store.counts()["rankings"] == 1 and app.store.audit_events("ranking_withdrawn") == []
+
+
+def test_the_edit_action_is_in_my_submissions(app) -> None:
+    import gradio as gr
+
+    demo = app.build()
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert isinstance(blocks["edit-choice"], gr.Dropdown)
+    assert blocks["edit-btn"].value == "Withdraw and rank again"
+    mine_tab = next(b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.label == "My submissions")
+    inside: set[str] = set()
+    stack = list(mine_tab.children)
+    while stack:
+        child = stack.pop()
+        inside.add(getattr(child, "elem_id", None))
+        stack.extend(getattr(child, "children", []))
+    assert {"my-table", "edit-choice", "edit-btn", "edit-message"} <= inside
 
 
 def test_task_titles_are_readable(app) -> None:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"alice": ("alice-password", "annotator"), "bob": ("bob-password", "annotator"),
          "root": ("root-password", "admin"), "carol": ("carol-password", "annotator"),
-         "dave": ("dave-password", "annotator")}
+         "dave": ("dave-password", "annotator"), "erin": ("erin-password", "annotator")}
 GOOD = "**New York** law governs this agreement."
 XSS_SCRIPT = "<script>window.__xss = 1</script>Delaware law governs."
 XSS_IMG = '<img src=x onerror="window.__xss = 2"> Not present.'
@@ -337,6 +337,71 @@ def test_summary_messages_in_view_and_scroll_to_the_next_task(browser, server) -
     assert in_view(page, "#message") and in_view(page, "#task-header")
     wait_text(summary, "no answer ranked yet")  # the new task starts with an empty summary
     assert len([r for r in stored_rankings(server) if r["annotator"] == "carol"]) == 1
+    page.context.close()
+
+
+def checked_ranks(page, n: int = 3) -> list[str | None]:
+    """The rank chosen in each answer column (None: none chosen), as the page shows it."""
+    return [page.evaluate("(slot) => document.querySelector(`#rank-${slot} input[type=radio]:checked`)?.value ?? null",
+                          slot) for slot in range(n)]
+
+
+def test_edit_a_submission_until_it_is_exported(browser, server) -> None:
+    from lexalign.reward.prefs import export_preferences
+
+    page = login(browser, server, "erin")
+    for slot, rank in enumerate([1, 2, 3]):
+        pick(page, slot, rank)
+    page.locator("#submit-btn").click()
+    message(page, "Saved")
+    with open_store(server.store_url) as store:  # an admin exports: that first submission is locked now
+        (first,) = store.my_rankings("erin")
+        export_preferences(store, server.root / "erin-export", save_dataset=False, feedback=False, actor="root")
+    page.locator("#progress").get_by_text("1 of").wait_for(timeout=20_000)
+    for slot, rank in enumerate([1, 2, 2]):
+        pick(page, slot, rank)
+    page.locator("#rationale textarea").fill("B and C are equally weak.")
+    page.locator("#flags").get_by_text("risky or misleading advice").click()
+    page.locator("#submit-btn").click()
+    page.locator("#progress").get_by_text("2 of").wait_for(timeout=20_000)  # "Saved" is still there from before
+    with open_store(server.store_url) as store:
+        second = store.my_rankings("erin")[0]
+        assert second["prompt_id"] != first["prompt_id"] and second["editable"]
+        assert not next(r for r in store.my_rankings("erin") if r["task_id"] == first["task_id"])["editable"]
+
+    page.get_by_role("tab", name="My submissions").click()
+    table = wait_text(page.locator("#my-table"), "locked: exported by an admin on")
+    assert "can edit" in table and "A=1, B=2, C=2" in table
+    page.locator("#edit-choice input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for(timeout=10_000)
+    assert options.count() == 1 and second["prompt_id"] in options.first.inner_text()  # not the exported one
+    options.first.click()
+    page.locator("#edit-btn").click()
+    assert "was withdrawn" in message(page, "was withdrawn")
+    page.get_by_role("tab", name="Rank", selected=True).wait_for(timeout=10_000)  # back on the Rank tab
+    assert second["prompt_id"] in page.locator("#task-header").inner_text()
+    assert checked_ranks(page) == ["1", "2", "2"]  # everything as submitted, ready to change
+    assert page.locator("#rationale textarea").input_value() == "B and C are equally weak."
+    assert page.locator("#flags input[type=checkbox]:checked").count() == 1
+    wait_text(page.locator("#ranking-summary"), "Ranking: A > B = C")
+    assert len([r for r in stored_rankings(server) if r["annotator"] == "erin"]) == 1  # only the exported one
+
+    pick(page, 0, 2)
+    pick(page, 1, 1)  # now B is best: A=2, B=1, C=2
+    page.locator("#submit-btn").click()
+    message(page, "Saved")
+    page.get_by_role("tab", name="My submissions").click()
+    table = wait_text(page.locator("#my-table"), "A=2, B=1, C=2")
+    assert "A=1, B=2, C=2" not in table and table.count(second["prompt_id"]) >= 1
+    with open_store(server.store_url) as store:
+        mine = {r["prompt_id"]: r for r in store.my_rankings("erin")}
+        (event,) = [e for e in store.audit_events("ranking_withdrawn") if e["actor"] == "erin"]
+    assert mine[first["prompt_id"]]["ranks"] == first["ranks"]  # the exported one is untouched
+    redone = mine[second["prompt_id"]]
+    assert redone["ranks"] != second["ranks"] and redone["rationale"] == "B and C are equally weak."
+    assert sorted(redone["ranks"]) == [1, 2, 2] and redone["flags"] == ["risky_advice"]
+    assert event["detail"]["task_id"] == second["task_id"] and event["detail"]["ranks"] == second["ranks"]
     page.context.close()
 
 

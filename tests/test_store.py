@@ -564,6 +564,117 @@ def test_audit_events_cover_the_actions(store, tmp_path: Path) -> None:
     assert skip["actor"] == "alice" and skip["detail"]["reason"] == "outside my practice area"
 
 
+# --------------------------------------------------------------------------- withdrawing one's own ranking
+
+
+def _submit(store, user: str, ranks: list[int], **kw) -> tuple[object, int]:
+    view = store.next_task_for(user)
+    return view, store.submit_ranking(user, view.task_id, dict(zip(ids(view), ranks)), form_token=view.form_token,
+                                      **kw)
+
+
+def test_withdrawing_ones_own_ranking_reopens_the_task_in_one_audited_step(store) -> None:
+    store.add_annotator("alice", None)
+    store.add_annotator("bob", None)
+    add_tasks(store, 2, k=1)
+    view, ranking_id = _submit(store, "alice", [1, 2, 2], rationale="B and C tie", flags=["wrong_law"])
+    later = store.next_task_for("alice")  # another task is open meanwhile
+    assert later.task_id != view.task_id
+    (mine,) = store.my_rankings("alice")
+    assert mine["ranking_id"] == ranking_id and mine["editable"] is True and mine["locked_reason"] is None
+
+    withdrawn = store.withdraw_ranking("alice", ranking_id=ranking_id)
+    # what it said, by candidate id, so the app can put it back on screen
+    assert withdrawn.ranks == dict(zip(ids(view), [1, 2, 2])) and withdrawn.rationale == "B and C tie"
+    assert withdrawn.flags == ("wrong_law",) and withdrawn.none_acceptable is False
+    assert withdrawn.task.task_id == view.task_id and withdrawn.task.form_token == view.form_token
+    assert rankings_count(store) == 0 and store.my_rankings("alice") == []
+    assert store.progress("alice").done == 0 and store.progress("alice").open == 2
+    # the withdrawn task comes first, with the form it was shown with; its slot stays alice's (k=1: not bob's)
+    assert store.next_task_for("alice") == withdrawn.task
+    assert store.next_task_for("bob") is None
+    (event,) = store.audit_events("ranking_withdrawn")
+    assert event["actor"] == "alice" and event["at"] is not None
+    assert event["detail"] | {"submitted_at": None} == {
+        "task_id": view.task_id, "ranking_id": ranking_id, "ranks": [1, 2, 2], "none_acceptable": False,
+        "flags": ["wrong_law"], "submitted_at": None}
+    assert event["detail"]["submitted_at"]
+
+    # ranked again with the reopened form: stored, and the form is used up again
+    new_id = store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [2, 1, 3])), form_token=view.form_token)
+    assert store.my_rankings("alice")[0]["ranks"] == [2, 1, 3]  # (SQLite may reuse the freed ranking id)
+    with pytest.raises(SubmissionError, match="already submitted"):
+        store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [1, 2, 3])), form_token=view.form_token)
+    assert store.next_task_for("alice") == later
+    # by task id works as well
+    assert store.withdraw_ranking("alice", task_id=view.task_id).ranking_id == new_id
+    assert rankings_count(store) == 0
+
+
+def test_withdrawal_refuses_other_peoples_unknown_and_imported_rankings(store) -> None:
+    store.add_annotator("alice", None)
+    store.add_annotator("bob", None)
+    add_tasks(store, 1, k=2)
+    view, ranking_id = _submit(store, "alice", [1, 2, 3])
+    before = store.counts()
+    with pytest.raises(StoreError, match="is not yours: only the annotator who submitted"):
+        store.withdraw_ranking("bob", ranking_id=ranking_id)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.withdraw_ranking("bob", task_id=view.task_id)  # bob has no ranking of it
+    with pytest.raises(StoreError, match="ranking 424242 does not exist"):
+        store.withdraw_ranking("alice", ranking_id=424242)
+    with pytest.raises(StoreError, match="no annotator named"):
+        store.withdraw_ranking("mallory", ranking_id=ranking_id)
+    for kwargs in ({}, {"ranking_id": ranking_id, "task_id": view.task_id}):
+        with pytest.raises(StoreError, match="exactly one of ranking_id and task_id"):
+            store.withdraw_ranking("alice", **kwargs)
+    with pytest.raises(StoreError, match="whole number"):
+        store.withdraw_ranking("alice", ranking_id="1")
+    assert store.counts() == before and store.audit_events("ranking_withdrawn") == []
+    store.withdraw_ranking("alice", ranking_id=ranking_id)
+    with pytest.raises(StoreError, match="unknown, or already withdrawn"):
+        store.withdraw_ranking("alice", ranking_id=ranking_id)
+    # a ranking that did not come through the app (an imported lawyer's) has no form to reopen
+    store.import_rankings([_record("imported-1", [2, 1], annotator="alice")], "acord")
+    (imported,) = store.my_rankings("alice")
+    assert imported["editable"] is False and "imported" in imported["locked_reason"]
+    with pytest.raises(StoreError, match="can no longer be withdrawn: imported"):
+        store.withdraw_ranking("alice", ranking_id=imported["ranking_id"])
+    store.set_active("alice", False)
+    with pytest.raises(StoreError, match="deactivated"):
+        store.withdraw_ranking("alice", task_id=view.task_id)
+
+
+def test_an_export_locks_earlier_rankings_and_a_withdrawn_one_is_not_exported(store, tmp_path: Path) -> None:
+    from lexalign.reward.prefs import export_preferences
+
+    store.add_annotator("alice", None)
+    store.add_annotator("bob", None)
+    add_tasks(store, 2, k=2)
+    view, alice_id = _submit(store, "alice", [1, 2, 3])
+    _submit(store, "bob", [3, 2, 1])
+    store.withdraw_ranking("alice", ranking_id=alice_id)
+    export_preferences(store, tmp_path / "one", save_dataset=False, feedback=False, actor="root")
+    exported = [json.loads(line) for line in (tmp_path / "one" / "rankings.jsonl").read_text().splitlines()]
+    assert [r["annotator"] for r in exported] == ["bob"]  # the withdrawn ranking is gone from exports
+
+    # submitted again, exported again: now it is locked for good
+    alice_id = store.submit_ranking("alice", view.task_id, dict(zip(ids(view), [2, 1, 3])),
+                                    form_token=view.form_token)
+    export_preferences(store, tmp_path / "two", save_dataset=False, feedback=False, actor="root")
+    exported = [json.loads(line) for line in (tmp_path / "two" / "rankings.jsonl").read_text().splitlines()]
+    assert sorted((r["annotator"], tuple(r["ranks"])) for r in exported) == [("alice", (2, 1, 3)), ("bob", (3, 2, 1))]
+    with pytest.raises(StoreError, match="can no longer be withdrawn: exported by an admin on"):
+        store.withdraw_ranking("alice", ranking_id=alice_id)
+    (mine,) = store.my_rankings("alice")
+    assert mine["editable"] is False and mine["locked_reason"].startswith("exported by an admin on ")
+    assert rankings_count(store) == 2 and store.audit_events("ranking_withdrawn")[0]["detail"]["ranks"] == [1, 2, 3]
+    # a ranking submitted after the last export is still its annotator's to change
+    _, later_id = _submit(store, "alice", [1, 1, 2])
+    assert [r["editable"] for r in store.my_rankings("alice")] == [True, False]
+    assert store.withdraw_ranking("alice", ranking_id=later_id).ranks
+
+
 def test_memory_store_works_for_quick_experiments() -> None:
     with open_store("sqlite://") as store:
         store.add_annotator("m", None)
