@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(review.json, review.md, review.docx)")
     review.add_argument("--contract", required=True, help="the contract (TXT, PDF or DOCX)")
     review.add_argument("--playbook", default=None,
-                        help="YAML list of clauses with the firm's positions (e.g. configs/playbook.yaml; "
+                        help="YAML list of clauses with the firm's positions (e.g. configs/playbooks/standard.yaml; "
                              "default: every CUAD category, no positions)")
     review_model = review.add_mutually_exclusive_group(required=True)
     review_model.add_argument("--endpoint", default=None,

@@ -1,7 +1,7 @@
 """Clause-by-clause review: look for every clause of a firm's playbook in one contract, and write the result as
 a table, a Markdown memo and a Word memo.
 
-    lexalign review --contract FILE [--playbook configs/playbook.yaml] (--endpoint URL [--model NAME] | --run RUN_DIR)
+    lexalign review --contract FILE [--playbook configs/playbooks/standard.yaml] (--endpoint URL [--model NAME] | --run RUN_DIR)
                     --out DIR [--config configs/chat.yaml] [key=value ...]
 
 The playbook is a YAML list of the clauses the firm checks. Each names one of the 41 CUAD categories the chat app

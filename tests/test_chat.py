@@ -278,7 +278,7 @@ def test_review_all_clauses_table_summary_and_memos(tmp_path: Path, monkeypatch)
     # the chat config's own chunking and budget (1000-character chunks, as the training data)
     app = make_app(tmp_path, "http://127.0.0.1:9/v1", "key", "chunk_chars=1000", "chunk_overlap=250",
                    "chars_per_token=3.0", "max_tokens=256", f"playbook={PLAYBOOK}")
-    assert app.playbook_note(None) == "Playbook: playbook.yaml (10 clauses)."
+    assert app.playbook_note(None) == "Playbook: standard.yaml (10 clauses)."
     text, gold = cuad_contract()
     summary, table, docx_path, md_path, _ = app.review_all(None, req("alice"))
     assert "Load a contract to review all clauses." in summary and table == [] and docx_path is None

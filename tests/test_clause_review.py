@@ -39,7 +39,7 @@ from lexalign.serve.review import CUAD_CATEGORIES, ReviewRequest, build_prompt
 pytest_plugins = ["test_serve_support"]
 
 REPO = Path(__file__).resolve().parent.parent
-PLAYBOOK = REPO / "configs" / "playbook.yaml"
+PLAYBOOK = REPO / "configs" / "playbooks" / "standard.yaml"
 # A CUAD contract (CC BY 4.0) as the shipped SFT data carries it: its 1000-character excerpts.
 CUAD_DOC = "InmodeLtd_20190729_F-1A_EX-10.9_11743243_EX-10.9_Manufacturing Agreement.txt"
 _INSTRUCTION = re.compile(r"Find the (.+?) clause in this contract excerpt \(")
