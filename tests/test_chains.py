@@ -38,7 +38,7 @@ SMOLLM2_STEPS = ["base", "sft", "rankings", "export-sft", "candidates", "prefere
 SMOLLM2_SHORT = [
     "sft:training.max_steps=2", "sft:training.eval_steps=2", "sft:training.save_steps=2",
     "sft:data.max_valid_records=8",
-    "candidates:max_prompts=6", "candidates:sampling.max_tokens=96",
+    "candidates:max_prompts=4", "candidates:sampling.max_tokens=96",
     "dpo:training.max_steps=2", "dpo:training.save_steps=2", "dpo:training.per_device_train_batch_size=2",
     "dpo:training.warmup_steps=0", "dpo:eval.reward_run=",      # no reward model in the short form
     "dpo:data.valid=[shipped:acord_pairs_valid.jsonl]", "dpo:data.max_valid_pairs=4",
@@ -88,16 +88,16 @@ def test_a_short_form_of_the_real_model_chain_imports_trains_aligns_serves_and_e
     sft = read_manifest(root / "sft")["results"]
     assert sft["global_step"] == 2 and sft["eval_loss"] < sft["initial_eval_loss"], sft
     tasks = [json.loads(line) for line in (root / "candidates" / "tasks.jsonl").open()]
-    assert 1 <= len(tasks) <= 6 and all(task["responses"] for task in tasks)   # distinct answers per prompt
+    assert 1 <= len(tasks) <= 4 and all(task["responses"] for task in tasks)   # distinct answers per prompt
     dpo = read_manifest(root / "dpo")["results"]
     assert dpo["global_step"] == 2 and dpo["train_pairs_by_origin"], dpo
     assert all(origin.startswith("candidates/derived:gold:") for origin in dpo["train_pairs_by_origin"]), dpo
 
-    # The pipeline's own eval step (its command and config), on the stages this short form made: one vLLM start,
-    # the merged models' weights swapped in place, a few test items per task
+    # The pipeline's own eval step (its command and config), on the two stages this short form trained: one vLLM
+    # start, the merged models' weights swapped in place, a few test items per task
     config = load_config(PipelineConfig, REPO / "configs" / "pipeline" / "smollm2.yaml", [f"output_dir={tmp_path}"])
     (step,) = [s for s in config.steps if s.id == "eval"]
-    stages = ["base/model", "merged/sft", "merged/dpo"]
+    stages = ["merged/sft", "merged/dpo"]
     argv = step_argv(step, config)
     del argv[argv.index("--reward"):argv.index("--reward") + 2]          # no reward model in the short form
     argv = [a for a in argv if not a.startswith(("model=", "tasks="))]
@@ -107,7 +107,7 @@ def test_a_short_form_of_the_real_model_chain_imports_trains_aligns_serves_and_e
                             cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-6000:]
     assert len(list((tmp_path / "serve").glob("server-*.log"))) == 1
-    for label, stage in zip(("base", "sft", "dpo"), stages):
+    for label, stage in zip(("sft", "dpo"), stages):
         results = json.loads((root / "eval" / label / "results.json").read_text())
         assert results["model"]["spec"] == str(root / stage) and results["model"]["backend"] == "vllm"
         assert results["data"]["split"] == "test" and results["data"]["max_per_task"] == 2

@@ -369,7 +369,7 @@ def test_several_adapters_are_scored_through_one_vllm_server(eval_models: dict[s
 @pytest.mark.slow
 def test_merged_stages_are_scored_through_one_vllm_server_by_swapping_weights(eval_models: dict[str, Path],
                                                                               tmp_path: Path) -> None:
-    """``model=[base, sft/merged, dpo/merged]`` (full models of one network): ONE engine start, each model's weights
+    """``model=[sft/merged, dpo/merged]`` (full models of one network): ONE engine start, each model's weights
     reloaded in place in turn; every model answers exactly as on a server of its own (same greedy answers), so the
     reload took and no cached prefix of the previous weights was reused."""
     from sft.export import export_merged
@@ -379,10 +379,10 @@ def test_merged_stages_are_scored_through_one_vllm_server_by_swapping_weights(ev
     common = ["--config", str(EVAL_YAML), "name=fake", f"output_dir={tmp_path / 'runs'}", "data.max_per_task=3",
               "generation.max_new_tokens=16", "threads=1", "tasks=[extract, presence, behaviour]"]
     work = tmp_path / "serve"
-    result = _lexalign("eval", *common, f"model=[{eval_models['base']}, {merged['sft']}, {merged['dpo']}]",
+    result = _lexalign("eval", *common, f"model=[{merged['sft']}, {merged['dpo']}]",
                        f"server.work_dir={work}", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
+    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for two models
     alone = _lexalign("eval", *common, "--model", str(merged["dpo"]), "label=dpo-alone",
                       f"server.work_dir={tmp_path / 'serve-alone'}", cwd=tmp_path, timeout=900)
     assert alone.returncode == 0, alone.stderr[-4000:]
@@ -395,14 +395,12 @@ def test_merged_stages_are_scored_through_one_vllm_server_by_swapping_weights(ev
     labels = sorted(p.name for p in evals.iterdir())
     shared = {label: json.loads((evals / label / "results.json").read_text()) for label in labels
               if label != "dpo-alone"}
-    assert len(shared) == 3
+    assert len(shared) == 2
     swapped = [r["model"]["shared_server"] for r in shared.values()]
-    assert all(s["weights_swapped_in_place"] == [str(eval_models["base"]), str(merged["sft"]), str(merged["dpo"])]
-               for s in swapped)
+    assert all(s["weights_swapped_in_place"] == [str(merged["sft"]), str(merged["dpo"])] for s in swapped)
     by_spec = {r["model"]["spec"]: answers(evals / label) for label, r in shared.items()}
     assert by_spec[str(merged["dpo"])] == answers(evals / "dpo-alone")   # the swapped-in DPO = DPO on its own
     assert by_spec[str(merged["sft"])] != by_spec[str(merged["dpo"])]     # and each model answered for itself
-    assert by_spec[str(merged["sft"])] != by_spec[str(eval_models["base"])]
 
 
 def test_full_models_of_different_networks_are_refused_naming_both(eval_models: dict[str, Path],

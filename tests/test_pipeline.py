@@ -112,18 +112,6 @@ def test_failed_step_stops_the_chain_and_names_it(tmp_path: Path, inputs: tuple[
     assert not (tmp_path / "runs" / "mini" / "sft").exists()
 
 
-@pytest.mark.slow
-def test_incomplete_output_is_never_taken_as_done(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
-    """A step whose run directory exists without COMPLETE (killed mid-run) runs again, even if recorded."""
-    corpus, chat = inputs
-    config = write_pipeline(tmp_path, corpus, chat)
-    root = run_pipeline(config, [])
-    (root / "sft" / "COMPLETE").unlink()             # as if the stage had been killed before finishing
-    run_pipeline(config, [])
-    after = state(tmp_path)
-    assert after["base"]["skipped"] and not after["sft"]["skipped"] and is_complete(root / "sft")
-
-
 def test_pipeline_config_problems_are_listed(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"steps": [{"id": "a", "command": ["sft"]}, {"id": "a", "output": "x"}]}))
@@ -169,6 +157,7 @@ def test_tiny_pipeline_evaluates_every_stage_in_one_step() -> None:
 @pytest.mark.slow
 def test_steps_and_set_run_a_short_form_that_is_never_taken_for_the_full_run(tmp_path: Path,
                                                                            inputs: tuple[Path, Path]) -> None:
+    """--steps / --set, and an incomplete output (no COMPLETE marker) is never taken as done."""
     from lexalign.runs import read_manifest
 
     corpus, chat = inputs
@@ -189,6 +178,12 @@ def test_steps_and_set_run_a_short_form_that_is_never_taken_for_the_full_run(tmp
     after = state(tmp_path)
     assert not after["sft"]["skipped"] and "training.max_steps=1" not in after["sft"]["command"]
     assert read_manifest(root / "sft")["results"]["global_step"] == 2
+
+    # A step whose run directory exists without COMPLETE (killed mid-run) runs again, even if recorded as done
+    (root / "sft" / "COMPLETE").unlink()
+    run_pipeline(config, [])
+    after = state(tmp_path)
+    assert after["base"]["skipped"] and not after["sft"]["skipped"] and is_complete(root / "sft")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
