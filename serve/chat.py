@@ -558,13 +558,10 @@ class ChatApp:
         """
         from lexalign.serve.clause_review import (
             ClauseReviewError,
-            ask_through,
+            ask_every_clause,
             shorten_quote,
-            budget_for,
-            memo_markdown,
-            run_clause_review,
             summary_line,
-            write_memo_docx,
+            write_memos,
         )
 
         session = self._session(state, request)
@@ -576,14 +573,10 @@ class ChatApp:
         document = session.document
         book = session.playbook if session.playbook is not None else self.playbook
         started = time.monotonic()
+        if progress is not None:
+            progress(0, desc=f"Asking about {len(book.clauses)} clauses")
         try:
-            model, context = self.endpoint.resolve()
-            budget = budget_for(self.config, context)
-            if progress is not None:
-                progress(0, desc=f"Asking about {len(book.clauses)} clauses")
-            rows = run_clause_review(document, book, ask_through(self.endpoint, model, budget.max_tokens),
-                                     budget=budget, max_chunks=self.config.max_chunks,
-                                     concurrency=self.config.concurrency_limit)
+            rows, model = ask_every_clause(document, book, self.config, self.endpoint)
         except (EndpointError, ClauseReviewError) as err:
             return _error(str(err)), [], None, None, session
         if progress is not None:
@@ -592,12 +585,11 @@ class ChatApp:
         folder = self.export_dir / session.conversation_id / "clause-review"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            markdown = folder / "review.md"
-            markdown.write_text(memo_markdown(rows, document.name, model), encoding="utf-8")
-            docx_path = write_memo_docx(rows, folder / "review.docx", document.name, model)
+            files = write_memos(rows, document, model, book, folder, {"conversation": session.conversation_id})
         except OSError as err:
             logger.exception("writing the clause review memo failed")
             return _error(f"The memo could not be written: {err.strerror or err}"), [], None, None, session
+        markdown, docx_path = files["markdown"], files["docx"]
         self.store.audit(session.user, "chat_clause_review", {
             "conversation": session.conversation_id, "document": document.meta(), "model": model,
             "playbook": book.source, "clauses": len(rows), "found": sum(r.found for r in rows)})

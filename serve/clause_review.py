@@ -484,10 +484,9 @@ def ask_through(endpoint: Endpoint, model: str, max_tokens: int) -> Ask:
     return ask
 
 
-def review_with_endpoint(document: Document, playbook: Playbook, config: ReviewConfig, endpoint: Endpoint,
-                         out: Path, about: dict[str, Any] | None = None) -> ReviewOutputs:
-    """Ask ``endpoint`` about every clause and write review.json, review.md and review.docx into ``out``
-    (``about``: where the model came from, for review.json)."""
+def ask_every_clause(document: Document, playbook: Playbook, config: ChatConfig, endpoint: Endpoint
+                     ) -> tuple[list[ClauseRow], str]:
+    """The rows of every playbook clause, asked through ``endpoint`` with the chat app's budget; (rows, model)."""
     try:
         model, context = endpoint.resolve()
     except EndpointError as err:
@@ -495,12 +494,25 @@ def review_with_endpoint(document: Document, playbook: Playbook, config: ReviewC
     budget = budget_for(config, context)
     rows = run_clause_review(document, playbook, ask_through(endpoint, model, budget.max_tokens), budget=budget,
                              max_chunks=config.max_chunks, concurrency=config.concurrency_limit)
+    return rows, model
+
+
+def write_memos(rows: list[ClauseRow], document: Document, model: str, playbook: Playbook, out: Path,
+                about: dict[str, Any] | None = None) -> dict[str, Path]:
+    """review.json, review.md and review.docx in ``out`` (``about``: where the model came from, for review.json)."""
     files = {"json": out / "review.json", "markdown": out / "review.md", "docx": out / "review.docx"}
     payload = review_json(rows, document, model, playbook, **(about or {}))
     files["json"].write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     files["markdown"].write_text(memo_markdown(rows, document.name, model), encoding="utf-8")
     write_memo_docx(rows, files["docx"], document.name, model)
-    return ReviewOutputs(rows, model, files)
+    return files
+
+
+def review_with_endpoint(document: Document, playbook: Playbook, config: ChatConfig, endpoint: Endpoint,
+                         out: Path, about: dict[str, Any] | None = None) -> ReviewOutputs:
+    """Ask ``endpoint`` about every clause and write the memos into ``out``."""
+    rows, model = ask_every_clause(document, playbook, config, endpoint)
+    return ReviewOutputs(rows, model, write_memos(rows, document, model, playbook, out, about))
 
 
 def run_review(contract: str | Path, out: str | Path, *, playbook: str | Path | None = None,
