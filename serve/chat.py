@@ -328,7 +328,7 @@ class ChatApp:
         self.export_dir = Path(tempfile.mkdtemp(prefix="lexalign-chat-"))
         from lexalign.serve.clause_review import load_playbook
 
-        self.playbook = load_playbook(config.playbook)  # checked by load_config already; read once
+        self.playbook = load_playbook(config.playbook)  # its problems were reported by load_config already
 
     # ----------------------------------------------------------------------- auth and session
 
