@@ -46,10 +46,15 @@ so concurrent annotators take different tasks; a constraint violation from a rac
 Submissions. ``submit_ranking`` validates everything server-side and raises ``SubmissionError`` (nothing
 stored) when the ranks are not a complete weak ordering of exactly the task's candidates (1 = best, ties
 share a rank, no gaps), a candidate id is unknown, the rationale is too long, holds control characters or
-HTML markup (rationales are plain text; they are also always rendered escaped), a flag is unknown, the
+HTML markup (rationales are plain text; they are also always rendered escaped), a flag is unknown or names an
+answer that is not the task's, the
 task is not assigned to this annotator, or the form token is unknown, stale or already used (each
 assignment has one random token; a ranking stores it under a unique constraint, so a replayed form is
 refused even under a race).
+
+Flags. A flag is on the whole task (``wrong_law``) or on one answer: ``submit_ranking(answer_flags={candidate
+id: [flags]})`` stores ``wrong_law@2``, the flag on the task's answer at position 2 (0-based, the order of the
+stored ranks and of an export's responses), so a flag means the same after an export as in the app.
 
 Withdrawal. ``withdraw_ranking`` lets an annotator take back one of their own app submissions until an admin
 exports: in one transaction the ranking is deleted, the annotator's assignment of the task is reopened (same
@@ -120,6 +125,20 @@ FLAGS: dict[str, str] = {
 }
 DEFAULT_RATIONALE_MAX = 2000
 MIN_PASSWORD_CHARS = 8
+ANSWER_FLAG_SEP = "@"   # "wrong_law@2": the flag on the answer at position 2
+
+
+def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
+    """Stored flags -> (flags on the whole task, {answer position: its flags})."""
+    whole: list[str] = []
+    per_answer: dict[int, list[str]] = {}
+    for flag in flags:
+        name, sep, position = flag.partition(ANSWER_FLAG_SEP)
+        if sep and position.isdigit():
+            per_answer.setdefault(int(position), []).append(name)
+        else:
+            whole.append(flag)
+    return whole, per_answer
 BUSY_TIMEOUT_S = 30.0
 MAX_RETRIES = 8
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
@@ -965,6 +984,12 @@ class Store:
 
     # ----------------------------------------------------------------------- submissions
 
+    @staticmethod
+    def _flag(flag: Any) -> str:
+        if flag not in FLAGS:
+            raise SubmissionError(f"unknown flag {str(flag)[:40]!r}; expected some of: {', '.join(FLAGS)}")
+        return flag
+
     def _prevalidate(self, ranks: Any, none_acceptable: Any, rationale: Any, flags: Any, form_token: Any
                      ) -> tuple[dict[int, int], str | None, list[str]]:
         if not isinstance(form_token, str) or not form_token:
@@ -988,11 +1013,28 @@ class Store:
             raise SubmissionError(str(err)) from None
         flag_list: list[str] = []
         for flag in flags or []:
-            if flag not in FLAGS:
-                raise SubmissionError(f"unknown flag {str(flag)[:40]!r}; expected some of: {', '.join(FLAGS)}")
-            if flag not in flag_list:
+            if self._flag(flag) not in flag_list:
                 flag_list.append(flag)
         return clean, rationale_text, flag_list
+
+    def _answer_flags(self, answer_flags: Any) -> dict[int, list[str]]:
+        """{candidate id: [flags]} checked (ids as ints, known flags, no repeats)."""
+        if answer_flags is None:
+            return {}
+        if not isinstance(answer_flags, Mapping):
+            raise SubmissionError("answer_flags must map candidate ids to lists of flags")
+        clean: dict[int, list[str]] = {}
+        for key, values in answer_flags.items():
+            try:
+                cid = int(key)
+            except (TypeError, ValueError):
+                raise SubmissionError(f"unknown candidate id {key!r} in the answer flags") from None
+            if isinstance(values, str) or not isinstance(values, Sequence):
+                raise SubmissionError(f"the flags of candidate {cid} must be a list; got {values!r}")
+            for flag in values:
+                if self._flag(flag) not in clean.setdefault(cid, []):
+                    clean[cid].append(flag)
+        return clean
 
     def _check_assignment(self, conn: Connection, username: str, task_id: int, form_token: str) -> Any:
         """The annotator's (active) assignment of this task, checked against the form token; one query."""
@@ -1022,12 +1064,15 @@ class Store:
         return assignment
 
     def submit_ranking(self, username: str, task_id: int, ranks: Mapping[int, int], none_acceptable: bool = False,
-                       rationale: str | None = None, flags: Sequence[str] = (), *, form_token: str) -> int:
-        """Store one ranking in one transaction; returns its id. ``ranks`` maps candidate id -> rank (1 = best).
+                       rationale: str | None = None, flags: Sequence[str] = (), *, form_token: str,
+                       answer_flags: Mapping[int, Sequence[str]] | None = None) -> int:
+        """Store one ranking in one transaction; returns its id. ``ranks`` maps candidate id -> rank (1 = best);
+        ``flags`` are on the whole task, ``answer_flags`` maps candidate id -> the flags on that answer.
 
         Raises SubmissionError (nothing stored) for anything invalid; see the module docstring.
         """
         clean_ranks, rationale_text, flag_list = self._prevalidate(ranks, none_acceptable, rationale, flags, form_token)
+        per_answer = self._answer_flags(answer_flags)
 
         def run() -> int:
             with self._write() as conn:
@@ -1046,11 +1091,17 @@ class Store:
                     check_ranks(ordered, len(ids))
                 except ValueError as err:
                     raise SubmissionError(f"ranks are not a complete weak ordering: {err}") from None
+                strangers = sorted(set(per_answer) - set(ids))
+                if strangers:
+                    raise SubmissionError(f"flags for unknown candidate id{'s' * (len(strangers) > 1)} "
+                                          f"{', '.join(map(str, strangers))} of task {task_id}; flag only the answers shown")
+                stored_flags = flag_list + [f"{flag}{ANSWER_FLAG_SEP}{position}" for position, cid in enumerate(ids)
+                                            for flag in per_answer.get(cid, [])]
                 try:
                     ranking_id = conn.execute(insert(rankings).values(
                         task_id=task_id, annotator_id=assignment.annotator_id, ranks=ordered,
                         none_acceptable=none_acceptable,
-                        rationale=rationale_text, flags=flag_list, form_token=form_token,
+                        rationale=rationale_text, flags=stored_flags, form_token=form_token,
                         submitted_at=_now())).inserted_primary_key[0]
                 except IntegrityError:
                     raise SubmissionError(f"task {task_id} was already submitted (a form can be submitted only once)") from None
@@ -1059,7 +1110,7 @@ class Store:
                                     assignments.c.annotator_id == assignment.annotator_id)
                              .values(status="done", finished_at=_now()))
                 self._audit(conn, username, "submission", {"task_id": task_id, "ranking_id": int(ranking_id),
-                                                           "none_acceptable": none_acceptable, "flags": flag_list})
+                                                           "none_acceptable": none_acceptable, "flags": stored_flags})
             return int(ranking_id)
 
         return self._retrying("storing the ranking", run)

@@ -6,7 +6,7 @@ Login is Gradio's own (``launch(auth=callable)``) checked against the store's ar
 handler takes the user from the server-side session (``gr.Request.username``), never from the page. Each
 annotator sees one task at a time (the contract excerpt, the question and N candidate answers side by side,
 in an order shuffled per assignment so position does not bias the ranking), gives every answer a rank
-(1 = best; equal ranks for ties), may tick "none acceptable", write a rationale and set flags, then submits
+(1 = best; equal ranks for ties), may tick "none acceptable", write a rationale and flag answers, then submits
 (button, or Ctrl/Cmd+Enter anywhere; Enter in the rationale only starts a new line) or skips. The submit bar
 (a live summary such as "A > C = D > B", messages, Submit and Skip) stays at the bottom of the window. The
 task, its candidate ids and the one-time form token live in server-side session state; the store validates
@@ -48,6 +48,7 @@ from lexalign.data.store import (
     SubmissionError,
     TaskView,
     WithdrawnRanking,
+    split_flags,
     check_ranks,
 )
 
@@ -67,25 +68,44 @@ the assistant (and sometimes by other systems). Rank the answers as a careful re
    are fine); use the next number for the next-best group (1, 2, 2, 3 — no gaps).
 3. **None acceptable.** Tick it when you would not send any of the answers to a client. Still rank them if
    one is less bad; otherwise leave them all tied.
-4. **Flags.** Mark invented clauses, wrong law, risky advice and personal data, on any answer.
+4. **Flags.** Under each answer, mark an invented clause, wrong law, risky advice or personal data in it.
 5. **Rationale** (optional, plain text): one or two sentences on what decided your ranking. Do not paste
    personal data.
 6. **Skip** a task you cannot judge (outside your practice area, unreadable excerpt); it goes to a colleague.
 
-Keyboard: **Tab** moves through the rank choices, **Space** picks one, **Ctrl+Enter** (Cmd+Enter) submits.
-**Enter** in the rationale starts a new line.
+Keyboard: type the ranks in the order of the answers (**2 1 3 3** gives A=2, B=1, C=3, D=3); a digit goes to
+the answer whose rank has the focus (**Tab** / **Shift+Tab** move it), else to the first answer without a rank.
+**Ctrl+Enter** (Cmd+Enter) submits. **Enter** in the rationale starts a new line.
 """
 
 _THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 
-SUBMIT_SHORTCUT_JS = """
+KEYBOARD_JS = """
 () => {
   document.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
       const button = document.querySelector('#submit-btn');
       if (button && !button.disabled) { event.preventDefault(); button.click(); }
     }
+  });
+  // Digits rank: 1..N goes to the answer whose rank choices hold the focus, else to the first answer without a
+  // rank; the focus then moves to the next answer without one, so typing "2 1 3 3" ranks A, B, C, D in turn.
+  // Never while typing text (rationale, edit box), and only on the Rank tab (hidden answers have no layout).
+  document.addEventListener('keydown', (event) => {
+    if (!/^[1-9]$/.test(event.key) || event.ctrlKey || event.metaKey || event.altKey) { return; }
+    const typing = event.target instanceof Element && event.target.closest('textarea, input:not([type=radio]):not([type=checkbox])');
+    if (typing) { return; }
+    const groups = [...document.querySelectorAll('[id^="rank-"]')]
+      .filter((el) => el.offsetParent !== null && el.querySelector('input[type=radio]'));
+    const open = (el) => !el.querySelector('input[type=radio]:checked');
+    const target = groups.find((el) => el.contains(document.activeElement)) || groups.find(open);
+    const choice = target && target.querySelector(`input[type=radio][value="${event.key}"]`);
+    if (!choice) { return; }
+    event.preventDefault();
+    choice.click();
+    const next = groups.slice(groups.indexOf(target) + 1).find(open);
+    (next ? next.querySelector('input[type=radio]') : choice).focus();
   });
   // Gradio's multi-line textbox turns Shift+Enter into a submit and swallows the line break. In the
   // rationale Enter and Shift+Enter only break the line: stop the key before it reaches that handler
@@ -379,6 +399,19 @@ class AnnotateApp:
                              for letter, i in zip(letters, order))
         return lettered_ranks(shown, letters), answers
 
+    def _shown_flags(self, flags: Sequence[str], n: int, form_token: str | None) -> str:
+        """Readable flags of a past submission, each answer's under the letter it was shown with
+        ("B: wrong law or jurisdiction"; an imported ranking has no shown order: "answer 2: ...")."""
+        whole, per_answer = split_flags(flags)
+        cells = [FLAGS.get(flag, flag) for flag in whole]
+        shown_at = ({stored: slot for slot, stored in enumerate(_order_for(n, form_token, self.config.shuffle_candidates))}
+                    if form_token and n <= self.config.max_candidates else {})
+        letters = _letters(max(n, 1))
+        for position in sorted(per_answer, key=lambda pos: shown_at.get(pos, pos)):
+            where = letters[shown_at[position]] if position in shown_at else f"answer {position + 1}"
+            cells += [f"{where}: {FLAGS.get(flag, flag)}" for flag in per_answer[position]]
+        return ", ".join(cells)
+
     def _my_rows(self, user: str) -> list[list[Any]]:
         return self._my_submissions(user)[0]
 
@@ -392,7 +425,7 @@ class AnnotateApp:
             submitted = r["submitted_at"].strftime("%Y-%m-%d %H:%M") if r["submitted_at"] else ""
             rationale = (r["rationale"] or "")
             ranks, answers = self._shown_ranks(list(r["ranks"]), r["texts"], r["form_token"])
-            flags = ", ".join(FLAGS.get(flag, flag) for flag in r["flags"] or [])
+            flags = self._shown_flags(r["flags"] or [], len(r["texts"]), r["form_token"])
             title = task_title(r["meta"] or {}, r["source"])
             status = "can edit" if r["editable"] else f"locked: {r['locked_reason']}"
             rows.append([title, submitted, ranks, answers, "yes" if r["none_acceptable"] else "", flags,
@@ -433,13 +466,14 @@ class AnnotateApp:
             updates.update({
                 c["task_header"]: f"### {empty}", c["question"]: "", c["excerpt"]: gr.Textbox(value="", visible=False),
                 c["state"]: None, c["submit"]: gr.Button(interactive=False), c["skip"]: gr.Button(interactive=False),
-                c["none_acceptable"]: False, c["rationale"]: "", c["flags"]: [],
+                c["none_acceptable"]: False, c["rationale"]: "",
             })
             if summary is not None:
                 updates[summary] = ""
             for i in range(n_max):
                 updates[c["columns"][i]] = gr.Column(visible=False)
                 updates[c["ranks"][i]] = gr.Radio(choices=[], value=None)
+                updates[c["answer_flags"][i]] = []
         else:
             order = _display_order(view, self.config.shuffle_candidates)[:n_max]
             question, excerpt = question_and_excerpt(view)
@@ -448,6 +482,7 @@ class AnnotateApp:
             choices = [(str(r), r) for r in range(1, n + 1)]
             # Ranks are stored per candidate id, so they land on the right answer whatever column it is in.
             before = [prefill.ranks.get(view.candidates[i].id) for i in order] if prefill else [None] * n
+            flagged = split_flags(prefill.flags)[1] if prefill else {}   # answer position -> its flags
             updates.update({
                 # the readable title first; the id stays as the reference to quote to an admin
                 c["task_header"]: (f"### {_md_text(task_title(view.meta, view.source))}\n\n"
@@ -459,7 +494,6 @@ class AnnotateApp:
                 c["submit"]: gr.Button(interactive=True), c["skip"]: gr.Button(interactive=True),
                 c["none_acceptable"]: bool(prefill and prefill.none_acceptable),
                 c["rationale"]: (prefill.rationale or "") if prefill else "",
-                c["flags"]: [flag for flag in prefill.flags if flag in FLAGS] if prefill else [],
             })
             if summary is not None:
                 updates[summary] = inert(ranking_summary(before, n))
@@ -471,9 +505,11 @@ class AnnotateApp:
                     updates[c["answers"][slot]] = inert(candidate.text)
                     updates[c["ranks"][slot]] = gr.Radio(choices=choices, value=before[slot],
                                                          label=f"Rank of answer {letters[slot]} (1 = best)")
+                    updates[c["answer_flags"][slot]] = [f for f in flagged.get(order[slot], []) if f in FLAGS]
                 else:
                     updates[c["columns"][slot]] = gr.Column(visible=False)
                     updates[c["ranks"][slot]] = gr.Radio(choices=[], value=None)
+                    updates[c["answer_flags"][slot]] = []
         if user:
             try:
                 updates[c["progress"]] = self._progress_text(user)
@@ -495,7 +531,8 @@ class AnnotateApp:
         return updates
 
     def on_submit(self, c: dict[str, Any], state: Session | None, ranks: list[Any], none_acceptable: bool,
-                  rationale: str, flags: list[str], request: Any) -> dict[Any, Any]:
+                  rationale: str, answer_flags: Sequence[Sequence[str] | None], request: Any) -> dict[Any, Any]:
+        """``ranks`` and ``answer_flags`` are per shown answer (A, B, ...)."""
         user = self._user(request)
         if not user:
             return {c["message"]: _error("Not signed in; reload the page and sign in.")}
@@ -519,8 +556,10 @@ class AnnotateApp:
         if problem:
             return {c["message"]: _error(f"Not saved: {inert(problem)}")}
         try:
+            flags = {cid: [chosen] if isinstance(chosen, str) else list(chosen)
+                     for cid, chosen in zip(state.slots, answer_flags) if chosen}
             self.store.submit_ranking(user, state.task_id, dict(zip(state.slots, values)), bool(none_acceptable),
-                                      rationale, list(flags or []), form_token=state.form_token)
+                                      rationale, form_token=state.form_token, answer_flags=flags)
         except SubmissionError as err:
             text = _error(f"Not saved: {inert(_letter_ids(str(err), state))}")
             current = self.store.next_task_for(user)
@@ -617,7 +656,7 @@ class AnnotateApp:
         import gradio as gr
 
         n_max = self.config.max_candidates
-        c: dict[str, Any] = {"columns": [], "titles": [], "answers": [], "ranks": []}
+        c: dict[str, Any] = {"columns": [], "titles": [], "answers": [], "ranks": [], "answer_flags": []}
         with gr.Blocks(title=self.config.title, analytics_enabled=False) as demo:
             with gr.Row():
                 gr.Markdown(f"## {inert(self.config.title)}")
@@ -640,14 +679,15 @@ class AnnotateApp:
                                 c["titles"].append(gr.Markdown(f"#### Answer {string.ascii_uppercase[i]}"))
                                 c["answers"].append(gr.Markdown("", elem_id=f"answer-{i}"))
                                 c["ranks"].append(gr.Radio(choices=[], label="Rank (1 = best)", elem_id=f"rank-{i}"))
+                                c["answer_flags"].append(gr.CheckboxGroup(
+                                    choices=[(label, key) for key, label in FLAGS.items()],
+                                    label="Flags on this answer", elem_id=f"flags-{i}", elem_classes=["flags"]))
                     c["none_acceptable"] = gr.Checkbox(label="None of these answers is acceptable",
                                                        elem_id="none-acceptable")
                     c["rationale"] = gr.Textbox(label="Rationale (optional, plain text)", lines=2, max_lines=8,
                                                 max_length=self.config.rationale_max_chars, elem_id="rationale",
                                                 placeholder="What decided your ranking? Enter starts a new line; "
                                                             "Ctrl+Enter (Cmd+Enter) submits.")
-                    c["flags"] = gr.CheckboxGroup(choices=[(label, key) for key, label in FLAGS.items()],
-                                                  label="Flags", elem_id="flags")
                     # Stays at the bottom of the window (CSS), so the summary and every message are in view
                     # wherever the annotator is on the page.
                     with gr.Column(elem_id="submit-bar"):
@@ -681,8 +721,8 @@ class AnnotateApp:
             c["state"] = gr.State(None)
 
             task_outputs = [c["message"], c["task_header"], c["question"], c["excerpt"], c["state"], c["submit"],
-                            c["skip"], c["none_acceptable"], c["rationale"], c["flags"], c["progress"], c["mine"],
-                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], c["summary"],
+                            c["skip"], c["none_acceptable"], c["rationale"], c["progress"], c["mine"],
+                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], *c["answer_flags"], c["summary"],
                             c["edit_choice"]]  # last: API clients read the outputs before it by position
             n_ranks = len(c["ranks"])
 
@@ -691,7 +731,8 @@ class AnnotateApp:
 
             # gr.Request first: Gradio injects it by position and a keyword-only one after *values is missed.
             def submit(request: gr.Request, state: Any, *values: Any) -> dict[Any, Any]:
-                ranks, (none_acceptable, rationale, flags) = list(values[:n_ranks]), values[n_ranks:]
+                ranks, (none_acceptable, rationale), flags = (list(values[:n_ranks]), values[n_ranks:n_ranks + 2],
+                                                              list(values[n_ranks + 2:]))
                 return self.on_submit(c, state, ranks, none_acceptable, rationale, flags, request)
 
             def skip(state: Any, request: gr.Request) -> dict[Any, Any]:
@@ -718,8 +759,8 @@ class AnnotateApp:
             demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented"
                       ).then(admin_open, None, [admin_table, admin_agreement], api_visibility="private")
             admin_tab.select(refresh, None, [admin_table, admin_agreement], api_visibility="private")
-            submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], c["flags"]]
-            # The rationale box has no submit event: Enter there only starts a new line (see SUBMIT_SHORTCUT_JS).
+            submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], *c["answer_flags"]]
+            # The rationale box has no submit event: Enter there only starts a new line (see KEYBOARD_JS).
             c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented"
                               ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
             c["skip"].click(skip, [c["state"]], task_outputs, api_name="skip", api_visibility="undocumented"
@@ -746,7 +787,7 @@ class AnnotateApp:
             "show_error": False, "ssr_mode": False, "run_history": False, "mcp_server": False,
             "enable_monitoring": False, "footer_links": [], "quiet": True,
             "theme": gr.themes.Default(font=_THEME_FONTS, font_mono=_MONO_FONTS),
-            "css": CSS, "js": SUBMIT_SHORTCUT_JS,
+            "css": CSS, "js": KEYBOARD_JS,
             "allowed_paths": [str(Path(self.config.export_dir).resolve())],
         }
 

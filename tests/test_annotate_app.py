@@ -27,9 +27,9 @@ N_MAX = 4
 
 def components() -> dict:
     names = ["message", "task_header", "question", "excerpt", "state", "submit", "skip", "none_acceptable",
-             "rationale", "flags", "progress", "mine", "admin_tab", "summary", "tabs", "edit_choice", "edit_message"]
+             "rationale", "progress", "mine", "admin_tab", "summary", "tabs", "edit_choice", "edit_message"]
     c: dict = {name: name for name in names}
-    for group in ("columns", "titles", "answers", "ranks"):
+    for group in ("columns", "titles", "answers", "ranks", "answer_flags"):
         c[group] = [f"{group}{i}" for i in range(N_MAX)]
     return c
 
@@ -88,7 +88,7 @@ def test_submit_handler_validates_and_stores_once(app) -> None:
     # a session that belongs to someone else is never used: the page is reloaded for the real user
     stolen = app.on_submit(c, state, [1, 2, 2, None], False, "", [], req("bob"))
     assert "out of date" in stolen["message"] and app.store.counts()["rankings"] == 0
-    ok = app.on_submit(c, state, [1, 2, 2, None], False, "fine", ["risky_advice"], req("alice"))
+    ok = app.on_submit(c, state, [1, 2, 2, None], False, "fine", [["risky_advice"]], req("alice"))
     assert ok["message"].startswith("Saved") and app.store.counts()["rankings"] == 1
     stored = app.store.my_rankings("alice")[0]
     by_id = dict(zip(state.slots, [1, 2, 2]))
@@ -102,7 +102,7 @@ def test_submit_handler_validates_and_stores_once(app) -> None:
 def test_none_acceptable_without_ranks_ties_everything(app) -> None:
     c = components()
     state = app.on_load(c, req("bob"))["state"]
-    app.on_submit(c, state, [None] * N_MAX, True, "", ["invented_clause"], req("bob"))
+    app.on_submit(c, state, [None] * N_MAX, True, "", [["invented_clause"]], req("bob"))
     (row,) = app.store.my_rankings("bob")
     assert row["ranks"] == [1, 1, 1] and row["none_acceptable"] is True
 
@@ -162,19 +162,27 @@ def test_rank_errors_quote_the_ranks_by_letter_as_entered(app) -> None:
 
 
 def test_my_submissions_show_ranks_in_the_order_shown_and_readable_flags(app) -> None:
+    """Flags are per answer: stored at the answer's position (the order of the ranks), shown under the letter
+    the answer had on screen."""
     from lexalign.data.schemas import RankingRecord
 
     c = components()
     state = app.on_load(c, req("alice"))["state"]
     letters = _letters_to_texts(app, state)
-    app.on_submit(c, state, [1, 2, 2, None], False, "fine", ["invented_clause", "wrong_law"], req("alice"))
+    app.on_submit(c, state, [1, 2, 2, None], False, "fine", [[], ["invented_clause", "wrong_law"], ["wrong_law"]],
+                  req("alice"))
+    (task,) = app.store.task_rankings()   # stored: B's and C's flags at their candidates' positions
+    ids = [cand.id for cand in task.candidates]
+    b, c_at = ids.index(state.slots[1]), ids.index(state.slots[2])
+    assert sorted(task.rankings[0].flags) == sorted([f"invented_clause@{b}", f"wrong_law@{b}", f"wrong_law@{c_at}"])
     (row,) = app._my_rows("alice")
     title, _, ranks, answers, none_acceptable, flags, rationale, prompt_id, status = row
     assert status == "can edit"
     assert ranks == "A=1, B=2, C=2" and prompt_id == "t1" and rationale == "fine" and none_acceptable == ""
     for letter, text in letters.items():  # each letter names the answer that had it on screen
         assert f"{letter}: {text[:20]}" in answers
-    assert flags == f"{FLAGS['invented_clause']}, {FLAGS['wrong_law']}" and "_" not in flags
+    assert flags == (f"B: {FLAGS['invented_clause']}, B: {FLAGS['wrong_law']}, C: {FLAGS['wrong_law']}") \
+        and "_" not in flags
     assert title == "Task from app"
     # a ranking that never went through the app has no shown order: each rank is labelled by its answer
     app.store.import_rankings([RankingRecord(prompt_id="imp-1", prompt="Which law governs?",
@@ -192,7 +200,8 @@ def test_my_submissions_show_ranks_in_the_order_shown_and_readable_flags(app) ->
 def test_edit_withdraws_the_ranking_and_brings_the_task_back_filled_in(app) -> None:
     c = components()
     state = app.on_load(c, req("alice"))["state"]
-    saved = app.on_submit(c, state, [1, 2, 2, None], True, "B and C equally wrong", ["wrong_law"], req("alice"))
+    saved = app.on_submit(c, state, [1, 2, 2, None], True, "B and C equally wrong", [[], [], ["wrong_law"]],
+                          req("alice"))
     (choice,) = saved["edit_choice"].choices  # (label, task id) of the one editable submission
     assert choice[1] == state.task_id and choice[0].startswith("t1 · Task from app · ") and "A=1, B=2, C=2" in choice[0]
     assert saved["mine"][0][8] == "can edit"
@@ -204,7 +213,8 @@ def test_edit_withdraws_the_ranking_and_brings_the_task_back_filled_in(app) -> N
     assert edited["state"] == state
     assert [edited[f"ranks{i}"].value for i in range(3)] == [1, 2, 2] and edited["ranks3"].value is None
     assert edited["none_acceptable"] is True and edited["rationale"] == "B and C equally wrong"
-    assert edited["flags"] == ["wrong_law"] and edited["summary"] == "Ranking: A &gt; B = C"
+    assert [edited[f"answer_flags{i}"] for i in range(4)] == [[], [], ["wrong_law"], []]   # back under C
+    assert edited["summary"] == "Ranking: A &gt; B = C"
     assert app.store.counts()["rankings"] == 0 and edited["mine"] == [] and edited["edit_choice"].choices == []
     (event,) = app.store.audit_events("ranking_withdrawn")
     assert event["actor"] == "alice" and event["detail"]["task_id"] == state.task_id
@@ -307,7 +317,7 @@ def test_layout_rationale_never_submits_and_buttons_have_text_labels(app) -> Non
     events = {(target, name) for fn in demo.fns.values() for target, name in fn.targets}
     assert (rationale._id, "submit") not in events  # Enter / Shift+Enter in the rationale submit nothing
     assert "Ctrl+Enter" in rationale.placeholder and "new line" in rationale.placeholder
-    assert "'keypress'" in annotate.SUBMIT_SHORTCUT_JS and "stopImmediatePropagation" in annotate.SUBMIT_SHORTCUT_JS
+    assert "'keypress'" in annotate.KEYBOARD_JS and "stopImmediatePropagation" in annotate.KEYBOARD_JS
     buttons = [b for b in blocks if isinstance(b, gr.Button)]
     assert {b.elem_id for b in buttons} >= {"submit-btn", "skip-btn", "admin-refresh", "admin-export"}
     for button in buttons:  # Debian's Chromium has no emoji font: labels are words

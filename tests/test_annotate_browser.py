@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"alice": ("alice-password", "annotator"), "bob": ("bob-password", "annotator"),
          "root": ("root-password", "admin"), "carol": ("carol-password", "annotator"),
-         "dave": ("dave-password", "annotator"), "erin": ("erin-password", "annotator")}
+         "dave": ("dave-password", "annotator"), "erin": ("erin-password", "annotator"),
+         "frank": ("frank-password", "annotator")}
 GOOD = "**New York** law governs this agreement."
 XSS_SCRIPT = "<script>window.__xss = 1</script>Delaware law governs."
 XSS_IMG = '<img src=x onerror="window.__xss = 2"> Not present.'
@@ -47,7 +48,7 @@ def server(tmp_path_factory):
     with open_store(url) as store:
         for name, (password, role) in USERS.items():
             store.add_annotator(name, password, role)
-        for i in range(6):
+        for i in range(7):
             prompt = [{"role": "system", "content": "You review contracts."},
                       {"role": "user", "content": f"Find the Governing Law clause.\n\nExcerpt:\n"
                                                   f"{i}. This Agreement is governed by the laws of New York."}]
@@ -113,6 +114,11 @@ def wait_text(locator, text: str, timeout: float = 20.0) -> str:
         time.sleep(0.2)
 
 
+def _stored_text(shown: str) -> str:
+    """The stored answer behind an answer's text on the page (the fixture's three answers)."""
+    return {"New York law governs this agreement.": GOOD}.get(shown, XSS_SCRIPT if "script" in shown else XSS_IMG)
+
+
 def stored_rankings(server) -> list[dict]:
     with open_store(server.store_url) as store:
         return [{"prompt_id": t.prompt_id, "annotator": r.annotator, "texts": [c.text for c in t.candidates],
@@ -133,21 +139,21 @@ def test_login_rank_submit_stores_the_row_and_model_text_stays_inert(browser, se
     assert page.locator("#answer-0 script, #answer-1 script, #answer-2 script, #answer-0 img, "
                         "#answer-1 img, #answer-2 img").count() == 0
     wanted = {GOOD: 1, XSS_SCRIPT: 2, XSS_IMG: 2}  # a tie between the two bad answers
-    text_of = {"New York law governs this agreement.": GOOD}
     for slot, shown in enumerate(answers):
-        original = text_of.get(shown, XSS_SCRIPT if "script" in shown else XSS_IMG)
-        pick(page, slot, wanted[original])
+        pick(page, slot, wanted[_stored_text(shown)])
     page.locator("#rationale textarea").fill(ALICE_RATIONALE)
-    page.locator("#flags").get_by_text("wrong law or jurisdiction").click()
+    bad_slot = next(slot for slot, shown in enumerate(answers) if "script" in shown)
+    page.locator(f"#flags-{bad_slot}").get_by_text("wrong law or jurisdiction").click()   # on that answer only
     page.locator("#submit-btn").click()
     message(page, "Saved")
     assert page.locator("#progress").get_by_text("1 of").count() == 1
     (row,) = [r for r in stored_rankings(server) if r["annotator"] == "alice"]
     assert dict(zip(row["texts"], row["ranks"])) == wanted
-    assert row["rationale"] == ALICE_RATIONALE and row["flags"] == ["wrong_law"]
+    assert row["rationale"] == ALICE_RATIONALE and row["flags"] == [f"wrong_law@{row['texts'].index(XSS_SCRIPT)}"]
     page.get_by_role("tab", name="My submissions").click()
     table = wait_text(page.locator("#my-table"), row["prompt_id"])
-    assert ALICE_RATIONALE in table and "wrong law or jurisdiction" in table and "wrong_law" not in table
+    bad_letter = "ABC"[bad_slot]
+    assert ALICE_RATIONALE in table and f"{bad_letter}: wrong law or jurisdiction" in table and "wrong_law" not in table
     assert "A=" in table and "Clause extraction: Governing Law" in table
     assert page.evaluate("window.__xss") is None and page.locator("#my-table script, #my-table img").count() == 0
     page.context.close()
@@ -188,6 +194,34 @@ def test_keyboard_tab_and_space_pick_ranks(browser, server) -> None:
     page.keyboard.press("Tab")
     focused = page.evaluate("document.activeElement.closest('[id^=rank-]')?.id + ':' + document.activeElement.value")
     assert focused == "rank-0:2"
+    page.context.close()
+
+
+def test_digits_rank_the_answers_in_turn_and_ctrl_enter_submits(browser, server) -> None:
+    """Typing "2 1 2" ranks A, B, C in turn; a digit on a focused answer changes that answer only; digits typed in
+    the rationale stay text; Ctrl+Enter stores the ranking on the candidates shown in those places."""
+    page = login(browser, server, "frank")
+    answers = shown_answers(page)
+    assert len(answers) == 3
+    page.locator("#task-header").click()          # focus on the page, outside any input
+    for key in "212":
+        page.keyboard.press(key)
+    checked = page.evaluate("""[0, 1, 2].map((i) =>
+        document.querySelector(`#rank-${i} input[type=radio]:checked`)?.value ?? null)""")
+    assert checked == ["2", "1", "2"]
+    wait_text(page.locator("#ranking-summary"), "B > A = C")
+    page.locator("#rank-2 input[type=radio]").first.focus()   # a focused answer takes the next digit
+    page.keyboard.press("3")
+    wait_text(page.locator("#ranking-summary"), "B > A > C")
+    page.locator("#rationale textarea").fill("")
+    page.locator("#rationale textarea").press_sequentially("12")  # text, not ranks
+    assert page.locator("#rationale textarea").input_value() == "12"
+    assert page.evaluate("document.querySelector('#rank-0 input:checked').value") == "2"
+    page.keyboard.press("Control+Enter")
+    message(page, "Saved")
+    row = [r for r in stored_rankings(server) if r["annotator"] == "frank"][-1]
+    assert row["rationale"] == "12"
+    assert dict(zip(row["texts"], row["ranks"])) == dict(zip(map(_stored_text, answers), [2, 1, 3]))
     page.context.close()
 
 
@@ -361,7 +395,7 @@ def test_edit_a_submission_until_it_is_exported(browser, server) -> None:
     for slot, rank in enumerate([1, 2, 2]):
         pick(page, slot, rank)
     page.locator("#rationale textarea").fill("B and C are equally weak.")
-    page.locator("#flags").get_by_text("risky or misleading advice").click()
+    page.locator("#flags-1").get_by_text("risky or misleading advice").click()   # on answer B
     page.locator("#submit-btn").click()
     page.locator("#progress").get_by_text("2 of").wait_for(timeout=20_000)  # "Saved" is still there from before
     with open_store(server.store_url) as store:
@@ -382,8 +416,10 @@ def test_edit_a_submission_until_it_is_exported(browser, server) -> None:
     page.get_by_role("tab", name="Rank", selected=True).wait_for(timeout=10_000)  # back on the Rank tab
     assert second["prompt_id"] in page.locator("#task-header").inner_text()
     assert checked_ranks(page) == ["1", "2", "2"]  # everything as submitted, ready to change
+    shown_answers_at_edit = [_stored_text(shown) for shown in shown_answers(page)]
     assert page.locator("#rationale textarea").input_value() == "B and C are equally weak."
-    assert page.locator("#flags input[type=checkbox]:checked").count() == 1
+    assert page.locator(".flags input[type=checkbox]:checked").count() == 1      # the flag, back under B
+    assert page.locator("#flags-1 input[type=checkbox]:checked").count() == 1
     wait_text(page.locator("#ranking-summary"), "Ranking: A > B = C")
     assert len([r for r in stored_rankings(server) if r["annotator"] == "erin"]) == 1  # only the exported one
 
@@ -400,7 +436,9 @@ def test_edit_a_submission_until_it_is_exported(browser, server) -> None:
     assert mine[first["prompt_id"]]["ranks"] == first["ranks"]  # the exported one is untouched
     redone = mine[second["prompt_id"]]
     assert redone["ranks"] != second["ranks"] and redone["rationale"] == "B and C are equally weak."
-    assert sorted(redone["ranks"]) == [1, 2, 2] and redone["flags"] == ["risky_advice"]
+    assert sorted(redone["ranks"]) == [1, 2, 2]
+    (flag,) = redone["flags"]                                  # B's flag, kept through the edit, on B's answer
+    assert flag == f"risky_advice@{redone['texts'].index(shown_answers_at_edit[1])}"
     assert event["detail"]["task_id"] == second["task_id"] and event["detail"]["ranks"] == second["ranks"]
     page.context.close()
 
@@ -429,7 +467,8 @@ def test_concurrent_http_submissions_against_the_running_app(server) -> None:
             client.predict(api_name="/load_task")
             barrier.wait()
             for _ in range(3):
-                result = client.predict(1, 2, 2, None, None, None, False, f"by {name}", [], api_name="/submit")
+                result = client.predict(1, 2, 2, None, None, None, False, f"by {name}", *[[]] * 6,
+                                        api_name="/submit")
                 assert result[0].startswith("Saved"), result[0]
                 acks[name] = acks.get(name, 0) + 1
         except BaseException as err:  # noqa: BLE001 - reported below
@@ -475,7 +514,7 @@ def test_sigkill_of_the_app_server_mid_load_keeps_every_acknowledged_submission(
             outputs = client.predict(api_name="/load_task")
             while not stop.is_set():
                 prompt_id = re.search(r"Task `([^`]+)`", outputs[1]).group(1)
-                outputs = client.predict(1, 2, 3, None, None, None, False, "", [], api_name="/submit")
+                outputs = client.predict(1, 2, 3, None, None, None, False, "", *[[]] * 6, api_name="/submit")
                 if not outputs[0].startswith("Saved"):
                     return
                 with lock:

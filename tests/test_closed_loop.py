@@ -51,7 +51,7 @@ def lawyers_feedback_and_ranking(store_url: str, tmp_path: Path) -> None:
         names = ["message", "task_header", "question", "excerpt", "state", "submit", "skip", "none_acceptable",
                  "rationale", "flags", "progress", "mine", "admin_tab"]
         c: dict = {name: name for name in names} | {g: [f"{g}{i}" for i in range(4)]
-                                                   for g in ("columns", "titles", "answers", "ranks")}
+                                                   for g in ("columns", "titles", "answers", "ranks", "answer_flags")}
         state = annotate.on_load(c, req("bob"))["state"]
         text_of = {cand.id: cand.text for cand in store.next_task_for("bob").candidates}
         ranks = [candidates.index(text_of[slot]) + 1 for slot in state.slots] + [None]  # quote 1st, "Not present." 2nd

@@ -224,54 +224,64 @@ def _engine_available() -> bool:
 
 
 @pytest.mark.slow
-def test_eval_cli_through_a_real_vllm_server(eval_models: dict[str, Path], tmp_path: Path) -> None:
-    """``lexalign eval`` on a run with an adapter: one private vLLM server (base + adapter), every task."""
+def test_eval_cli_scores_the_base_and_every_adapter_through_one_vllm_server(eval_models: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """``lexalign eval --model base sft dpo`` with the user's own files: ONE private vLLM start serves the base
+    and both adapters by name; every task; each stage gets its folder, its own answers (the adapters differ) and
+    the same items; the win rates are against the served SFT; vLLM's clause log-likelihoods are the adapter's."""
     assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
     own = tmp_path / "own.jsonl"  # --data: the user's files (a shipped copy here), mixed kinds
     lines = (SHIPPED / "sft_valid.jsonl").read_text().splitlines()
     own.write_text("\n".join(lines[:120]) + "\n", encoding="utf-8")
+    work = tmp_path / "serve"
     result = _lexalign(
-        "eval", "--config", str(EVAL_YAML), "--model", str(eval_models["sft"]), "--reward", str(eval_models["reward"]),
-        "--against", "base", "--data", str(own), str(SHIPPED / "acord_rankings_valid.jsonl"),
-        str(SHIPPED / "acord_pairs_valid.jsonl"), f"output_dir={tmp_path / 'runs'}", "data.max_per_task=4",
-        "generation.max_new_tokens=32", "winrate.max_prompts=4", f"server.work_dir={tmp_path / 'serve'}",
-        "threads=1", cwd=tmp_path, timeout=900)
+        "eval", "--config", str(EVAL_YAML), "--model", str(eval_models["base"]), str(eval_models["sft"]),
+        str(eval_models["dpo"]), "--reward", str(eval_models["reward"]), "--against", str(eval_models["sft"]),
+        "--data", str(own), str(SHIPPED / "acord_rankings_valid.jsonl"), str(SHIPPED / "acord_pairs_valid.jsonl"),
+        "name=fake", f"output_dir={tmp_path / 'runs'}", "data.max_per_task=4", "generation.max_new_tokens=32",
+        "winrate.max_prompts=4", f"server.work_dir={work}", "server.enforce_eager=true", "threads=1",
+        cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = tmp_path / "runs" / "fake" / "eval" / "sft"
-    results = _check_outputs(run_dir, [
-        "extract/presence_accuracy", "unfair/unfair_accuracy", "ranking/policy_ndcg@5",
-        "ranking/policy_pairwise_accuracy", "ranking/reward_ndcg@5", "preferences/rm_pairwise_accuracy",
-        "winrate/win_rate", "behaviour/stop_rate", "behaviour/length_mean",
-    ])
-    assert results["model"]["backend"] == "vllm"
-    assert results["model"]["model"] != results["model"]["base_model"]  # adapter vs base on one server
-    assert results["tasks"]["behaviour"]["n"] >= 8
+    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
+    folders = {label: tmp_path / "runs" / "fake" / "eval" / label for label in ("base", "sft", "dpo")}
+    every = ["extract/presence_accuracy", "unfair/unfair_accuracy", "ranking/policy_ndcg@5",
+             "ranking/policy_pairwise_accuracy", "ranking/reward_ndcg@5", "preferences/rm_pairwise_accuracy",
+             "behaviour/stop_rate", "behaviour/length_mean"]
+    results = {label: _check_outputs(folder, every + ([] if label == "sft" else ["winrate/win_rate"]))
+               for label, folder in folders.items()}
+    served = {label: r["model"]["model"] for label, r in results.items()}
+    assert all(r["model"]["backend"] == "vllm" for r in results.values())
+    assert len(set(served.values())) == 3 and served["base"] == results["sft"]["model"]["base_model"]
+    assert all(len(r["model"]["shared_server"]) == 3 for r in results.values())
+    assert results["sft"]["data"]["items"] == results["dpo"]["data"]["items"] == results["base"]["data"]["items"]
+    assert results["sft"]["tasks"]["behaviour"]["n"] >= 8
+    answers = {label: [json.loads(line)["answer"] for line in (folder / "predictions.jsonl").read_text().splitlines()
+                       if "answer" in line] for label, folder in folders.items()}
+    assert answers["sft"] != answers["dpo"]                                # each adapter answered for itself
+    assert results["dpo"]["tasks"]["winrate"]["n"] == 4 and results["base"]["tasks"]["winrate"]["n"] == 4
+    assert results["sft"]["metrics"]["winrate/win_rate"] is None          # not compared with itself
 
     # The clause log-likelihoods from vLLM (prompt_logprobs, LoRA applied) equal transformers' with the adapter,
-    # and differ from the base model's: the served adapter is the one scored.
+    # and differ from the served base model's: the served adapter is the one scored.
     from lexalign.evaluation import evaluate
-    from lexalign.evaluation.backends import TransformersBackend
     from lexalign.evaluation.run import EvalConfig
 
     reference = evaluate(load_config(EvalConfig, EVAL_YAML, [
         f"model={eval_models['sft']}", "backend=transformers", "tasks=[ranking]", "ranking.scorers=[policy]",
         f"data.files=[{SHIPPED / 'acord_rankings_valid.jsonl'}]", "data.max_per_task=4", "label=transformers",
         f"output_dir={tmp_path / 'runs'}", "threads=1"]))
+
     def ranking_rows(folder: Path) -> dict:
         rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
         return {row["id"]: row for row in rows if row["task"] == "ranking"}
 
-    served, local = ranking_rows(run_dir), ranking_rows(Path(reference["run_dir"]))
-    assert served.keys() == local.keys() and len(served) == 4
-    for key in served:
-        assert served[key]["policy_tokens"] == local[key]["policy_tokens"]
-        assert served[key]["policy_loglik"] == pytest.approx(local[key]["policy_loglik"], rel=1e-3)
-    backend = TransformersBackend(str(eval_models["sft"]), threads=1)
-    from lexalign.evaluation.tasks import load_eval_files, select
-
-    items = select(load_eval_files([SHIPPED / "acord_rankings_valid.jsonl"]), 4, 0).rankings
-    base = backend.loglikelihood([(items[0].messages, r) for r in items[0].responses], model=backend.base_model)
-    assert [b.total for b in base] != pytest.approx(served[items[0].id]["policy_loglik"], rel=1e-3)
+    adapter, local, base = (ranking_rows(folders["sft"]), ranking_rows(Path(reference["run_dir"])),
+                            ranking_rows(folders["base"]))
+    assert adapter.keys() == local.keys() == base.keys() and len(adapter) == 4
+    for key in adapter:
+        assert adapter[key]["policy_tokens"] == local[key]["policy_tokens"]
+        assert adapter[key]["policy_loglik"] == pytest.approx(local[key]["policy_loglik"], rel=1e-3)
+    assert any(base[key]["policy_loglik"] != pytest.approx(adapter[key]["policy_loglik"], rel=1e-3) for key in base)
 
 
 # --------------------------------------------------------------------------- several models in one call
@@ -339,68 +349,37 @@ def test_one_launch_plan_serves_every_adapter(eval_models: dict[str, Path], tmp_
 
 
 @pytest.mark.slow
-def test_several_adapters_are_scored_through_one_vllm_server(eval_models: dict[str, Path], tmp_path: Path) -> None:
-    """``model=[base, sft, dpo]``: one vLLM start serves the base and both adapters by name; each stage gets its
-    folder, its own answers (the adapters differ) and the same items; DPO's win rate is against the served SFT."""
-    assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
-    work = tmp_path / "serve"
-    result = _lexalign(
-        "eval", "--config", str(EVAL_YAML), "--reward", str(eval_models["reward"]), "--against", str(eval_models["sft"]),
-        f"model=[{eval_models['base']}, {eval_models['sft']}, {eval_models['dpo']}]", "name=fake",
-        f"output_dir={tmp_path / 'runs'}", "data.max_per_task=3", "generation.max_new_tokens=16",
-        "winrate.max_prompts=3", f"server.work_dir={work}", "threads=1",
-        "tasks=[extract, presence, unfair, ranking, winrate, behaviour]", cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
-    folders = {label: tmp_path / "runs" / "fake" / "eval" / label for label in ("base", "sft", "dpo")}
-    results = {label: _check_outputs(folder, ["extract/presence_accuracy", "behaviour/stop_rate",
-                                              "ranking/policy_ndcg@5"]) for label, folder in folders.items()}
-    served = {label: r["model"]["model"] for label, r in results.items()}
-    assert len(set(served.values())) == 3 and served["base"] == results["sft"]["model"]["base_model"]
-    assert all(len(r["model"]["shared_server"]) == 3 for r in results.values())
-    assert results["sft"]["data"]["items"] == results["dpo"]["data"]["items"] == results["base"]["data"]["items"]
-    answers = {label: [json.loads(line)["answer"] for line in (folder / "predictions.jsonl").read_text().splitlines()
-                       if "answer" in line] for label, folder in folders.items()}
-    assert answers["sft"] != answers["dpo"]                                # each adapter answered for itself
-    assert results["dpo"]["tasks"]["winrate"]["n"] == 3 and results["base"]["tasks"]["winrate"]["n"] == 3
-    assert results["sft"]["metrics"]["winrate/win_rate"] is None          # not compared with itself
-
-
-@pytest.mark.slow
 def test_merged_stages_are_scored_through_one_vllm_server_by_swapping_weights(eval_models: dict[str, Path],
                                                                               tmp_path: Path) -> None:
-    """``model=[sft/merged, dpo/merged]`` (full models of one network): ONE engine start, each model's weights
-    reloaded in place in turn; every model answers exactly as on a server of its own (same greedy answers), so the
-    reload took and no cached prefix of the previous weights was reused."""
+    """``model=[dpo/merged, sft/merged, a copy of dpo/merged]`` (full models of one network): ONE engine start,
+    each model's weights reloaded in place in turn. The first model is the one the engine started with (DPO on a
+    server of its own); the copy of DPO, swapped in after SFT, answers exactly as it did (same greedy answers),
+    so the reloads took and no cached prefix of SFT's weights was reused; SFT answered for itself."""
     from sft.export import export_merged
 
     assert _engine_available(), "no vLLM engine: run `make serve-setup` or set LEXALIGN_ENGINE_PYTHON"
     merged = {stage: export_merged(eval_models[stage], tmp_path / "merged" / stage) for stage in ("sft", "dpo")}
-    common = ["--config", str(EVAL_YAML), "name=fake", f"output_dir={tmp_path / 'runs'}", "data.max_per_task=3",
-              "generation.max_new_tokens=16", "threads=1", "tasks=[extract, presence, behaviour]"]
+    merged["dpo-again"] = tmp_path / "merged" / "dpo-again"
+    shutil.copytree(merged["dpo"], merged["dpo-again"])
+    order = [merged["dpo"], merged["sft"], merged["dpo-again"]]
     work = tmp_path / "serve"
-    result = _lexalign("eval", *common, f"model=[{merged['sft']}, {merged['dpo']}]",
-                       f"server.work_dir={work}", cwd=tmp_path, timeout=900)
+    result = _lexalign("eval", "--config", str(EVAL_YAML), "name=fake", f"output_dir={tmp_path / 'runs'}",
+                       "data.max_per_task=3", "generation.max_new_tokens=16", "threads=1",
+                       "tasks=[extract, presence, behaviour]", "model=[" + ", ".join(map(str, order)) + "]",
+                       f"server.work_dir={work}", "server.enforce_eager=true", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for two models
-    alone = _lexalign("eval", *common, "--model", str(merged["dpo"]), "label=dpo-alone",
-                      f"server.work_dir={tmp_path / 'serve-alone'}", cwd=tmp_path, timeout=900)
-    assert alone.returncode == 0, alone.stderr[-4000:]
+    assert len(list(work.glob("server-*.log"))) == 1                      # one engine start for three models
 
     def answers(folder: Path) -> dict[str, str]:
         rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
         return {row["id"]: row["answer"] for row in rows if "answer" in row}
 
     evals = tmp_path / "runs" / "fake" / "eval"
-    labels = sorted(p.name for p in evals.iterdir())
-    shared = {label: json.loads((evals / label / "results.json").read_text()) for label in labels
-              if label != "dpo-alone"}
-    assert len(shared) == 2
+    shared = {label: json.loads((evals / label / "results.json").read_text()) for label in ("dpo", "sft", "dpo-again")}
     swapped = [r["model"]["shared_server"] for r in shared.values()]
-    assert all(s["weights_swapped_in_place"] == [str(merged["sft"]), str(merged["dpo"])] for s in swapped)
-    by_spec = {r["model"]["spec"]: answers(evals / label) for label, r in shared.items()}
-    assert by_spec[str(merged["dpo"])] == answers(evals / "dpo-alone")   # the swapped-in DPO = DPO on its own
-    assert by_spec[str(merged["sft"])] != by_spec[str(merged["dpo"])]     # and each model answered for itself
+    assert all(s["weights_swapped_in_place"] == [str(m) for m in order] for s in swapped)
+    assert answers(evals / "dpo-again") == answers(evals / "dpo")         # swapped back in = DPO on its own
+    assert answers(evals / "sft") != answers(evals / "dpo")               # and each model answered for itself
 
 
 def test_full_models_of_different_networks_are_refused_naming_both(eval_models: dict[str, Path],

@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,7 +159,8 @@ def test_annotators_see_only_their_own_work_and_no_admin_function(apps) -> None:
     alice = Client(apps.base["annotate"], auth=("alice", USERS["alice"][0]), verbose=False)
     outputs = alice.predict(api_name="/load_task")
     assert re.search(r"Task `sec-1`", outputs[1])
-    saved = alice.predict(1, 2, 3, None, None, None, False, "alice-private-rationale", [], api_name="/submit")
+    saved = alice.predict(1, 2, 3, None, None, None, False, "alice-private-rationale", *[[]] * 6,
+                          api_name="/submit")
     assert saved[0].startswith("Saved"), saved[0]
     bob = Client(apps.base["annotate"], auth=("bob", USERS["bob"][0]), verbose=False)
     bob_view = bob.predict(api_name="/load_task")
@@ -293,7 +295,7 @@ def test_audit_log_records_who_ranked_and_exported_what(apps, tmp_path) -> None:
 
     bob = Client(apps.base["annotate"], auth=("bob", USERS["bob"][0]), verbose=False)
     bob.predict(api_name="/load_task")
-    bob.predict(2, 1, 1, None, None, None, True, "", ["invented_clause"], api_name="/submit")
+    bob.predict(2, 1, 1, None, None, None, True, "", ["invented_clause"], *[[]] * 5, api_name="/submit")  # on answer A
     root = Client(apps.base["annotate"], auth=("root", USERS["root"][0]), verbose=False)
     root.predict(api_name="/admin_export")
     with open_store(apps.url) as store:
@@ -305,7 +307,8 @@ def test_audit_log_records_who_ranked_and_exported_what(apps, tmp_path) -> None:
     submissions = {e["actor"]: e["detail"] for e in by_action["submission"]}
     assert {"alice", "bob"} <= set(submissions)
     assert submissions["bob"]["task_id"] and submissions["bob"]["ranking_id"] and submissions["bob"]["none_acceptable"]
-    assert submissions["bob"]["flags"] == ["invented_clause"]
+    (flag,) = submissions["bob"]["flags"]   # on one answer: stored with its position
+    assert re.fullmatch(r"invented_clause@[0-2]", flag), flag
     exports = by_action["export"]
     assert {"root", "lead@cli"} <= {e["actor"] for e in exports}
     for e in exports:

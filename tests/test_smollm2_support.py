@@ -36,8 +36,8 @@ def smollm2_qlora_run(smollm2_base: Path, tmp_path_factory: pytest.TempPathFacto
     out = tmp_path_factory.mktemp("smollm2-sft")
     config = load_config(SFTStageConfig, REPO / "configs" / "smollm2" / "sft.yaml", [
         f"model.path={smollm2_base / 'model'}", f"output_dir={out}", "name=smollm2", "model.quantization.bits=4",
-        "data.max_train_records=32", "data.max_valid_records=16", "training.max_steps=8",
+        "data.max_train_records=16", "data.max_valid_records=16", "training.max_steps=4",
         "training.per_device_train_batch_size=4", "training.learning_rate=1e-3", "training.warmup_steps=0",
-        "training.max_length=384", "training.logging_steps=4", "training.eval_strategy=no",
+        "training.max_length=384", "training.logging_steps=2", "training.eval_strategy=no",
         "training.save_strategy=no"])
     return train_sft(config)

@@ -336,6 +336,27 @@ def test_plain_text_with_angle_brackets_is_fine_and_stored_verbatim(one_task) ->
     assert mine["rationale"] == text and mine["flags"] == ["wrong_law", "other"] and mine["ranks"] == [1, 2, 2]
 
 
+def test_flags_on_single_answers_are_stored_at_their_positions_and_checked(one_task) -> None:
+    """answer_flags={candidate id: flags} -> "flag@position" (the order of the stored ranks and of an export's
+    responses); a flag on an answer of another task, an unknown flag or a non-list is refused, nothing stored."""
+    from lexalign.data.store import split_flags
+
+    store, view = one_task
+    cids = ids(view)
+    ranks = dict(zip(cids, [1, 2, 2]))
+    for bad, words in [({cids[0] + 1000: ["wrong_law"]}, "flags for unknown candidate id"),
+                       ({cids[0]: ["nonsense"]}, "unknown flag"), ({cids[0]: "wrong_law"}, "must be a list"),
+                       ({"x": ["wrong_law"]}, "unknown candidate id 'x'")]:
+        with pytest.raises(SubmissionError, match=words):
+            store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token, answer_flags=bad)
+    assert rankings_count(store) == 0
+    store.submit_ranking("alice", view.task_id, ranks, flags=["other"], form_token=view.form_token,
+                         answer_flags={cids[2]: ["invented_clause", "invented_clause", "wrong_law"], cids[0]: []})
+    (mine,) = store.my_rankings("alice")
+    assert mine["flags"] == ["other", "invented_clause@2", "wrong_law@2"]
+    assert split_flags(mine["flags"]) == (["other"], {2: ["invented_clause", "wrong_law"]})
+
+
 def test_form_tokens_replay_and_ownership(one_task) -> None:
     store, view = one_task
     ranks = dict(zip(ids(view), [2, 1, 2]))
