@@ -240,17 +240,22 @@ def test_consumers_refuse_an_incomplete_run(tiny_model_dir, chat_files, tmp_path
     run_dir = train_sft(load_config(SFTStageConfig, SFT_YAML, sft_args(tiny_model_dir, chat_files, tmp_path)[3:]))
     marker = run_dir / COMPLETE_MARKER
     marker.rename(tmp_path / "marker")
-    refusals = {
-        "export": lexalign("export", str(run_dir)),
-        "serve": lexalign("serve", "--run", str(run_dir), "--dry-run"),
-        "dpo": lexalign("dpo", "--config", str(REPO / "configs" / "dpo.yaml"), f"sft_run={run_dir}",
-                        f"output_dir={tmp_path / 'dpo'}", "eval.reward_run="),
-        "reward": lexalign("reward", "--config", str(REPO / "configs" / "reward.yaml"), f"sft_run={run_dir}",
-                           f"output_dir={tmp_path / 'reward'}"),
+    commands = {
+        "export": ["export", str(run_dir)],
+        "serve": ["serve", "--run", str(run_dir), "--dry-run"],
+        "dpo": ["dpo", "--config", str(REPO / "configs" / "dpo.yaml"), f"sft_run={run_dir}",
+                f"output_dir={tmp_path / 'dpo'}", "eval.reward_run="],
+        "reward": ["reward", "--config", str(REPO / "configs" / "reward.yaml"), f"sft_run={run_dir}",
+                   f"output_dir={tmp_path / 'reward'}"],
     }
-    for name, result in refusals.items():
-        assert result.returncode == 2, (name, result.stderr[-2000:])
-        assert "not a completed run" in result.stderr and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+    # The four commands at once: each spends its seconds importing torch/transformers before it refuses.
+    running = {name: subprocess.Popen([sys.executable, "-m", "lexalign.cli", *argv], cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name, argv in commands.items()}
+    for name, process in running.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 2, (name, stderr[-2000:])
+        assert "not a completed run" in stderr and "Traceback" not in stderr, (name, stderr[-2000:])
     assert not (tmp_path / "dpo").exists() or not any((tmp_path / "dpo").rglob("COMPLETE"))
     (tmp_path / "marker").rename(marker)
     assert lexalign("export", str(run_dir)).returncode == 0

@@ -413,7 +413,7 @@ def test_cli_serve_shuts_down_cleanly_on_sigterm(sft_run: Path, engine, tmp_path
     log = (tmp_path / "cli.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "lexalign.cli", "serve", "--run", str(sft_run), f"port={port}", f"work_dir={tmp_path}",
-         "max_model_len=256", "shutdown_timeout_s=10"],
+         "max_model_len=256", "shutdown_timeout_s=10", "enforce_eager=true"],   # no compile: what is tested is the stop
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     engine_pid = None
     try:
