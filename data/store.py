@@ -1287,6 +1287,13 @@ class Store:
                                             counts.get("skipped", 0), counts.get("open", 0), last, person.kind))
         return result
 
+    def task_sources(self) -> dict[str, int]:
+        """Where the tasks came from (``app``, ``candidates``, an import's name, ...) -> how many tasks each."""
+        with self._read() as conn:
+            rows = conn.execute(select(tasks.c.source, func.count()).group_by(tasks.c.source)
+                                .order_by(tasks.c.source)).all()
+        return {str(source): int(count) for source, count in rows}
+
     def task_rankings(self, min_annotators: int = 1, sources: Iterable[str] | None = None,
                       kinds: Iterable[str] | None = None) -> list[TaskRankings]:
         """Every task with at least ``min_annotators`` rankings, with its candidates and rankings (for export).

@@ -640,15 +640,40 @@ class AnnotateApp:
             return None
         return self.admin_refresh(request)
 
-    def admin_export(self, request: Any) -> tuple[str, str | None]:
+    def admin_export_sources(self, request: Any) -> Any:
+        """The export's source choices (every source of the store's tasks, with its task count), all ticked;
+        filled when an admin opens the page or the tab (sources appear as tasks are added)."""
+        import gradio as gr
+
+        if not self.store.is_admin(self._user(request)):
+            return gr.skip()
+        sources = self.store.task_sources()
+        return gr.CheckboxGroup(choices=[(f"{name} ({count} tasks)", name) for name, count in sources.items()],
+                                value=list(sources))
+
+    def admin_export(self, request: Any, sources: Sequence[str] | None = None,
+                     kinds: Sequence[str] | None = None) -> tuple[str, list[str] | None]:
+        """Export the rankings of the chosen task sources and annotator kinds (none chosen: all, as an API call
+        without them gets); returns the message and every file written (pairs, rankings, chat-feedback pairs, the
+        summary), each downloadable."""
         from lexalign.reward.prefs import export_preferences
 
         user = self._require_admin(request, "export preferences")
         out = Path(self.config.export_dir) / time.strftime("%Y%m%d-%H%M%S")
-        result = export_preferences(self.store, out, min_annotators=self.config.export_min_annotators, actor=user)
+        result = export_preferences(self.store, out, min_annotators=self.config.export_min_annotators, actor=user,
+                                    sources=list(sources) if sources else None,
+                                    kinds=list(kinds) if kinds else None)
+        chosen = []
+        if sources:
+            chosen.append("sources " + ", ".join(f"`{inert(name)}`" for name in sources))
+        if kinds:
+            chosen.append("annotators " + ", ".join(kinds))
+        scope = f" ({'; '.join(chosen)})" if chosen else ""
         text = (f"Exported **{result.pairs}** preference pairs from {result.tasks} tasks "
-                f"({result.rankings} rankings) to `{inert(str(out))}`.")
-        return text, result.files.get("preferences")
+                f"({result.rankings} rankings){scope} to `{inert(str(out))}`.")
+        files = [result.files[key] for key in ("preferences", "rankings", "feedback_pairs", "summary")
+                 if key in result.files]
+        return text, files
 
     # ----------------------------------------------------------------------- layout
 
@@ -715,9 +740,17 @@ class AnnotateApp:
                                                         "last submission (UTC)"], interactive=False,
                                                elem_id="admin-table")
                     admin_agreement = gr.Markdown("", elem_id="admin-agreement")
+                    with gr.Row():
+                        admin_sources = gr.CheckboxGroup(choices=[], value=[], elem_id="admin-export-sources", scale=3,
+                                                         label="Export the tasks from (none ticked: all)")
+                        admin_kinds = gr.CheckboxGroup(choices=[("people (human)", "human"),
+                                                                ("labels (derived, e.g. gold:cuad)", "derived")],
+                                                       value=["human", "derived"], label="ranked by",
+                                                       elem_id="admin-export-kinds", scale=2)
                     admin_export = gr.Button("Export preferences", elem_id="admin-export")
                     admin_export_text = gr.Markdown("", elem_id="admin-export-text")
-                    admin_export_file = gr.File(label="preferences.jsonl", interactive=False)
+                    admin_export_file = gr.File(label="exported files", file_count="multiple", interactive=False,
+                                                elem_id="admin-export-files")
             c["state"] = gr.State(None)
 
             task_outputs = [c["message"], c["task_header"], c["question"], c["excerpt"], c["state"], c["submit"],
@@ -751,14 +784,19 @@ class AnnotateApp:
                 filled = self.admin_on_open(request)
                 return filled if filled is not None else (gr.skip(), gr.skip())
 
-            def export(request: gr.Request) -> tuple[str, str | None]:
-                return self.admin_export(request)
+            def export(request: gr.Request, sources: list[str], kinds: list[str]) -> tuple[str, list[str] | None]:
+                return self.admin_export(request, sources, kinds)
+
+            def export_sources(request: gr.Request) -> Any:
+                return self.admin_export_sources(request)
 
             # The admin sees progress and agreement without clicking Refresh: filled after the task is on screen
             # (so annotators' pages do not wait for it), and again whenever the Admin tab is selected.
             demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented"
-                      ).then(admin_open, None, [admin_table, admin_agreement], api_visibility="private")
-            admin_tab.select(refresh, None, [admin_table, admin_agreement], api_visibility="private")
+                      ).then(admin_open, None, [admin_table, admin_agreement], api_visibility="private"
+                             ).then(export_sources, None, admin_sources, api_visibility="private")
+            admin_tab.select(refresh, None, [admin_table, admin_agreement], api_visibility="private"
+                             ).then(export_sources, None, admin_sources, api_visibility="private")
             submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], *c["answer_flags"]]
             # The rationale box has no submit event: Enter there only starts a new line (see KEYBOARD_JS).
             c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented"
@@ -772,7 +810,8 @@ class AnnotateApp:
                   api_visibility="private", show_progress="hidden", trigger_mode="always_last")
             admin_refresh.click(refresh, None, [admin_table, admin_agreement], api_name="admin_refresh",
                                 api_visibility="undocumented")
-            admin_export.click(export, None, [admin_export_text, admin_export_file], api_name="admin_export",
+            admin_export.click(export, [admin_sources, admin_kinds], [admin_export_text, admin_export_file],
+                               api_name="admin_export",
                                api_visibility="undocumented")
         demo.queue(default_concurrency_limit=self.config.concurrency_limit)
         return demo

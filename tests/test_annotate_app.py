@@ -4,6 +4,8 @@ are in test_annotate_browser.py.)"""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,8 +121,32 @@ def test_admin_handlers_refuse_annotators_on_the_server(app) -> None:
     assert len(denied) == 4 and {e["actor"] for e in denied} == {"alice", "anonymous"}
     rows, agreement = app.admin_refresh(req("root"))
     assert [r[0] for r in rows] == ["alice", "bob", "root"] and "No task" in agreement
-    text, path = app.admin_export(req("root"))
-    assert "Exported **0** preference pairs" in text and Path(path).is_file()
+    text, files = app.admin_export(req("root"))
+    assert "Exported **0** preference pairs" in text and all(Path(f).is_file() for f in files)
+
+
+def test_admin_export_takes_the_chosen_sources_and_kinds_and_offers_every_file(app) -> None:
+    """Imported lawyer rankings and app rankings in one store: the export of source "app" alone holds only the
+    app's task; the source choices list every source with its task count; every file written is downloadable."""
+    from lexalign.data.schemas import RankingRecord
+
+    c = components()
+    state = app.on_load(c, req("alice"))["state"]
+    app.on_submit(c, state, [1, 2, 2, None], False, "", [], req("alice"))
+    app.store.import_rankings([RankingRecord(prompt_id=f"imp-{i}", prompt="Which law governs?",
+                                             responses=["Delaware law.", "No."], ranks=[1, 2], annotator="lawyer-1",
+                                             meta={"task": "normalize"}) for i in range(3)], "acord")
+    choices = app.admin_export_sources(req("root"))
+    assert choices.choices == [("acord (3 tasks)", "acord"), ("app (1 tasks)", "app")]
+    assert choices.value == ["acord", "app"]
+    everything, _ = app.admin_export(req("root"), ["acord", "app"], ["human", "derived"])
+    assert "from 4 tasks" in everything
+    text, files = app.admin_export(req("root"), ["app"], ["human"])
+    assert "from 1 tasks" in text and "sources `app`" in text and "annotators human" in text
+    names = sorted(Path(f).name for f in files)
+    assert names == ["export.json", "feedback_pairs.jsonl", "preferences.jsonl", "rankings.jsonl"]
+    exported = [json.loads(line) for line in Path(next(f for f in files if f.endswith("rankings.jsonl"))).open()]
+    assert [r["prompt_id"] for r in exported] == ["t1"]
 
 
 def test_login_check_uses_the_store(app) -> None:

@@ -6,6 +6,7 @@ with users and tasks; the tests log in through Gradio's login page, rank, submit
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -236,9 +237,9 @@ def test_annotator_cannot_see_others_work_or_reach_the_admin_view(browser, serve
     page.context.close()
     # The hidden tab is not the protection: the admin handlers refuse bob's session on the server.
     client = Client(server.url, auth=("bob", USERS["bob"][0]), verbose=False)
-    for endpoint in ("/admin_refresh", "/admin_export"):
+    for endpoint, inputs in (("/admin_refresh", []), ("/admin_export", [[], []])):   # export: sources, kinds
         with pytest.raises(Exception, match="Only admins"):
-            client.predict(api_name=endpoint)
+            client.predict(*inputs, api_name=endpoint)
     with open_store(server.store_url) as store:
         denied = store.audit_events("admin_denied")
         assert {e["actor"] for e in denied} == {"bob"} and len(denied) >= 2
@@ -251,11 +252,20 @@ def test_admin_sees_progress_and_agreement_and_exports(browser, server) -> None:
     page.locator("#admin-refresh").click()
     wait_text(page.locator("#admin-table"), "alice")
     assert page.locator("#admin-agreement").inner_text().strip() != ""
+    wait_text(page.locator("#admin-export-sources"), "app (7 tasks)")   # every source, with its task count
+    assert page.locator("#admin-export-sources input[type=checkbox]:checked").count() == 1
+    assert page.locator("#admin-export-kinds input[type=checkbox]:checked").count() == 2
+    page.locator("#admin-export-kinds").get_by_text("labels (derived").click()   # people's rankings only
     page.locator("#admin-export").click()
     text = page.locator("#admin-export-text")
     text.get_by_text("Exported").wait_for(timeout=30_000)
+    assert "sources app; annotators human" in text.inner_text()
+    files = wait_text(page.locator("#admin-export-files"), "rankings").replace("\n", "")   # every file, each
+    assert all(name in files for name in ("preferences.jsonl", "rankings.jsonl", "export.json"))   # downloadable
     exports = list((server.root / "exports").glob("*/preferences.jsonl"))
     assert len(exports) == 1 and exports[0].read_text().strip()
+    summary = json.loads((exports[0].parent / "export.json").read_text())
+    assert summary["kinds"] == ["human"]
     with open_store(server.store_url) as store:
         assert store.audit_events("export")[0]["actor"] == "root"
         assert {"login", "submission"} <= {e["action"] for e in store.audit_events()}
