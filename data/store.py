@@ -127,6 +127,10 @@ DEFAULT_RATIONALE_MAX = 2000
 MIN_PASSWORD_CHARS = 8
 ANSWER_FLAG_SEP = "@"   # "wrong_law@2": the flag on the answer at position 2
 
+BUSY_TIMEOUT_S = 30.0
+MAX_RETRIES = 8
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+
 
 def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
     """Stored flags -> (flags on the whole task, {answer position: its flags})."""
@@ -139,9 +143,6 @@ def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
         else:
             whole.append(flag)
     return whole, per_answer
-BUSY_TIMEOUT_S = 30.0
-MAX_RETRIES = 8
-SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # Anything that looks like an HTML/XML tag, comment or declaration: "<b>", "</x>", "<!--", "<?xml", "<script".
@@ -986,7 +987,7 @@ class Store:
 
     @staticmethod
     def _flag(flag: Any) -> str:
-        if flag not in FLAGS:
+        if not isinstance(flag, str) or flag not in FLAGS:   # a list or dict would not even hash
             raise SubmissionError(f"unknown flag {str(flag)[:40]!r}; expected some of: {', '.join(FLAGS)}")
         return flag
 

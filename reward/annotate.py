@@ -389,23 +389,29 @@ class AnnotateApp:
         "A: New York law…"). Without a form token (an imported ranking) there is no shown order: each rank
         is labelled by the start of its answer instead."""
         n = len(ranks)
-        if not form_token or n != len(texts) or n > self.config.max_candidates:
+        order = self._shown_order(n, form_token) if n == len(texts) else None
+        if order is None:
             cells = [f'"{_short(text, _ANSWER_START_CHARS)}"={rank}' for text, rank in zip(texts, ranks)]
             return ", ".join(cells) or " ".join(map(str, ranks)), ""
-        order = _order_for(n, form_token, self.config.shuffle_candidates)
         letters = _letters(n)
         shown = [ranks[i] for i in order]
         answers = " · ".join(f"{letter}: {_short(texts[i], _ANSWER_START_CHARS)}"
                              for letter, i in zip(letters, order))
         return lettered_ranks(shown, letters), answers
 
+    def _shown_order(self, n: int, form_token: str | None) -> list[int] | None:
+        """The stored index of the answer shown in each place (A, B, ...) of a past submission; None when there
+        was no shown order (an imported ranking has no form token) or the page could not show that many."""
+        if not form_token or n > self.config.max_candidates:
+            return None
+        return _order_for(n, form_token, self.config.shuffle_candidates)
+
     def _shown_flags(self, flags: Sequence[str], n: int, form_token: str | None) -> str:
         """Readable flags of a past submission, each answer's under the letter it was shown with
         ("B: wrong law or jurisdiction"; an imported ranking has no shown order: "answer 2: ...")."""
         whole, per_answer = split_flags(flags)
         cells = [FLAGS.get(flag, flag) for flag in whole]
-        shown_at = ({stored: slot for slot, stored in enumerate(_order_for(n, form_token, self.config.shuffle_candidates))}
-                    if form_token and n <= self.config.max_candidates else {})
+        shown_at = {stored: slot for slot, stored in enumerate(self._shown_order(n, form_token) or [])}
         letters = _letters(max(n, 1))
         for position in sorted(per_answer, key=lambda pos: shown_at.get(pos, pos)):
             where = letters[shown_at[position]] if position in shown_at else f"answer {position + 1}"

@@ -346,7 +346,7 @@ def test_flags_on_single_answers_are_stored_at_their_positions_and_checked(one_t
     ranks = dict(zip(cids, [1, 2, 2]))
     for bad, words in [({cids[0] + 1000: ["wrong_law"]}, "flags for unknown candidate id"),
                        ({cids[0]: ["nonsense"]}, "unknown flag"), ({cids[0]: "wrong_law"}, "must be a list"),
-                       ({"x": ["wrong_law"]}, "unknown candidate id 'x'")]:
+                       ({"x": ["wrong_law"]}, "unknown candidate id 'x'"), ({cids[0]: [["wrong_law"]]}, "unknown flag")]:
         with pytest.raises(SubmissionError, match=words):
             store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token, answer_flags=bad)
     assert rankings_count(store) == 0
