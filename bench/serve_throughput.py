@@ -1,21 +1,33 @@
-"""Serving throughput: vLLM's OpenAI server vs batched ``transformers.generate`` on the same ~100M model.
+"""Serving throughput on this machine's limits: vLLM's OpenAI server vs the best batched ``transformers.generate``.
 
-    python bench/serve_throughput.py [--concurrency 32] [--tokens 128] [--out bench/out/serve_throughput.json]
+    python bench/serve_throughput.py [--model smollm2|random-100m] [--workloads fixed realistic]
+                                     [--serve key=value ...] [--out bench/out/serve_throughput.json]
 
-The model: the Llama of ``configs/base-100m.yaml`` (98.3M parameters, head_dim 64) with random weights and
-the tiny byte-level BPE tokenizer trained on the shipped corpus (no training: throughput does not depend on
-the weights' values). Both sides run it in float32, greedy, on the same 32 chat prompts, and generate exactly
-``--tokens`` tokens per request (``min_new_tokens``/``ignore_eos``), so they do the same work.
+The model: by default SmolLM2-135M-Instruct, the project's default base, as ``lexalign base import`` saves it
+(float32; imported into ``bench/out/runs`` when ``--model-dir`` does not hold it); ``random-100m`` is the
+Llama of ``configs/base-100m.yaml`` with random weights and the tiny tokenizer (the earlier benchmark's model).
+Both sides run the same weights in float32, greedy, and generate exactly the requested number of tokens per
+request (``min_new_tokens`` / ``ignore_eos`` + ``min_tokens``), so they do the same work.
 
-Baseline: one ``model.generate`` call on the batch of 32 left-padded prompts (KV cache), with 1 and with 2
-intra-op threads (``--hf-threads``); the faster is the baseline (on a shared 2-core machine one thread is
-often faster: OpenMP barriers stall when a thread is descheduled; vLLM's CPU engine itself computes on
-one bound core and keeps the other for its API server). Its "time to first token" is when the batch's first
-token exists (a batch does not stream).
-Server: ``lexalign.serve.launch.start_server`` (the same code path as ``lexalign serve``), 32 concurrent
-streaming chat requests through ``openai.AsyncOpenAI``; time to first token is per request (first content
-chunk), throughput = output tokens / wall time of the whole burst. The baseline runs first, before the
-server starts, so the two never compete for the cores. Prints the ratios; writes the numbers as JSON.
+Two workloads:
+- ``fixed``: 32 chat prompts of the shipped validation records (user turn cut to 400 characters), all at
+  once, 128 new tokens each: the best case for a static batch.
+- ``realistic``: 48 validation records with their whole prompts (mixed tasks, 100-600 tokens), each asking for
+  as many tokens as its reference answer has (clipped to 4-256: mixed lengths), arriving as a Poisson process
+  (``--rate`` requests/s, seeded). This is where continuous batching should pay off.
+
+Baselines (all run before the server starts, so nothing competes for the cores): batched ``model.generate``
+with the KV cache, for each intra-op thread count of ``--hf-threads``; on the realistic workload a batch
+is whatever has arrived when the previous batch ends, up to each size of ``--hf-batches`` (left padding to the
+batch's longest prompt, the batch runs to its longest answer). Arrivals are replayed on a virtual clock: a
+batch starts at max(previous end, first waiting arrival) and lasts as long as its ``generate`` measured, so
+no idle waiting is spent. The best configuration of each workload is its baseline.
+Server: ``lexalign.serve.launch.start_server`` (the ``lexalign serve`` code path), requests through
+``openai.AsyncOpenAI``, streaming, sent at their arrival times. Time to first token is per request, from
+its arrival; throughput = output tokens / time from the first arrival to the last answer.
+
+The roofline (``bench/roofline.py``): the run measures the fp32 matmul peak and memory bandwidth with the
+server's thread count, and each result is also given as ideal time / measured time.
 """
 
 from __future__ import annotations
@@ -23,18 +35,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
+import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, ROOT, load_average, smollm2_model  # noqa: E402
+from roofline import ModelShape, Request, ideal_serving_seconds, measure_peaks  # noqa: E402
+
+SERVER_THREADS = 2  # vLLM's CPU engine computes on every core (cpu_reserved_cores: 0)
 
 
-def build_model(folder: Path) -> Path:
+def build_random_model(folder: Path) -> Path:
     """The base-100m architecture with random weights + the tiny tokenizer (cached in ``folder``)."""
     from lexalign.basemodel import count_parameters, load_base_config, make_model, read_corpus, save_model, train_tokenizer
 
@@ -50,17 +68,48 @@ def build_model(folder: Path) -> Path:
     return folder
 
 
-def chat_prompts(n: int, max_chars: int = 400) -> list[list[dict[str, str]]]:
+@dataclass
+class Job:
+    """One request of a workload."""
+
+    messages: list[dict[str, str]]
+    output_tokens: int
+    arrival_s: float = 0.0
+    prompt_tokens: int = 0
+
+
+def validation_records() -> list[dict]:
     from lexalign.data.paths import shipped_dir
 
-    prompts = []
-    for line in (shipped_dir() / "sft_valid.jsonl").read_text(encoding="utf-8").splitlines():
-        messages = json.loads(line)["messages"][:-1]
+    return [json.loads(line) for line in (shipped_dir() / "sft_valid.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def fixed_workload(n: int, tokens: int, max_chars: int = 400) -> list[Job]:
+    jobs = []
+    for record in validation_records()[:n]:
+        messages = [dict(m) for m in record["messages"][:-1]]
         messages[-1]["content"] = messages[-1]["content"][:max_chars]
-        prompts.append(messages)
-        if len(prompts) == n:
-            break
-    return prompts
+        jobs.append(Job(messages, tokens))
+    return jobs
+
+
+def realistic_workload(n: int, rate: float, seed: int, tokenizer, min_tokens: int = 4, max_tokens: int = 256) -> list[Job]:
+    records = validation_records()
+    rng = random.Random(seed)
+    rng.shuffle(records)
+    jobs, clock = [], 0.0
+    for record in records[:n]:
+        answer = record["messages"][-1]["content"]
+        length = len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
+        jobs.append(Job(record["messages"][:-1], min(max_tokens, max(min_tokens, length)), clock))
+        clock += rng.expovariate(rate)
+    return jobs
+
+
+def count_prompt_tokens(jobs: list[Job], tokenizer) -> None:
+    for job in jobs:
+        job.prompt_tokens = len(tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=True,
+                                                              return_dict=True)["input_ids"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,49 +118,85 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def bench_transformers(model_dir: Path, prompts: list[list[dict[str, str]]], tokens: int, threads: int) -> dict:
+def summarize(per_request: list[dict], span_s: float) -> dict:
+    ttfts = [r["ttft_s"] for r in per_request]
+    tokens = sum(r["output_tokens"] for r in per_request)
+    return {"output_tokens": tokens, "seconds": span_s, "tokens_per_s": tokens / span_s,
+            "ttft_p50_s": statistics.median(ttfts), "ttft_p95_s": percentile(ttfts, 95),
+            "latency_p50_s": statistics.median(r["latency_s"] for r in per_request),
+            "latency_p95_s": percentile([r["latency_s"] for r in per_request], 95)}
+
+
+# =========================================================================== the baseline
+
+
+class StepClock:
+    """A stopping criterion that only records when each generated token (step) exists."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+def bench_transformers(model_dir: Path, jobs: list[Job], threads: int, max_batch: int) -> dict:
+    """Batched ``generate`` on the workload, arrivals replayed on a virtual clock (see the module's docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+    from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-
-    class FirstToken(StoppingCriteria):
-        def __init__(self) -> None:
-            self.at: float | None = None
-
-        def __call__(self, input_ids, scores, **kwargs):  # called after every generated token
-            if self.at is None:
-                self.at = time.perf_counter()
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
-
+    texts = [tokenizer.apply_chat_template(j.messages, add_generation_prompt=True, tokenize=False) for j in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival_s)
+    per_request: list[dict] = [{} for _ in jobs]
+    now, waiting, batches = 0.0, list(order), 0
     with torch.inference_mode():
         model.generate(**tokenizer(texts[:2], return_tensors="pt", padding=True, add_special_tokens=False),
                        max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)  # warm-up
-        first = FirstToken()
-        started = time.perf_counter()
-        out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([first]))
-        seconds = time.perf_counter() - started
-    generated = int((out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0])
-    return {"output_tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds,
-            "ttft_s": (first.at or started) - started, "threads": torch.get_num_threads(),
-            "prompt_tokens_padded": int(batch["input_ids"].shape[1])}
+        while waiting:
+            now = max(now, jobs[waiting[0]].arrival_s)
+            batch = [i for i in waiting if jobs[i].arrival_s <= now][:max_batch]
+            waiting = [i for i in waiting if i not in batch]
+            longest = max(jobs[i].output_tokens for i in batch)
+            inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            clock = StepClock()
+            started = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=longest, min_new_tokens=longest, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([clock]))
+            ended = time.perf_counter()
+            for i in batch:
+                done = now + clock.times[jobs[i].output_tokens - 1] - started
+                per_request[i] = {"ttft_s": now + clock.times[0] - started - jobs[i].arrival_s,
+                                  "latency_s": done - jobs[i].arrival_s, "done_s": done,
+                                  "output_tokens": jobs[i].output_tokens}
+            now += ended - started
+            batches += 1
+    first_arrival = min(j.arrival_s for j in jobs)
+    result = summarize(per_request, max(r["done_s"] for r in per_request) - first_arrival)
+    result.update({"threads": threads, "max_batch": max_batch, "batches": batches})
+    return result
 
 
-async def _burst(client, model: str, prompts: list[list[dict[str, str]]], tokens: int) -> tuple[float, list[dict]]:
-    async def one(messages):
-        started = time.perf_counter()
-        first = None
-        chunks = 0
-        usage = None
+# =========================================================================== the server
+
+
+async def replay(client, model: str, jobs: list[Job]) -> list[dict]:
+    """Send every job at its arrival time (streaming) and time it."""
+    t0 = time.perf_counter()
+
+    async def one(job: Job) -> dict:
+        await asyncio.sleep(max(0.0, job.arrival_s - (time.perf_counter() - t0)))
+        sent = time.perf_counter()
+        first, usage, chunks = None, None, 0
         stream = await client.chat.completions.create(
-            model=model, messages=messages, max_tokens=tokens, temperature=0, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "min_tokens": tokens})
+            model=model, messages=job.messages, max_tokens=job.output_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "min_tokens": job.output_tokens})
         async for event in stream:
             if event.usage is not None:
                 usage = event.usage
@@ -120,101 +205,139 @@ async def _burst(client, model: str, prompts: list[list[dict[str, str]]], tokens
                 if first is None:
                     first = time.perf_counter()
         done = time.perf_counter()
-        return {"ttft_s": (first or done) - started, "latency_s": done - started,
-                "output_tokens": usage.completion_tokens if usage else chunks}
+        return {"ttft_s": (first or done) - sent, "latency_s": done - sent, "done_s": done - t0,
+                "sent_s": sent - t0, "output_tokens": usage.completion_tokens if usage else chunks}
 
-    started = time.perf_counter()
-    results = await asyncio.gather(*[one(m) for m in prompts])
-    return time.perf_counter() - started, list(results)
+    return list(await asyncio.gather(*[one(j) for j in jobs]))
 
 
-def bench_vllm(model_dir: Path, prompts: list[list[dict[str, str]]], tokens: int, work: Path,
-               serve_overrides: list[str]) -> dict:
+def bench_vllm(model_dir: Path, workloads: dict[str, list[Job]], work: Path, serve_overrides: list[str]) -> dict:
     from openai import AsyncOpenAI
 
     from lexalign.config import load_config
     from lexalign.serve.launch import ServeConfig, start_server
 
+    concurrency = max(len(jobs) for jobs in workloads.values())
     config = load_config(ServeConfig, ROOT / "configs" / "serve.yaml", [
-        f"run={model_dir}", "port=0", f"work_dir={work}", "dtype=float32", "max_model_len=1024",
-        f"max_num_seqs={len(prompts)}", "cpu_kvcache_gib=2", "shutdown_timeout_s=5", *serve_overrides])
+        f"run={model_dir}", "port=0", f"work_dir={work}", "dtype=float32", "max_model_len=2048",
+        f"max_num_seqs={concurrency}", "cpu_kvcache_gib=4", "shutdown_timeout_s=5", *serve_overrides])
     wall_start = time.perf_counter()
+    results: dict = {}
     with start_server(config, ephemeral_key=True) as server:
-        start_s = time.perf_counter() - wall_start
+        results["start_s"] = time.perf_counter() - wall_start
 
-        async def run() -> tuple[float, list[dict]]:
-            client = AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=900)
-            await _burst(client, server.model, prompts[:2], 8)  # warm-up
-            return await _burst(client, server.model, prompts, tokens)
+        async def run(jobs: list[Job]) -> list[dict]:
+            client = AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=1800)
+            await replay(client, server.model, [Job(j.messages, 8) for j in jobs[:2]])  # warm-up
+            return await replay(client, server.model, jobs)
 
-        seconds, results = asyncio.run(run())
-        engine = {"package": server.plan.engine.distribution, "version": server.plan.engine.version,
-                  "dtype": server.plan.dtype, "device": server.plan.device}
-    generated = sum(r["output_tokens"] for r in results)
-    ttfts = [r["ttft_s"] for r in results]
-    return {"output_tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds,
-            "ttft_p50_s": statistics.median(ttfts), "ttft_p95_s": percentile(ttfts, 95),
-            "latency_p50_s": statistics.median(r["latency_s"] for r in results), "start_s": start_s,
-            "ready_s": server.started_in_s, "engine": engine}
+        for name, jobs in workloads.items():
+            print(f"vLLM server: {name} workload, {len(jobs)} requests ...", flush=True)
+            per_request = asyncio.run(run(jobs))
+            results[name] = summarize(per_request, max(r["done_s"] for r in per_request) - min(j.arrival_s for j in jobs))
+            print(f"  {results[name]['tokens_per_s']:.1f} tokens/s", flush=True)
+        results["engine"] = {"package": server.plan.engine.distribution, "version": server.plan.engine.version,
+                             "dtype": server.plan.dtype, "device": server.plan.device}
+    return results
 
 
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+def int_list(value: str) -> list[int]:
+    return [int(x) for x in value.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, default=32, help="requests at once = HF batch size (default 32)")
-    parser.add_argument("--tokens", type=int, default=128, help="output tokens per request (default 128)")
-    parser.add_argument("--hf-threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
-                        help="intra-op thread counts tried for the baseline; the fastest is used (default 1,2)")
+    parser.add_argument("--model", choices=["smollm2", "random-100m"], default="smollm2")
+    parser.add_argument("--model-dir", type=Path, default=None, help="the model folder (default: found or made)")
+    parser.add_argument("--workloads", nargs="+", choices=["fixed", "realistic"], default=["fixed", "realistic"])
+    parser.add_argument("--concurrency", type=int, default=32, help="fixed: requests at once = HF batch size")
+    parser.add_argument("--tokens", type=int, default=128, help="fixed: output tokens per request")
+    parser.add_argument("--requests", type=int, default=48, help="realistic: number of requests")
+    parser.add_argument("--rate", type=float, default=1.0, help="realistic: mean arrivals per second (Poisson)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hf-threads", type=int_list, default=[1, 2], help="baseline intra-op thread counts")
+    parser.add_argument("--hf-batches", type=int_list, default=[8, 48], help="realistic: baseline batch limits")
     parser.add_argument("--serve", nargs="*", default=[], metavar="key=value",
-                        help="serve config overrides for the server, e.g. cpu_reserved_cores=0")
-    parser.add_argument("--model-dir", type=Path, default=OUT / "base-100m-random", help="where the model is built")
+                        help="serve config overrides for the server, e.g. cpu_reserved_cores=null")
     parser.add_argument("--out", type=Path, default=OUT / "serve_throughput.json")
     args = parser.parse_args(argv)
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    model_dir = build_model(args.model_dir)
-    prompts = chat_prompts(args.concurrency)
+    from transformers import AutoTokenizer
+
+    if args.model == "smollm2":
+        model_dir = smollm2_model(args.model_dir)
+    else:
+        model_dir = build_random_model(args.model_dir or OUT / "base-100m-random")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    shape = ModelShape.from_folder(model_dir)
+    workloads: dict[str, list[Job]] = {}
+    if "fixed" in args.workloads:
+        workloads["fixed"] = fixed_workload(args.concurrency, args.tokens)
+    if "realistic" in args.workloads:
+        workloads["realistic"] = realistic_workload(args.requests, args.rate, args.seed, tokenizer)
+    for jobs in workloads.values():
+        count_prompt_tokens(jobs, tokenizer)
     load_before = load_average()
-    baselines = []
-    for threads in args.hf_threads:
-        print(f"transformers.generate: batch {len(prompts)} x {args.tokens} tokens, float32, {threads} thread(s) ...",
-              flush=True)
-        baselines.append(bench_transformers(model_dir, prompts, args.tokens, threads))
-        print(f"  {baselines[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
-    hf = max(baselines, key=lambda b: b["tokens_per_s"])
-    print(f"vLLM server: {len(prompts)} concurrent streaming requests x {args.tokens} tokens, float32 ...", flush=True)
-    served = bench_vllm(model_dir, prompts, args.tokens, OUT / "serve-work", args.serve)
-    served["serve_overrides"] = args.serve
+    print(f"measuring the machine's peaks with {SERVER_THREADS} threads ...", flush=True)
+    peaks = measure_peaks(SERVER_THREADS)
+    print(f"  {peaks.describe()}", flush=True)
+
+    report: dict = {}
+    for name, jobs in workloads.items():
+        ideal = ideal_serving_seconds(shape, peaks, [Request(j.arrival_s, j.prompt_tokens, j.output_tokens) for j in jobs])
+        runs = []
+        batches = [len(jobs)] if name == "fixed" else args.hf_batches
+        for threads in args.hf_threads:
+            for max_batch in batches:
+                print(f"transformers.generate: {name}, {threads} thread(s), batches of <= {max_batch} ...", flush=True)
+                runs.append(bench_transformers(model_dir, jobs, threads, max_batch))
+                print(f"  {runs[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+        report[name] = {"requests": len(jobs), "prompt_tokens": sum(j.prompt_tokens for j in jobs),
+                        "output_tokens": sum(j.output_tokens for j in jobs),
+                        "prompt_tokens_min_max": [min(j.prompt_tokens for j in jobs), max(j.prompt_tokens for j in jobs)],
+                        "output_tokens_min_max": [min(j.output_tokens for j in jobs), max(j.output_tokens for j in jobs)],
+                        "arrival_span_s": max(j.arrival_s for j in jobs), "ideal": ideal,
+                        "transformers_runs": runs, "transformers": max(runs, key=lambda r: r["tokens_per_s"])}
+    served = bench_vllm(model_dir, workloads, OUT / "serve-work", args.serve)
     load_after = load_average()
-    ratio = served["tokens_per_s"] / hf["tokens_per_s"]
+    for name in workloads:
+        entry = report[name]
+        entry["vllm"] = served[name]
+        entry["ratio"] = served[name]["tokens_per_s"] / entry["transformers"]["tokens_per_s"]
+        for side in ("vllm", "transformers"):
+            entry[side]["fraction_of_roofline"] = entry["ideal"]["ideal_s"] / entry[side]["seconds"]
     result = {
         "command": " ".join([Path(sys.executable).name, "bench/serve_throughput.py", *(argv or sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_1min_before": load_before, "load_1min_after": load_after},
-        "model": {"config": "configs/base-100m.yaml", "weights": "random", "dir": str(model_dir)},
-        "concurrency": len(prompts), "tokens_per_request": args.tokens,
-        "transformers": hf, "transformers_runs": baselines, "vllm": served, "throughput_ratio": ratio,
-        "time": time.strftime("%Y-%m-%d %H:%M"),
+                    "load_1min_before": load_before, "load_1min_after": load_after, "peaks": peaks.as_dict()},
+        "model": {"name": args.model, "dir": str(model_dir), "parameters": shape.parameters,
+                  "weight_bytes_fp32": shape.weight_bytes(4)},
+        "serve_overrides": args.serve, "server_start_s": served["start_s"], "engine": served["engine"],
+        "workloads": report, "time": time.strftime("%Y-%m-%d %H:%M"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print()
-    print(f"{'':34}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'TTFT p50':>10}{'TTFT p95':>10}")
-    print(f"{'transformers.generate (' + str(hf['threads']) + ' thr)':34}{hf['output_tokens']:>8}{hf['seconds']:>9.1f}{hf['tokens_per_s']:>10.1f}"
-          f"{hf['ttft_s']:>10.2f}{hf['ttft_s']:>10.2f}")
-    print(f"{'vLLM OpenAI server (streaming)':34}{served['output_tokens']:>8}{served['seconds']:>9.1f}"
-          f"{served['tokens_per_s']:>10.1f}{served['ttft_p50_s']:>10.2f}{served['ttft_p95_s']:>10.2f}")
-    print(f"throughput ratio vLLM / transformers: {ratio:.2f}x (goal >= 2.5x)")
-    print(f"vLLM server start: {served['start_s']:.1f} s to ready (engine {served['engine']['package']} "
+    print(f"model {args.model}: {shape.parameters / 1e6:.1f}M parameters, {shape.weight_bytes(4) / 1e6:.0f} MB in fp32; "
+          f"{peaks.describe()}")
+    header = f"{'':44}{'tokens':>7}{'s':>8}{'tok/s':>8}{'roofline':>9}{'TTFT p50':>9}{'TTFT p95':>9}"
+    for name, entry in report.items():
+        print(f"\n{name}: {entry['requests']} requests, prompts {entry['prompt_tokens_min_max']} tokens, answers "
+              f"{entry['output_tokens_min_max']} tokens, arrivals over {entry['arrival_span_s']:.1f} s; ideal "
+              f"{entry['ideal']['ideal_s']:.1f} s (prefill {entry['ideal']['prefill_s']:.1f} s, decode "
+              f"{entry['ideal']['decode_s']:.1f} s)")
+        print(header)
+        rows = [(f"generate {r['threads']} thr, batch <= {r['max_batch']}", r) for r in entry["transformers_runs"]]
+        rows.append(("vLLM OpenAI server (streaming)", entry["vllm"]))
+        for label, r in rows:
+            fraction = entry["ideal"]["ideal_s"] / r["seconds"]
+            print(f"{label:44}{r['output_tokens']:>7}{r['seconds']:>8.1f}{r['tokens_per_s']:>8.1f}{fraction:>9.0%}"
+                  f"{r['ttft_p50_s']:>9.2f}{r['ttft_p95_s']:>9.2f}")
+        print(f"ratio vLLM / best generate: {entry['ratio']:.2f}x (goal >= 3x on the realistic workload); vLLM at "
+              f"{entry['vllm']['fraction_of_roofline']:.0%} of the roofline (goal >= 70%)")
+    print(f"\nvLLM server start: {served['start_s']:.1f} s to ready ({served['engine']['package']} "
           f"{served['engine']['version']}, {served['engine']['device']}, {served['engine']['dtype']})")
     print(f"load average (1 min) before / after: {load_before} / {load_after} on {os.cpu_count()} CPUs")
     print(f"results: {args.out}")

@@ -3,14 +3,20 @@
     python bench/sft_bench.py throughput --model runs/tiny/base/model
     python bench/sft_bench.py packing    --model runs/tiny/base/model
     python bench/sft_bench.py memory     --config configs/base-100m.yaml
+    python bench/sft_bench.py throughput --model runs/smollm2/base/model --sft-config configs/smollm2/sft.yaml
+    python bench/sft_bench.py memory     --model runs/smollm2/base/model --sft-config configs/smollm2/sft.yaml --given-model
 
 throughput: tokens/s of the SFT stage (TRL SFTTrainer through lexalign) vs a bare PyTorch loop on the same
             model, the same collated batches and the same precision (LoRA fp32 and QLoRA NF4); goal >= 0.9.
+            Also the model FLOPs utilization (MFU): model FLOPs per token (bench/roofline.py: forward + the
+            input gradients of the layers the backward pass goes through) x tokens/s over the fp32 matmul peak
+            measured in the same run with the same threads.
 packing:    share of non-padding tokens in the training batches with and without padding-free packing;
             goal >= 0.95 with packing.
 memory:     peak RSS of one training process for QLoRA, LoRA and full fine-tuning of a ~100M-parameter
             Llama (with gradient checkpointing, as QLoRA recipes train; --no-gradient-checkpointing to compare),
-            also above the process's floor after its imports; goal QLoRA <= 0.45 x LoRA.
+            also above the process's floor after its imports; goal QLoRA <= 0.45 x LoRA. ``--given-model``
+            measures ``--model`` (e.g. SmolLM2) with the ``--sft-config`` recipe instead of a random ~100M model.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SFT_YAML = ROOT / "configs" / "sft.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+SFT_YAML = ROOT / "configs" / "sft.yaml"  # the recipe measured; --sft-config replaces it
 
 
 def sft_config(model: str, out: str, mode: str, steps: int, batch: int, extra: list[str] | None = None):
@@ -93,8 +100,9 @@ def stage_tokens_per_s(model: str, mode: str, steps: int, batch: int) -> float:
         return tokens[-1] / train_runtime
 
 
-def bare_tokens_per_s(model: str, mode: str, steps: int, batch: int) -> float:
-    """A plain PyTorch loop over the very batches the stage's trainer would see: forward, backward, AdamW step."""
+def bare_tokens_per_s(model: str, mode: str, steps: int, batch: int) -> tuple[float, float]:
+    """A plain PyTorch loop over the very batches the stage's trainer would see: forward, backward, AdamW step.
+    Returns tokens/s and the mean sequence length (non-padding tokens per sequence)."""
     import torch
 
     with tempfile.TemporaryDirectory() as out:
@@ -115,7 +123,7 @@ def bare_tokens_per_s(model: str, mode: str, steps: int, batch: int) -> float:
             first = {k: v for k, v in batches[0].items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
             net(**first, use_cache=False)
             net.train()
-        tokens = 0
+        tokens = sequences = 0
         start = time.perf_counter()
         for item in batches:
             item = {k: v for k, v in item.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
@@ -124,24 +132,42 @@ def bare_tokens_per_s(model: str, mode: str, steps: int, batch: int) -> float:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += count_tokens(item)
-        return tokens / (time.perf_counter() - start)
+            sequences += int(item["input_ids"].shape[0])
+        return tokens / (time.perf_counter() - start), tokens / sequences
 
 
 def run_throughput(args: argparse.Namespace) -> dict:
+    import os
+
     import torch
+    from roofline import ModelShape, measure_peaks
 
     torch.set_num_threads(args.threads)
-    results = {}
+    peaks = measure_peaks(args.threads)
+    shape = ModelShape.from_folder(args.model)
+    layers = sft_config(args.model, tempfile.gettempdir(), "lora", 1, 1).model.lora.layers_to_transform
+    backward_layers = shape.layers - min(layers) if layers else None
+    print(f"peaks: {peaks.describe()}; load average {os.getloadavg()[0]:.2f}")
+    results: dict = {"peaks": peaks.as_dict(), "sft_config": str(SFT_YAML), "load_1min_before": os.getloadavg()[0]}
     for mode in args.modes:
-        stage, bare = [], []
+        stage, bare, lengths = [], [], []
         for _ in range(args.repeats):  # interleaved so that background load hits both alike
-            bare.append(bare_tokens_per_s(args.model, mode, args.steps, args.batch))
+            tokens_per_s, mean_length = bare_tokens_per_s(args.model, mode, args.steps, args.batch)
+            bare.append(tokens_per_s)
+            lengths.append(mean_length)
             stage.append(stage_tokens_per_s(args.model, mode, args.steps, args.batch))
+        flops_per_token = shape.train_flops_per_token(statistics.mean(lengths), lora=True, backward_layers=backward_layers)
         results[mode] = {"stage_tokens_per_s": statistics.median(stage), "bare_tokens_per_s": statistics.median(bare),
                          "ratio": statistics.median(stage) / statistics.median(bare), "stage_runs": stage,
-                         "bare_runs": bare}
+                         "bare_runs": bare, "mean_sequence_tokens": statistics.mean(lengths),
+                         "model_flops_per_token": flops_per_token,
+                         "stage_mfu": statistics.median(stage) * flops_per_token / peaks.fp32_flops,
+                         "bare_mfu": statistics.median(bare) * flops_per_token / peaks.fp32_flops}
         print(f"{mode}: lexalign sft {results[mode]['stage_tokens_per_s']:.0f} tok/s, bare loop "
-              f"{results[mode]['bare_tokens_per_s']:.0f} tok/s, ratio {results[mode]['ratio']:.3f} (goal >= 0.9)")
+              f"{results[mode]['bare_tokens_per_s']:.0f} tok/s, ratio {results[mode]['ratio']:.3f} (goal >= 0.9); "
+              f"MFU {results[mode]['stage_mfu']:.1%} (bare {results[mode]['bare_mfu']:.1%}; "
+              f"{flops_per_token / 1e6:.0f} MFLOP/token at {results[mode]['mean_sequence_tokens']:.0f} tokens/sequence)")
+    results["load_1min_after"] = os.getloadavg()[0]
     return results
 
 
@@ -171,13 +197,16 @@ def run_packing(args: argparse.Namespace) -> dict:
 
 def run_memory(args: argparse.Namespace) -> dict:
     """One fresh process per mode so that each peak RSS is its own."""
-    model_dir = Path(args.workdir) / "model-100m"
-    if not (model_dir / "config.json").is_file():
-        build_random_model(args.config, model_dir)
+    if args.given_model:
+        model_dir = Path(args.model)
+    else:
+        model_dir = Path(args.workdir) / "model-100m"
+        if not (model_dir / "config.json").is_file():
+            build_random_model(args.config, model_dir)
     results = {}
     for mode in ("qlora", "lora", "full"):
         child = subprocess.run([sys.executable, __file__, "memory-child", "--model", str(model_dir), "--mode", mode,
-                                "--steps", str(args.steps), "--batch", str(args.batch),
+                                "--steps", str(args.steps), "--batch", str(args.batch), "--sft-config", str(SFT_YAML),
                                 *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])],
                                capture_output=True, text=True)
         if child.returncode != 0:
@@ -251,6 +280,7 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global SFT_YAML  # every helper reads the recipe chosen on the command line
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", choices=["throughput", "packing", "memory", "memory-child"])
     parser.add_argument("--model", default=str(ROOT / "runs" / "tiny" / "base" / "model"))
@@ -263,9 +293,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--sft-config", default=str(SFT_YAML), help="the SFT recipe measured (default configs/sft.yaml)")
+    parser.add_argument("--given-model", action="store_true", help="memory: measure --model, not a random ~100M model")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="memory: recompute activations in backward, as QLoRA recipes do (default: on)")
     args = parser.parse_args()
+    SFT_YAML = Path(args.sft_config)
     if args.bench == "memory-child":
         memory_child(args)
         return
