@@ -52,9 +52,16 @@ task is not assigned to this annotator, or the form token is unknown, stale or a
 assignment has one random token; a ranking stores it under a unique constraint, so a replayed form is
 refused even under a race).
 
-Flags. A flag is on the whole task (``wrong_law``) or on one answer: ``submit_ranking(answer_flags={candidate
-id: [flags]})`` stores ``wrong_law@2``, the flag on the task's answer at position 2 (0-based, the order of the
-stored ranks and of an export's responses), so a flag means the same after an export as in the app.
+Flags. A flag is on the whole task (``flags=["bad_task"]``) or on one answer: ``submit_ranking(answer_flags={
+candidate id: [flags]})`` stores ``wrong_law@2``, the flag on the task's answer at position 2 (0-based, the order
+of the stored ranks and of an export's responses), so a flag means the same after an export as in the app.
+``ANSWER_FLAGS`` are about what one answer says; ``TASK_FLAGS`` are about the task itself (a missing or unreadable
+excerpt) and are refused on a single answer. Any flag may still be given for the whole task (older submissions
+did so).
+
+Export filters. ``task_rankings`` (what an export reads) keeps the rankings of chosen task sources, annotator
+kinds, annotators (by username) and submission days: ``submitted_from`` / ``submitted_to`` are calendar days
+(``YYYY-MM-DD``, UTC), both inclusive; a malformed day or an empty range is a ``StoreError`` naming the field.
 
 Withdrawal. ``withdraw_ranking`` lets an annotator take back one of their own app submissions until an admin
 exports: in one transaction the ranking is deleted, the annotator's assignment of the task is reopened (same
@@ -76,7 +83,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,13 +123,18 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///runs/prefs.db"
 ROLES = ("annotator", "admin")
-FLAGS: dict[str, str] = {
+# Flags on one answer (what it says), and flags on the task itself (what the annotator was given to judge).
+ANSWER_FLAGS: dict[str, str] = {
     "invented_clause": "invents a clause or quote not in the contract",
     "wrong_law": "wrong law or jurisdiction",
     "risky_advice": "risky or misleading advice",
     "personal_data": "contains personal data",
     "other": "other problem (say which in the rationale)",
 }
+TASK_FLAGS: dict[str, str] = {
+    "bad_task": "task is broken (excerpt missing or unreadable)",
+}
+FLAGS: dict[str, str] = {**ANSWER_FLAGS, **TASK_FLAGS}
 DEFAULT_RATIONALE_MAX = 2000
 MIN_PASSWORD_CHARS = 8
 ANSWER_FLAG_SEP = "@"   # "wrong_law@2": the flag on the answer at position 2
@@ -130,6 +142,7 @@ ANSWER_FLAG_SEP = "@"   # "wrong_law@2": the flag on the answer at position 2
 BUSY_TIMEOUT_S = 30.0
 MAX_RETRIES = 8
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+DAY_FORMAT = "YYYY-MM-DD"  # submission-day filters (UTC)
 
 
 def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
@@ -145,6 +158,7 @@ def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
     return whole, per_answer
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 # Anything that looks like an HTML/XML tag, comment or declaration: "<b>", "</x>", "<!--", "<?xml", "<script".
 # "a < b" (a space after "<") is text to an HTML parser too, so it stays allowed.
 _MARKUP = re.compile(r"</?[A-Za-z!?][^<>]*>|</?(script|iframe|img|svg|style|object|embed|math)\b", re.IGNORECASE)
@@ -424,6 +438,57 @@ def _check_kinds(kinds: Iterable[str] | None) -> list[str] | None:
     if unknown or not kind_list:
         raise StoreError(f"annotator kinds {kind_list!r}: expected some of {', '.join(ANNOTATOR_KINDS)}")
     return kind_list
+
+
+def parse_day(value: date | str | None, field_name: str) -> date | None:
+    """A calendar day given as ``YYYY-MM-DD`` (a ``date`` is taken as it is); None when empty. A StoreError naming
+    the field and the expected format otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):  # a datetime is a date too, but a time of day is not a day
+        raise StoreError(f"the {field_name!r} date must be a day in the format {DAY_FORMAT}, not a time ({value})")
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        raise StoreError(f"the {field_name!r} date must be text in the format {DAY_FORMAT}; got {type(value).__name__}")
+    stripped = value.strip()
+    if not stripped:
+        return None
+    if _DAY.match(stripped):
+        try:
+            return date.fromisoformat(stripped)
+        except ValueError:
+            pass
+    raise StoreError(f"the {field_name!r} date {stripped[:40]!r} is not a day in the format {DAY_FORMAT} "
+                     "(e.g. 2025-03-31)")
+
+
+def submission_period(submitted_from: date | str | None, submitted_to: date | str | None
+                      ) -> tuple[date | None, date | None]:
+    """The first and last day (both inclusive, UTC) of a submission-time filter; None: no bound on that side.
+    A StoreError for a malformed day or an empty range (``from`` after ``to``)."""
+    first = parse_day(submitted_from, "from")
+    last = parse_day(submitted_to, "to")
+    if first is not None and last is not None and first > last:
+        raise StoreError(f"the 'from' date {first.isoformat()} is after the 'to' date {last.isoformat()}, so no day "
+                         "is in the range; swap them")
+    return first, last
+
+
+def _day_start(day: date) -> datetime:
+    """Midnight UTC at the start of ``day``."""
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _name_list(names: Iterable[str] | None) -> list[str] | None:
+    """Annotator usernames of a filter, each once, in the given order; None: no filter."""
+    if names is None:
+        return None
+    name_list = [names] if isinstance(names, str) else list(names)
+    strangers = [name for name in name_list if not isinstance(name, str)]
+    if strangers:
+        raise StoreError(f"annotator names must be text; got {strangers[0]!r}")
+    return list(dict.fromkeys(name_list))
 
 
 def _control_chars(text: str) -> list[str]:
@@ -803,6 +868,10 @@ class Store:
             self._audit(conn, actor, "password_changed", {"username": username})
 
     def set_active(self, username: str, active: bool, *, actor: str = "cli") -> None:
+        """Enable or disable an account (a disabled one cannot log in, take or submit tasks); nobody can disable
+        their own account, so an admin never locks themself out by mistake."""
+        if not active and actor == username:
+            raise StoreError(f"you cannot disable your own account ({username!r}); ask another admin to do it")
         with self._write() as conn:
             result = conn.execute(update(annotators).where(annotators.c.username == username).values(active=active))
             if result.rowcount != 1:
@@ -1033,7 +1102,10 @@ class Store:
             if isinstance(values, str) or not isinstance(values, Sequence):
                 raise SubmissionError(f"the flags of candidate {cid} must be a list; got {values!r}")
             for flag in values:
-                if self._flag(flag) not in clean.setdefault(cid, []):
+                if self._flag(flag) in TASK_FLAGS:
+                    raise SubmissionError(f"flag {flag!r} ({TASK_FLAGS[flag]}) is about the whole task, not one "
+                                          "answer; give it with the task's flags")
+                if flag not in clean.setdefault(cid, []):
                     clean[cid].append(flag)
         return clean
 
@@ -1296,14 +1368,22 @@ class Store:
         return {str(source): int(count) for source, count in rows}
 
     def task_rankings(self, min_annotators: int = 1, sources: Iterable[str] | None = None,
-                      kinds: Iterable[str] | None = None) -> list[TaskRankings]:
+                      kinds: Iterable[str] | None = None, *, annotator_names: Iterable[str] | None = None,
+                      submitted_from: date | str | None = None,
+                      submitted_to: date | str | None = None) -> list[TaskRankings]:
         """Every task with at least ``min_annotators`` rankings, with its candidates and rankings (for export).
 
-        ``kinds`` keeps only the rankings of those annotator kinds (``human``, ``derived``; default: all), and
-        ``min_annotators`` counts the kept ones."""
+        ``kinds`` keeps only the rankings of those annotator kinds (``human``, ``derived``; default: all),
+        ``annotator_names`` only those annotators' rankings (an unknown name is a StoreError), and
+        ``submitted_from`` / ``submitted_to`` only the rankings submitted on those days or between them (UTC days,
+        ``YYYY-MM-DD``, both inclusive); ``min_annotators`` counts the kept rankings."""
         source_list = list(sources) if sources is not None else None
         kind_list = _check_kinds(kinds)
+        first_day, last_day = submission_period(submitted_from, submitted_to)
+        name_list = _name_list(annotator_names)
         with self._read() as conn:
+            if name_list is not None:
+                self._check_known_annotators(conn, name_list)
             query = select(tasks).order_by(tasks.c.id)
             if source_list is not None:
                 query = query.where(tasks.c.source.in_(source_list))
@@ -1314,6 +1394,12 @@ class Store:
                              .order_by(rankings.c.task_id, annotators.c.username))
             if kind_list is not None:
                 ranking_query = ranking_query.where(annotators.c.kind.in_(kind_list))
+            if name_list is not None:
+                ranking_query = ranking_query.where(annotators.c.username.in_(name_list))
+            if first_day is not None:
+                ranking_query = ranking_query.where(rankings.c.submitted_at >= _day_start(first_day))
+            if last_day is not None and last_day < date.max:
+                ranking_query = ranking_query.where(rankings.c.submitted_at < _day_start(last_day + timedelta(days=1)))
             for row in conn.execute(ranking_query):
                 if row.task_id in task_rows:
                     by_task.setdefault(row.task_id, []).append(StoredRanking(
@@ -1323,6 +1409,26 @@ class Store:
             cands = self._candidates_of(conn, wanted)
         return [TaskRankings(tid, task_rows[tid].prompt_id, task_rows[tid].prompt, task_rows[tid].meta or {},
                              task_rows[tid].source, cands[tid], tuple(by_task[tid])) for tid in wanted]
+
+    def check_annotator_names(self, names: Iterable[str] | None) -> list[str] | None:
+        """The usernames of an annotator filter, each once (None: no filter); a StoreError naming any that the
+        store does not know, so a typo never yields a silently empty export."""
+        name_list = _name_list(names)
+        if name_list is not None:
+            with self._read() as conn:
+                self._check_known_annotators(conn, name_list)
+        return name_list
+
+    @staticmethod
+    def _check_known_annotators(conn: Connection, names: Sequence[str]) -> None:
+        known: set[str] = set()
+        for start in range(0, len(names), 500):  # bounded IN lists (SQLite's variable limit)
+            known.update(conn.execute(select(annotators.c.username)
+                                      .where(annotators.c.username.in_(names[start:start + 500]))).scalars())
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise StoreError(f"no annotator named {', '.join(repr(name[:64]) for name in unknown[:5])} in the store; "
+                             "choose among the annotators who have rankings")
 
     @staticmethod
     def _candidates_of(conn: Connection, task_ids: Sequence[int]) -> dict[int, tuple[Candidate, ...]]:

@@ -5,8 +5,10 @@
 Login is Gradio's own (``launch(auth=callable)``) checked against the store's argon2 password hashes; every
 handler takes the user from the server-side session (``gr.Request.username``), never from the page. Each
 annotator sees one task at a time (the contract excerpt, the question and N candidate answers side by side,
-in an order shuffled per assignment so position does not bias the ranking), gives every answer a rank
-(1 = best; equal ranks for ties), may tick "none acceptable", write a rationale and flag answers, then submits
+in an order shuffled per assignment so position does not bias the ranking, with the guidelines in a column
+beside them on a desktop-wide window and below them on a narrower one), gives every answer a rank
+(1 = best; equal ranks for ties), may tick "none acceptable", write a rationale, flag answers (under each
+answer) and flag the task itself (under the answers: a missing or unreadable excerpt), then submits
 (button, or Ctrl/Cmd+Enter anywhere; Enter in the rationale only starts a new line) or skips. The submit bar
 (a live summary such as "A > C = D > B", messages, Submit and Skip) stays at the bottom of the window. The
 task, its candidate ids and the one-time form token live in server-side session state; the store validates
@@ -22,9 +24,11 @@ rankings are shown as locked, with the reason.
 Model and user text is inert: it is HTML-escaped before it reaches Markdown (which also runs Gradio's
 sanitizer), and free text (rationales) with markup is refused. Admins (role ``admin``) also get an Admin
 tab, filled when the page opens: progress per annotator, agreement (Krippendorff's alpha, Kendall's W, said in
-words against the usual thresholds, with the most disputed tasks by title) and an export button. The tab is
-hidden for others, and every admin handler checks the role on the server, so a hand-made request from an
-annotator's session is refused (and audited).
+words against the usual thresholds, with the most disputed tasks by title), the export (by task source,
+annotator kind, annotator and submission days) and the accounts (add one, disable or enable it, set its
+password; every change is in the audit log with the admin as its actor, and nobody can disable themself). The
+tab is hidden for others, and every admin handler checks the role on the server, so a hand-made request from an
+annotator's session is refused (and audited) before anything changes.
 """
 
 import html
@@ -40,9 +44,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if
 from lexalign.data.store import (
+    ANSWER_FLAGS,
+    DAY_FORMAT,
     DEFAULT_RATIONALE_MAX,
     DEFAULT_URL,
     FLAGS,
+    MIN_PASSWORD_CHARS,
+    ROLES,
+    TASK_FLAGS,
     Store,
     StoreError,
     SubmissionError,
@@ -54,6 +63,7 @@ from lexalign.data.store import (
 
 if TYPE_CHECKING:  # numpy is imported only when the Admin tab needs agreement
     from lexalign.reward.agreement import AgreementSummary
+    from lexalign.reward.prefs import ExportSummary
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +79,12 @@ the assistant (and sometimes by other systems). Rank the answers as a careful re
 3. **None acceptable.** Tick it when you would not send any of the answers to a client. Still rank them if
    one is less bad; otherwise leave them all tied.
 4. **Flags.** Under each answer, mark an invented clause, wrong law, risky advice or personal data in it.
+   Under the answers, **task is broken** flags the task itself (the excerpt is missing or unreadable): tick
+   it, tick **None acceptable** if you cannot rank the answers (they stay tied) and submit, so an admin can
+   fix the task.
 5. **Rationale** (optional, plain text): one or two sentences on what decided your ranking. Do not paste
    personal data.
-6. **Skip** a task you cannot judge (outside your practice area, unreadable excerpt); it goes to a colleague.
+6. **Skip** a task you cannot judge (outside your practice area); it goes to a colleague.
 
 Keyboard: type the ranks in the order of the answers (**2 1 3 3** gives A=2, B=1, C=3, D=3); a digit goes to
 the answer whose rank has the focus (**Tab** / **Shift+Tab** move it), else to the first answer without a rank.
@@ -136,7 +149,8 @@ SCROLL_AFTER_EDIT_JS = """
 
 CSS = """
 .candidate { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
-#message .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+#message .error, #admin-export-text .error, #accounts-message .error {
+  color: var(--error-text-color, #b91c1c); font-weight: 600; }
 /* Messages sit next to Submit and the bar stays on screen, so a refusal is seen where the click was.
    Gradio's container clips with overflow: hidden, which makes it the bar's scroll box and stops the sticking;
    clip cuts the same overflow without being a scroll box. */
@@ -144,6 +158,12 @@ CSS = """
 #submit-bar { position: sticky; bottom: 0; z-index: 50; background: var(--background-fill-primary);
               border-top: 1px solid var(--border-color-primary); padding: 8px 4px; }
 #ranking-summary { font-weight: 600; }
+/* The guidelines column sits beside the task from 1280 px (Gradio's container is 1280 px wide there; the two
+   columns' minimum widths do not fit the narrower containers, so there the guidelines wrap below the task).
+   Beside the task it stays in view while the annotator scrolls, and scrolls itself when it is long. */
+@media (min-width: 1280px) {
+  #guidelines-column { position: sticky; top: 0; max-height: 100vh; overflow-y: auto; }
+}
 """
 
 # How a task's kind (meta.task) reads in its title.
@@ -158,6 +178,10 @@ _DOCUMENT_KEYS = ("document", "contract", "doc_name", "doc_id", "company")
 _TITLE_PART_MAX = 80
 _ANSWER_START_CHARS = 32
 DISPUTED_SHOWN = 10  # tasks listed under "Most disputed tasks" in the Admin tab
+# Minimum widths (px) of the Rank tab's two columns: together (with the gap) wider than Gradio's 1024 px
+# container and narrower than its 1280 px one, so the guidelines are beside the task on a desktop-wide window.
+TASK_COLUMN_MIN_WIDTH = 760
+GUIDELINES_MIN_WIDTH = 280
 MY_SUBMISSIONS_SHOWN = 50  # latest own rankings in "My submissions" (and offered for editing)
 
 
@@ -270,6 +294,30 @@ def ranking_summary(ranks: Sequence[Any], n: int) -> str:
     if unranked:
         text += f" · not ranked yet: {', '.join(unranked)}"
     return text
+
+
+def chosen_values(chosen: Sequence[str] | str | None) -> list[str]:
+    """A checkbox group's ticked values as a list (an API client may send a single value as plain text)."""
+    if not chosen:
+        return []
+    return [chosen] if isinstance(chosen, str) else list(chosen)
+
+
+def export_scope(summary: "ExportSummary", kinds: Sequence[str] | None) -> str:
+    """What an admin export took, in words for the Admin tab: " (sources `app`; annotators human; ranked by
+    `alice`; submitted 2025-03-01 to 2025-03-02 UTC)", or "" when it took everything."""
+    chosen = []
+    if summary.sources:
+        chosen.append("sources " + ", ".join(f"`{inert(name)}`" for name in summary.sources))
+    if kinds:
+        chosen.append("annotators " + ", ".join(inert(kind) for kind in kinds))
+    if summary.annotators:
+        chosen.append("ranked by " + ", ".join(f"`{inert(name)}`" for name in summary.annotators))
+    first, last = summary.submitted_from, summary.submitted_to
+    if first or last:
+        days = f"{first} to {last}" if first and last else (f"from {first}" if first else f"until {last}")
+        chosen.append(f"submitted {days} UTC")
+    return f" ({'; '.join(chosen)})" if chosen else ""
 
 
 def lettered_ranks(ranks: Sequence[int], letters: Sequence[str]) -> str:
@@ -442,6 +490,16 @@ class AnnotateApp:
         return rows, editable
 
     @staticmethod
+    def _task_flag_choices(ticked: Sequence[str]) -> Any:
+        """The flags on the whole task with ``ticked`` ticked: the task flags, plus any other flag a past
+        submission gave the whole task (shown while it is edited, so submitting again keeps it unless unticked)."""
+        import gradio as gr
+
+        kept = [flag for flag in dict.fromkeys(ticked) if flag in FLAGS]
+        keys = list(dict.fromkeys([*TASK_FLAGS, *kept]))
+        return gr.CheckboxGroup(choices=[(FLAGS[key], key) for key in keys], value=kept)
+
+    @staticmethod
     def _edit_choices(editable: list[tuple[str, int]]) -> Any:
         import gradio as gr
 
@@ -467,6 +525,7 @@ class AnnotateApp:
                                            f"this page shows at most {n_max}; ask an admin to raise "
                                            "max_candidates. Skip it for now.")
         summary = c.get("summary")  # the live ranking summary, when the page has one
+        task_flags = c.get("task_flags")  # the flags on the whole task, when the page has them
         if view is None:
             empty = "All done: no task is waiting for you. Thank you!" if user else "Not signed in."
             updates.update({
@@ -476,6 +535,8 @@ class AnnotateApp:
             })
             if summary is not None:
                 updates[summary] = ""
+            if task_flags is not None:
+                updates[task_flags] = self._task_flag_choices([])
             for i in range(n_max):
                 updates[c["columns"][i]] = gr.Column(visible=False)
                 updates[c["ranks"][i]] = gr.Radio(choices=[], value=None)
@@ -488,7 +549,7 @@ class AnnotateApp:
             choices = [(str(r), r) for r in range(1, n + 1)]
             # Ranks are stored per candidate id, so they land on the right answer whatever column it is in.
             before = [prefill.ranks.get(view.candidates[i].id) for i in order] if prefill else [None] * n
-            flagged = split_flags(prefill.flags)[1] if prefill else {}   # answer position -> its flags
+            on_task, flagged = split_flags(prefill.flags) if prefill else ([], {})  # flagged: position -> flags
             updates.update({
                 # the readable title first; the id stays as the reference to quote to an admin
                 c["task_header"]: (f"### {_md_text(task_title(view.meta, view.source))}\n\n"
@@ -503,6 +564,8 @@ class AnnotateApp:
             })
             if summary is not None:
                 updates[summary] = inert(ranking_summary(before, n))
+            if task_flags is not None:
+                updates[task_flags] = self._task_flag_choices(on_task)
             for slot in range(n_max):
                 if slot < n:
                     candidate = view.candidates[order[slot]]
@@ -511,7 +574,7 @@ class AnnotateApp:
                     updates[c["answers"][slot]] = inert(candidate.text)
                     updates[c["ranks"][slot]] = gr.Radio(choices=choices, value=before[slot],
                                                          label=f"Rank of answer {letters[slot]} (1 = best)")
-                    updates[c["answer_flags"][slot]] = [f for f in flagged.get(order[slot], []) if f in FLAGS]
+                    updates[c["answer_flags"][slot]] = [f for f in flagged.get(order[slot], []) if f in ANSWER_FLAGS]
                 else:
                     updates[c["columns"][slot]] = gr.Column(visible=False)
                     updates[c["ranks"][slot]] = gr.Radio(choices=[], value=None)
@@ -537,8 +600,9 @@ class AnnotateApp:
         return updates
 
     def on_submit(self, c: dict[str, Any], state: Session | None, ranks: list[Any], none_acceptable: bool,
-                  rationale: str, answer_flags: Sequence[Sequence[str] | None], request: Any) -> dict[Any, Any]:
-        """``ranks`` and ``answer_flags`` are per shown answer (A, B, ...)."""
+                  rationale: str, answer_flags: Sequence[Sequence[str] | None], request: Any,
+                  task_flags: Sequence[str] | None = None) -> dict[Any, Any]:
+        """``ranks`` and ``answer_flags`` are per shown answer (A, B, ...); ``task_flags`` are on the whole task."""
         user = self._user(request)
         if not user:
             return {c["message"]: _error("Not signed in; reload the page and sign in.")}
@@ -562,10 +626,10 @@ class AnnotateApp:
         if problem:
             return {c["message"]: _error(f"Not saved: {inert(problem)}")}
         try:
-            flags = {cid: [chosen] if isinstance(chosen, str) else list(chosen)
-                     for cid, chosen in zip(state.slots, answer_flags) if chosen}
+            flags = {cid: chosen_values(chosen) for cid, chosen in zip(state.slots, answer_flags) if chosen}
             self.store.submit_ranking(user, state.task_id, dict(zip(state.slots, values)), bool(none_acceptable),
-                                      rationale, form_token=state.form_token, answer_flags=flags)
+                                      rationale, chosen_values(task_flags), form_token=state.form_token,
+                                      answer_flags=flags)
         except SubmissionError as err:
             text = _error(f"Not saved: {inert(_letter_ids(str(err), state))}")
             current = self.store.next_task_for(user)
@@ -657,36 +721,213 @@ class AnnotateApp:
         return gr.CheckboxGroup(choices=[(f"{name} ({count} tasks)", name) for name, count in sources.items()],
                                 value=list(sources))
 
-    def admin_export(self, request: Any, sources: Sequence[str] | None = None,
-                     kinds: Sequence[str] | None = None) -> tuple[str, list[str] | None]:
-        """Export the rankings of the chosen task sources and annotator kinds (none chosen: all, as an API call
-        without them gets); returns the message and every file written (pairs, rankings, chat-feedback pairs, the
-        summary), each downloadable."""
+    def admin_export_annotators(self, request: Any) -> Any:
+        """The export's annotator choices (everyone with rankings, with how many), none ticked (= all); filled
+        like the source choices."""
+        import gradio as gr
+
+        if not self.store.is_admin(self._user(request)):
+            return gr.skip()
+        ranked = [p for p in self.store.admin_progress() if p.done]
+        return gr.CheckboxGroup(choices=[(f"{p.username} ({p.done} ranking{'s' * (p.done != 1)})", p.username)
+                                         for p in ranked], value=[])
+
+    def admin_export(self, request: Any, sources: Sequence[str] | None = None, kinds: Sequence[str] | None = None,
+                     annotator_names: Sequence[str] | None = None, submitted_from: str | None = None,
+                     submitted_to: str | None = None) -> tuple[str, list[str] | None]:
+        """Export the rankings of the chosen task sources, annotator kinds and annotators, submitted on or between
+        the chosen days (YYYY-MM-DD, UTC, inclusive; none chosen or empty: all, as an API call without them gets);
+        returns the message and every file written (pairs, rankings, chat-feedback pairs, the summary), each
+        downloadable. A bad choice (a malformed day, an unknown annotator) is refused with the reason and nothing
+        is written."""
         from lexalign.reward.prefs import export_preferences
 
         user = self._require_admin(request, "export preferences")
         out = Path(self.config.export_dir) / time.strftime("%Y%m%d-%H%M%S")
-        result = export_preferences(self.store, out, min_annotators=self.config.export_min_annotators, actor=user,
-                                    sources=list(sources) if sources else None,
-                                    kinds=list(kinds) if kinds else None)
-        chosen = []
-        if sources:
-            chosen.append("sources " + ", ".join(f"`{inert(name)}`" for name in sources))
-        if kinds:
-            chosen.append("annotators " + ", ".join(kinds))
-        scope = f" ({'; '.join(chosen)})" if chosen else ""
+        try:
+            result = export_preferences(self.store, out, min_annotators=self.config.export_min_annotators,
+                                        actor=user, sources=list(sources) if sources else None,
+                                        kinds=list(kinds) if kinds else None,
+                                        annotator_names=chosen_values(annotator_names) or None,
+                                        submitted_from=submitted_from or None, submitted_to=submitted_to or None)
+        except StoreError as err:
+            logger.info("export by %s refused: %s", user, err)
+            return _error(f"Not exported: {inert(str(err))}"), None
         text = (f"Exported **{result.pairs}** preference pairs from {result.tasks} tasks "
-                f"({result.rankings} rankings){scope} to `{inert(str(out))}`.")
+                f"({result.rankings} rankings){export_scope(result, kinds)} to `{inert(str(out))}`.")
         files = [result.files[key] for key in ("preferences", "rankings", "feedback_pairs", "summary")
                  if key in result.files]
         return text, files
 
+    def admin_choices_on_open(self, request: Any) -> tuple[Any, Any, Any, Any]:
+        """What the Admin tab lists when an admin opens the page or the tab: the export's source and annotator
+        choices, the Accounts table and the account choices. Skipped for everyone else (the tab is hidden for
+        them; this runs on every page load, so it neither refuses nor audits)."""
+        import gradio as gr
+
+        if not self.store.is_admin(self._user(request)):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        _, accounts, account_choices = self._accounts_view("")
+        return self.admin_export_sources(request), self.admin_export_annotators(request), accounts, account_choices
+
+    # ----------------------------------------------------------------------- accounts (admins only)
+
+    def _accounts_view(self, message: str, selected: str | None = None) -> tuple[str, list[list[Any]], Any]:
+        """(message, the Accounts table, the account choices with ``selected`` chosen). Accounts are people's
+        (derived annotators such as gold:cuad are not accounts): username, role, active, rankings given."""
+        import gradio as gr
+
+        people = [p for p in self.store.admin_progress() if p.kind == "human"]
+        rows = [[p.username, p.role, "yes" if p.active else "no", p.done] for p in people]
+        names = [p.username for p in people]
+        return message, rows, gr.Dropdown(choices=names, value=selected if selected in names else None)
+
+    def admin_add_account(self, request: Any, username: str | None, role: str | None,
+                          password: str | None) -> tuple[str, list[list[Any]], Any, Any, str]:
+        """Add an account with the store's rules (username, role, password length); the store audits it with the
+        admin as the actor. Returns the Accounts section, then the username box (emptied once added) and the
+        password box (always emptied: a password never stays on the page)."""
+        import gradio as gr
+
+        admin = self._require_admin(request, "add accounts")
+        name = username.strip() if isinstance(username, str) else ""
+        try:
+            self.store.add_annotator(name, password if isinstance(password, str) else "", role,  # type: ignore[arg-type]
+                                     actor=admin)
+        except StoreError as err:
+            return (*self._accounts_view(_error(f"Not added: {inert(str(err))}")), gr.skip(), "")
+        logger.info("%s added the %s account %s", admin, role, name)
+        return (*self._accounts_view(f"Added the {inert(str(role))} account `{inert(name)}`; it can sign in now.",
+                                     selected=name), "", "")
+
+    def admin_set_active(self, request: Any, username: str | None, active: bool) -> tuple[str, list[list[Any]], Any]:
+        """Enable or disable an account (the store refuses an admin's own, and audits the change)."""
+        action = "enable" if active else "disable"
+        admin = self._require_admin(request, f"{action} accounts")
+        if not username:
+            return self._accounts_view(_error(f"Pick an account to {action} first."))
+        name = str(username)
+        try:
+            self.store.set_active(name, bool(active), actor=admin)
+        except StoreError as err:
+            return self._accounts_view(_error(f"Not {action}d: {inert(str(err))}"), selected=name)
+        logger.info("%s %sd the account %s", admin, action, name)
+        effect = "can sign in again" if active else "can no longer sign in, take tasks or submit"
+        return self._accounts_view(f"{action.capitalize()}d `{inert(name)}`: the account {effect}.", selected=name)
+
+    def admin_set_password(self, request: Any, username: str | None,
+                           password: str | None) -> tuple[str, list[list[Any]], Any, str]:
+        """Give an account a new password (the store's rules; audited); the password box is always emptied."""
+        admin = self._require_admin(request, "set passwords")
+        if not username:
+            return (*self._accounts_view(_error("Pick an account to set its password first.")), "")
+        name = str(username)
+        try:
+            self.store.set_password(name, password if isinstance(password, str) else "", actor=admin)
+        except StoreError as err:
+            return (*self._accounts_view(_error(f"Password not set: {inert(str(err))}"), selected=name), "")
+        logger.info("%s set a new password for %s", admin, name)
+        return (*self._accounts_view(f"New password set for `{inert(name)}`.", selected=name), "")
+
     # ----------------------------------------------------------------------- layout
+
+    def _build_rank_tab(self, c: dict[str, Any]) -> None:
+        """The Rank tab: the task (title, question, excerpt, answers with their ranks and flags, the flags on the
+        whole task, "none acceptable", rationale, submit bar) in a column, the guidelines in a column beside it."""
+        import gradio as gr
+
+        with gr.Row(equal_height=False, elem_id="task-and-guidelines"):
+            with gr.Column(scale=3, min_width=TASK_COLUMN_MIN_WIDTH, elem_id="task-column"):
+                c["task_header"] = gr.Markdown("", elem_id="task-header")
+                c["question"] = gr.Markdown("", elem_id="question")
+                c["excerpt"] = gr.Textbox(label="Contract excerpt", interactive=False, lines=4, max_lines=14,
+                                          visible=False, elem_id="excerpt")
+                with gr.Row(equal_height=False):
+                    for i in range(self.config.max_candidates):
+                        with gr.Column(visible=False, min_width=220, elem_classes=["candidate"],
+                                       elem_id=f"candidate-{i}") as column:
+                            c["columns"].append(column)
+                            c["titles"].append(gr.Markdown(f"#### Answer {string.ascii_uppercase[i]}"))
+                            c["answers"].append(gr.Markdown("", elem_id=f"answer-{i}"))
+                            c["ranks"].append(gr.Radio(choices=[], label="Rank (1 = best)", elem_id=f"rank-{i}"))
+                            c["answer_flags"].append(gr.CheckboxGroup(
+                                choices=[(label, key) for key, label in ANSWER_FLAGS.items()],
+                                label="Flags on this answer", elem_id=f"flags-{i}", elem_classes=["flags"]))
+                c["task_flags"] = gr.CheckboxGroup(choices=[(label, key) for key, label in TASK_FLAGS.items()],
+                                                   label="Flags on the whole task", elem_id="task-flags")
+                c["none_acceptable"] = gr.Checkbox(label="None of these answers is acceptable",
+                                                   elem_id="none-acceptable")
+                c["rationale"] = gr.Textbox(label="Rationale (optional, plain text)", lines=2, max_lines=8,
+                                            max_length=self.config.rationale_max_chars, elem_id="rationale",
+                                            placeholder="What decided your ranking? Enter starts a new line; "
+                                                        "Ctrl+Enter (Cmd+Enter) submits.")
+                # Stays at the bottom of the window (CSS), so the summary and every message are in view
+                # wherever the annotator is on the page.
+                with gr.Column(elem_id="submit-bar"):
+                    with gr.Row(equal_height=True):
+                        c["summary"] = gr.Markdown("", elem_id="ranking-summary")
+                        c["submit"] = gr.Button("Submit ranking", variant="primary", interactive=False,
+                                                elem_id="submit-btn", scale=0, min_width=200)
+                        c["skip"] = gr.Button("Skip this task", interactive=False, elem_id="skip-btn",
+                                              scale=0, min_width=170)
+                    c["message"] = gr.Markdown("", elem_id="message")
+            with gr.Column(scale=1, min_width=GUIDELINES_MIN_WIDTH, elem_id="guidelines-column"):
+                with gr.Accordion("Guidelines", open=True, elem_id="guidelines"):
+                    gr.Markdown(self.guidelines)
+
+    @staticmethod
+    def _build_admin_tab(c: dict[str, Any]) -> None:
+        """The Admin tab: progress and agreement, the export with its filters, the accounts."""
+        import gradio as gr
+
+        c["admin_refresh"] = gr.Button("Refresh", elem_id="admin-refresh")
+        c["admin_table"] = gr.Dataframe(headers=["annotator", "role", "active", "done", "skipped", "open",
+                                                 "last submission (UTC)"], interactive=False, elem_id="admin-table")
+        c["admin_agreement"] = gr.Markdown("", elem_id="admin-agreement")
+        gr.Markdown("### Export")
+        with gr.Row():
+            c["admin_sources"] = gr.CheckboxGroup(choices=[], value=[], elem_id="admin-export-sources", scale=3,
+                                                  label="Export the tasks from (none ticked: all)")
+            c["admin_kinds"] = gr.CheckboxGroup(choices=[("people (human)", "human"),
+                                                         ("labels (derived, e.g. gold:cuad)", "derived")],
+                                                value=["human", "derived"], label="ranked by",
+                                                elem_id="admin-export-kinds", scale=2)
+        with gr.Row():
+            c["admin_annotators"] = gr.CheckboxGroup(choices=[], value=[], elem_id="admin-export-annotators",
+                                                     scale=3, label="ranked by these annotators (none ticked: all)")
+            c["admin_from"] = gr.Textbox(label=f"submitted from ({DAY_FORMAT}, UTC)", placeholder="2025-01-31",
+                                         max_lines=1, elem_id="admin-export-from", scale=1)
+            c["admin_to"] = gr.Textbox(label=f"to ({DAY_FORMAT}, UTC, inclusive)", placeholder="2025-02-28",
+                                       max_lines=1, elem_id="admin-export-to", scale=1)
+        c["admin_export"] = gr.Button("Export preferences", elem_id="admin-export")
+        c["admin_export_text"] = gr.Markdown("", elem_id="admin-export-text")
+        c["admin_export_file"] = gr.File(label="exported files", file_count="multiple", interactive=False,
+                                         elem_id="admin-export-files")
+        gr.Markdown("### Accounts")
+        c["accounts_table"] = gr.Dataframe(headers=["username", "role", "active", "rankings"], interactive=False,
+                                           elem_id="accounts-table")
+        with gr.Row(equal_height=True):
+            c["account_username"] = gr.Textbox(label="new account: username", max_lines=1, scale=2,
+                                               elem_id="account-username")
+            c["account_role"] = gr.Radio(choices=list(ROLES), value="annotator", label="role", scale=1,
+                                         elem_id="account-role")
+            c["account_password"] = gr.Textbox(label=f"password (at least {MIN_PASSWORD_CHARS} characters)",
+                                               type="password", max_lines=1, scale=2, elem_id="account-password")
+            c["account_add"] = gr.Button("Add account", elem_id="account-add", scale=0, min_width=150)
+        with gr.Row(equal_height=True):
+            c["account_choice"] = gr.Dropdown(choices=[], value=None, label="account", scale=2,
+                                              elem_id="account-choice")
+            c["account_disable"] = gr.Button("Disable", elem_id="account-disable", scale=0, min_width=110)
+            c["account_enable"] = gr.Button("Enable", elem_id="account-enable", scale=0, min_width=110)
+            c["account_new_password"] = gr.Textbox(label="new password", type="password", max_lines=1, scale=2,
+                                                   elem_id="account-new-password")
+            c["account_set_password"] = gr.Button("Set password", elem_id="account-set-password", scale=0,
+                                                  min_width=150)
+        c["accounts_message"] = gr.Markdown("", elem_id="accounts-message")
 
     def build(self) -> Any:
         import gradio as gr
 
-        n_max = self.config.max_candidates
         c: dict[str, Any] = {"columns": [], "titles": [], "answers": [], "ranks": [], "answer_flags": []}
         with gr.Blocks(title=self.config.title, analytics_enabled=False) as demo:
             with gr.Row():
@@ -696,39 +937,7 @@ class AnnotateApp:
             with gr.Tabs() as tabs:
                 c["tabs"] = tabs
                 with gr.Tab("Rank", id="rank"):
-                    with gr.Accordion("Guidelines", open=False, elem_id="guidelines"):
-                        gr.Markdown(self.guidelines)
-                    c["task_header"] = gr.Markdown("", elem_id="task-header")
-                    c["question"] = gr.Markdown("", elem_id="question")
-                    c["excerpt"] = gr.Textbox(label="Contract excerpt", interactive=False, lines=4, max_lines=14,
-                                              visible=False, elem_id="excerpt")
-                    with gr.Row(equal_height=False):
-                        for i in range(n_max):
-                            with gr.Column(visible=False, min_width=220, elem_classes=["candidate"],
-                                           elem_id=f"candidate-{i}") as column:
-                                c["columns"].append(column)
-                                c["titles"].append(gr.Markdown(f"#### Answer {string.ascii_uppercase[i]}"))
-                                c["answers"].append(gr.Markdown("", elem_id=f"answer-{i}"))
-                                c["ranks"].append(gr.Radio(choices=[], label="Rank (1 = best)", elem_id=f"rank-{i}"))
-                                c["answer_flags"].append(gr.CheckboxGroup(
-                                    choices=[(label, key) for key, label in FLAGS.items()],
-                                    label="Flags on this answer", elem_id=f"flags-{i}", elem_classes=["flags"]))
-                    c["none_acceptable"] = gr.Checkbox(label="None of these answers is acceptable",
-                                                       elem_id="none-acceptable")
-                    c["rationale"] = gr.Textbox(label="Rationale (optional, plain text)", lines=2, max_lines=8,
-                                                max_length=self.config.rationale_max_chars, elem_id="rationale",
-                                                placeholder="What decided your ranking? Enter starts a new line; "
-                                                            "Ctrl+Enter (Cmd+Enter) submits.")
-                    # Stays at the bottom of the window (CSS), so the summary and every message are in view
-                    # wherever the annotator is on the page.
-                    with gr.Column(elem_id="submit-bar"):
-                        with gr.Row(equal_height=True):
-                            c["summary"] = gr.Markdown("", elem_id="ranking-summary")
-                            c["submit"] = gr.Button("Submit ranking", variant="primary", interactive=False,
-                                                    elem_id="submit-btn", scale=0, min_width=200)
-                            c["skip"] = gr.Button("Skip this task", interactive=False, elem_id="skip-btn",
-                                                  scale=0, min_width=170)
-                        c["message"] = gr.Markdown("", elem_id="message")
+                    self._build_rank_tab(c)
                 with gr.Tab("My submissions", id="mine"):
                     c["mine"] = gr.Dataframe(headers=["task", "submitted (UTC)", "ranks (as shown)", "answers",
                                                       "none acceptable", "flags", "rationale", "task id", "edit"],
@@ -741,27 +950,13 @@ class AnnotateApp:
                     c["edit_message"] = gr.Markdown("", elem_id="edit-message")
                 with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                     c["admin_tab"] = admin_tab
-                    admin_refresh = gr.Button("Refresh", elem_id="admin-refresh")
-                    admin_table = gr.Dataframe(headers=["annotator", "role", "active", "done", "skipped", "open",
-                                                        "last submission (UTC)"], interactive=False,
-                                               elem_id="admin-table")
-                    admin_agreement = gr.Markdown("", elem_id="admin-agreement")
-                    with gr.Row():
-                        admin_sources = gr.CheckboxGroup(choices=[], value=[], elem_id="admin-export-sources", scale=3,
-                                                         label="Export the tasks from (none ticked: all)")
-                        admin_kinds = gr.CheckboxGroup(choices=[("people (human)", "human"),
-                                                                ("labels (derived, e.g. gold:cuad)", "derived")],
-                                                       value=["human", "derived"], label="ranked by",
-                                                       elem_id="admin-export-kinds", scale=2)
-                    admin_export = gr.Button("Export preferences", elem_id="admin-export")
-                    admin_export_text = gr.Markdown("", elem_id="admin-export-text")
-                    admin_export_file = gr.File(label="exported files", file_count="multiple", interactive=False,
-                                                elem_id="admin-export-files")
+                    self._build_admin_tab(c)
             c["state"] = gr.State(None)
 
             task_outputs = [c["message"], c["task_header"], c["question"], c["excerpt"], c["state"], c["submit"],
                             c["skip"], c["none_acceptable"], c["rationale"], c["progress"], c["mine"],
-                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], *c["answer_flags"], c["summary"],
+                            *c["columns"], *c["titles"], *c["answers"], *c["ranks"], *c["answer_flags"],
+                            c["task_flags"], c["summary"],
                             c["edit_choice"]]  # last: API clients read the outputs before it by position
             n_ranks = len(c["ranks"])
 
@@ -769,10 +964,12 @@ class AnnotateApp:
                 return self.on_load(c, request)
 
             # gr.Request first: Gradio injects it by position and a keyword-only one after *values is missed.
+            # The values: a rank per answer, none acceptable, rationale, the flags per answer, the task's flags.
             def submit(request: gr.Request, state: Any, *values: Any) -> dict[Any, Any]:
-                ranks, (none_acceptable, rationale), flags = (list(values[:n_ranks]), values[n_ranks:n_ranks + 2],
-                                                              list(values[n_ranks + 2:]))
-                return self.on_submit(c, state, ranks, none_acceptable, rationale, flags, request)
+                ranks, (none_acceptable, rationale) = list(values[:n_ranks]), values[n_ranks:n_ranks + 2]
+                answer_flags, task_flags = list(values[n_ranks + 2:2 * n_ranks + 2]), values[2 * n_ranks + 2]
+                return self.on_submit(c, state, ranks, none_acceptable, rationale, answer_flags, request,
+                                      task_flags=task_flags)
 
             def skip(state: Any, request: gr.Request) -> dict[Any, Any]:
                 return self.on_skip(c, state, request)
@@ -790,20 +987,36 @@ class AnnotateApp:
                 filled = self.admin_on_open(request)
                 return filled if filled is not None else (gr.skip(), gr.skip())
 
-            def export(request: gr.Request, sources: list[str], kinds: list[str]) -> tuple[str, list[str] | None]:
-                return self.admin_export(request, sources, kinds)
+            def admin_choices(request: gr.Request) -> tuple[Any, Any, Any, Any]:
+                return self.admin_choices_on_open(request)
 
-            def export_sources(request: gr.Request) -> Any:
-                return self.admin_export_sources(request)
+            def export(request: gr.Request, sources: list[str], kinds: list[str], annotator_names: list[str],
+                       submitted_from: str, submitted_to: str) -> tuple[str, list[str] | None]:
+                return self.admin_export(request, sources, kinds, annotator_names, submitted_from, submitted_to)
 
-            # The admin sees progress and agreement without clicking Refresh: filled after the task is on screen
-            # (so annotators' pages do not wait for it), and again whenever the Admin tab is selected.
+            def add_account(request: gr.Request, username: str, role: str, password: str) -> tuple[Any, ...]:
+                return self.admin_add_account(request, username, role, password)
+
+            def disable_account(request: gr.Request, username: str) -> tuple[Any, ...]:
+                return self.admin_set_active(request, username, False)
+
+            def enable_account(request: gr.Request, username: str) -> tuple[Any, ...]:
+                return self.admin_set_active(request, username, True)
+
+            def set_account_password(request: gr.Request, username: str, password: str) -> tuple[Any, ...]:
+                return self.admin_set_password(request, username, password)
+
+            # The admin sees progress, agreement and accounts without clicking Refresh: filled after the task is
+            # on screen (so annotators' pages do not wait for it), and again whenever the Admin tab is selected.
+            admin_views = [c["admin_table"], c["admin_agreement"]]
+            admin_lists = [c["admin_sources"], c["admin_annotators"], c["accounts_table"], c["account_choice"]]
             demo.load(load, None, task_outputs + [admin_tab], api_name="load_task", api_visibility="undocumented"
-                      ).then(admin_open, None, [admin_table, admin_agreement], api_visibility="private"
-                             ).then(export_sources, None, admin_sources, api_visibility="private")
-            admin_tab.select(refresh, None, [admin_table, admin_agreement], api_visibility="private"
-                             ).then(export_sources, None, admin_sources, api_visibility="private")
-            submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], *c["answer_flags"]]
+                      ).then(admin_open, None, admin_views, api_visibility="private"
+                             ).then(admin_choices, None, admin_lists, api_visibility="private")
+            admin_tab.select(refresh, None, admin_views, api_visibility="private"
+                             ).then(admin_choices, None, admin_lists, api_visibility="private")
+            submit_inputs = [c["state"], *c["ranks"], c["none_acceptable"], c["rationale"], *c["answer_flags"],
+                             c["task_flags"]]
             # The rationale box has no submit event: Enter there only starts a new line (see KEYBOARD_JS).
             c["submit"].click(submit, submit_inputs, task_outputs, api_name="submit", api_visibility="undocumented"
                               ).then(None, [c["message"]], None, js=SCROLL_TO_NEW_TASK_JS)
@@ -814,11 +1027,24 @@ class AnnotateApp:
                                    ).then(None, [c["edit_message"]], None, js=SCROLL_AFTER_EDIT_JS)
             gr.on([rank.input for rank in c["ranks"]], summarize, [c["state"], *c["ranks"]], c["summary"],
                   api_visibility="private", show_progress="hidden", trigger_mode="always_last")
-            admin_refresh.click(refresh, None, [admin_table, admin_agreement], api_name="admin_refresh",
-                                api_visibility="undocumented")
-            admin_export.click(export, [admin_sources, admin_kinds], [admin_export_text, admin_export_file],
-                               api_name="admin_export",
-                               api_visibility="undocumented")
+            c["admin_refresh"].click(refresh, None, admin_views, api_name="admin_refresh",
+                                     api_visibility="undocumented"
+                                     ).then(admin_choices, None, admin_lists, api_visibility="private")
+            c["admin_export"].click(export, [c["admin_sources"], c["admin_kinds"], c["admin_annotators"],
+                                             c["admin_from"], c["admin_to"]],
+                                    [c["admin_export_text"], c["admin_export_file"]], api_name="admin_export",
+                                    api_visibility="undocumented")
+            accounts = [c["accounts_message"], c["accounts_table"], c["account_choice"]]
+            c["account_add"].click(add_account, [c["account_username"], c["account_role"], c["account_password"]],
+                                   accounts + [c["account_username"], c["account_password"]],
+                                   api_name="admin_add_account", api_visibility="undocumented")
+            c["account_disable"].click(disable_account, [c["account_choice"]], accounts,
+                                       api_name="admin_disable_account", api_visibility="undocumented")
+            c["account_enable"].click(enable_account, [c["account_choice"]], accounts,
+                                      api_name="admin_enable_account", api_visibility="undocumented")
+            c["account_set_password"].click(set_account_password, [c["account_choice"], c["account_new_password"]],
+                                            accounts + [c["account_new_password"]],
+                                            api_name="admin_set_password", api_visibility="undocumented")
         demo.queue(default_concurrency_limit=self.config.concurrency_limit)
         return demo
 
@@ -827,8 +1053,8 @@ class AnnotateApp:
 
         return {
             "server_name": self.config.host, "server_port": self.config.port, "auth": self.auth,
-            "auth_message": "Sign in with your annotator account (an admin creates it with "
-                            "<code>lexalign annotators add</code>).",
+            "auth_message": "Sign in with your annotator account (an admin creates it in the Admin tab or "
+                            "with <code>lexalign annotators add</code>).",
             "show_error": False, "ssr_mode": False, "run_history": False, "mcp_server": False,
             "enable_monitoring": False, "footer_links": [], "quiet": True,
             "theme": gr.themes.Default(font=_THEME_FONTS, font_mono=_MONO_FONTS),

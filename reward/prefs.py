@@ -43,7 +43,9 @@ with the SFT system prompt, as in ``data/pairs.py``), ``chosen`` / ``rejected`` 
 ``margin``, and ``meta`` = {task_id, prompt_id, source, chosen_index, rejected_index, votes_for,
 votes_against, ties, rankings, none_acceptable_votes, origin, weight} — ``prompt_id`` lets a trainer split
 by prompt so no prompt lands in both train and eval. The same rows are saved as a Hugging Face ``datasets``
-folder (``DIR/dataset``, ``datasets.load_from_disk``), and ``DIR/export.json`` records the counts and the rule.
+folder (``DIR/dataset``, ``datasets.load_from_disk``), and ``DIR/export.json`` records the counts, the rule and
+the scope (``sources``, ``kinds``, ``annotators`` and the submission days ``submitted_from`` / ``submitted_to``,
+UTC and inclusive; null: no filter).
 ``DIR/rankings.jsonl`` holds every exported ranking itself as a RankingRecord (annotator, kind, ranks,
 rationale; the task's source in ``meta.store_source``): ``prefs import`` of that file into another store
 recreates the tasks, the annotators with their kinds, and the rankings.
@@ -58,6 +60,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +70,7 @@ from lexalign.data import prompts
 from lexalign.data.jsonl import DataError, read_jsonl, write_jsonl, write_text_atomic
 from lexalign.data.paths import resolve_data_path
 from lexalign.data.schemas import ANNOTATOR_KINDS, RankingRecord, Text
-from lexalign.data.store import ImportResult, Store, StoredRanking, StoreError, TaskRankings
+from lexalign.data.store import ImportResult, Store, StoredRanking, StoreError, TaskRankings, submission_period
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,11 @@ class ExportSummary:
     min_annotators: int = 1
     none_acceptable: str = "keep"
     kinds: list[str] = field(default_factory=lambda: list(ANNOTATOR_KINDS))
+    # the scope: task sources, annotators (usernames) and submission days (UTC, inclusive); None: no filter
+    sources: list[str] | None = None
+    annotators: list[str] | None = None
+    submitted_from: str | None = None
+    submitted_to: str | None = None
     weights: dict[str, float] = field(default_factory=dict)
     mix_kinds: bool = False
     rankings_replaced: int = 0     # derived rankings left out because a human ranked the same task
@@ -313,17 +321,24 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
                        none_acceptable: NoneAcceptable = "keep", system_prompt: str | None = prompts.SYSTEM_PROMPT,
                        sources: Sequence[str] | None = None, actor: str = "cli", save_dataset: bool = True,
                        feedback: bool = True, redact_feedback: bool = True, kinds: Sequence[str] | None = None,
-                       weights: Mapping[str, float] | None = None, mix_kinds: bool = False) -> ExportSummary:
+                       weights: Mapping[str, float] | None = None, mix_kinds: bool = False,
+                       annotator_names: Sequence[str] | None = None, submitted_from: date | str | None = None,
+                       submitted_to: date | str | None = None) -> ExportSummary:
     """Write ``preferences.jsonl``, ``rankings.jsonl``, the ``dataset/`` folder and ``export.json`` to ``out_dir``;
     with ``feedback`` also ``feedback_pairs.jsonl`` (chat feedback, PII-redacted unless ``redact_feedback=False``).
 
     ``kinds``: the annotator kinds exported (default all); ``weights``: vote weight per kind (default 1);
-    ``mix_kinds``: derived rankings vote beside human ones on the same task instead of being replaced."""
+    ``mix_kinds``: derived rankings vote beside human ones on the same task instead of being replaced;
+    ``annotator_names``: only these annotators' rankings (default all); ``submitted_from`` / ``submitted_to``:
+    only the rankings submitted on or between these days (``YYYY-MM-DD``, UTC, inclusive). Every argument is
+    checked before anything is written: a bad one is a StoreError and nothing is exported."""
     if isinstance(min_annotators, bool) or not isinstance(min_annotators, int) or min_annotators < 1:
         raise StoreError(f"min_annotators={min_annotators!r}: expected a whole number >= 1")
     if none_acceptable not in ("keep", "drop"):
         raise StoreError(f"none_acceptable={none_acceptable!r}: expected keep or drop")
     kind_list, weight_of = check_kind_weights(kinds, weights)
+    first_day, last_day = submission_period(submitted_from, submitted_to)
+    name_list = store.check_annotator_names(annotator_names)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +348,8 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
     # recorded BEFORE the rankings are read: from this moment no ranking read here can be withdrawn by its
     # annotator (Store.withdraw_ranking locks what an export may hold, even one that fails later)
     store.audit(actor, "export_started", {"out_dir": str(out)})
-    selected = store.task_rankings(sources=sources, kinds=kind_list)
+    selected = store.task_rankings(sources=sources, kinds=kind_list, annotator_names=name_list,
+                                   submitted_from=first_day, submitted_to=last_day)
     replaced = 0
     task_rankings: list[TaskRankings] = []
     for task in selected:
@@ -348,7 +364,9 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
         rankings=sum(len(t.rankings) for t in task_rankings),
         rankings_none_acceptable=sum(r.none_acceptable for t in task_rankings for r in t.rankings),
         pairs=len(rows), pairs_dropped_no_majority=stats["no_majority"], min_annotators=min_annotators,
-        none_acceptable=none_acceptable, kinds=kind_list, weights=weight_of, mix_kinds=mix_kinds,
+        none_acceptable=none_acceptable, kinds=kind_list, sources=list(sources) if sources else None,
+        annotators=name_list, submitted_from=first_day.isoformat() if first_day else None,
+        submitted_to=last_day.isoformat() if last_day else None, weights=weight_of, mix_kinds=mix_kinds,
         rankings_replaced=replaced,
         pairs_by_origin=dict(sorted(Counter(row["meta"]["origin"] for row in rows).items())))
     jsonl = out / "preferences.jsonl"
@@ -364,8 +382,8 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
         write_jsonl(out / "feedback_pairs.jsonl", fb_rows)
         summary.feedback_pairs = len(fb_rows)
         summary.files["feedback_pairs"] = str(out / "feedback_pairs.jsonl")
-    report = {**asdict(summary), "store": store.safe_url, "sources": list(sources) if sources else None,
-              "system_prompt": system_prompt, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    report = {**asdict(summary), "store": store.safe_url, "system_prompt": system_prompt,
+              "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "wall_time_s": round(time.time() - started, 3), "feedback": feedback_summary,
               "rule": "votes per ranking for the better-ranked candidate (ties: no vote); net votes across "
                       "annotators decide the direction (0: no pair); margin = mean rank gap of the majority votes; "
@@ -378,6 +396,8 @@ def export_preferences(store: Store, out_dir: str | Path, *, min_annotators: int
     store.audit(actor, "export", {"out_dir": str(out), "pairs": len(rows), "tasks": len(task_rankings),
                                   "min_annotators": min_annotators, "none_acceptable": none_acceptable,
                                   "kinds": kind_list, "weights": weight_of, "mix_kinds": mix_kinds,
+                                  "sources": summary.sources, "annotators": name_list,
+                                  "submitted_from": summary.submitted_from, "submitted_to": summary.submitted_to,
                                   "feedback_pairs": summary.feedback_pairs, "feedback_redacted": bool(redact_feedback)})
     logger.info("exported %d preference pairs from %d tasks to %s", len(rows), len(task_rankings), out)
     return summary

@@ -1,6 +1,6 @@
 """The ranking app's handlers without a browser: config, server-side admin checks, submission handling,
-inert rendering, task titles, the live ranking summary and "My submissions". (The headless-Chromium tests
-are in test_annotate_browser.py.)"""
+inert rendering, task titles, the live ranking summary, "My submissions", flags on the whole task, the export's
+filters and account management. (The headless-Chromium tests are in test_annotate_browser.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from lexalign.config import ConfigError, load_config
-from lexalign.data.store import FLAGS, open_store
+from lexalign.data.store import FLAGS, TASK_FLAGS, open_store
 from lexalign.reward.annotate import (
     AnnotateApp,
     AnnotateConfig,
@@ -29,7 +29,8 @@ N_MAX = 4
 
 def components() -> dict:
     names = ["message", "task_header", "question", "excerpt", "state", "submit", "skip", "none_acceptable",
-             "rationale", "progress", "mine", "admin_tab", "summary", "tabs", "edit_choice", "edit_message"]
+             "rationale", "progress", "mine", "admin_tab", "summary", "tabs", "edit_choice", "edit_message",
+             "task_flags"]
     c: dict = {name: name for name in names}
     for group in ("columns", "titles", "answers", "ranks", "answer_flags"):
         c[group] = [f"{group}{i}" for i in range(N_MAX)]
@@ -51,6 +52,17 @@ def app(tmp_path: Path):
 
 def req(user: str | None) -> SimpleNamespace:
     return SimpleNamespace(username=user)
+
+
+def elem_ids_inside(block) -> set:
+    """The elem_ids of every block inside ``block`` (its children, theirs, ...)."""
+    inside: set = set()
+    stack = list(block.children)
+    while stack:
+        child = stack.pop()
+        inside.add(getattr(child, "elem_id", None))
+        stack.extend(getattr(child, "children", []))
+    return inside
 
 
 def test_shipped_config_validates_and_bad_values_are_listed(tmp_path: Path) -> None:
@@ -403,3 +415,201 @@ def test_agreement_words_without_overlap_and_without_disputes() -> None:
     text = agreement_markdown(same)
     assert "The current alpha, 1.000, is reliable:" in text and "No task is disputed" in text
     assert "Most disputed" not in text
+
+
+def test_guidelines_sit_in_a_column_beside_the_task(app) -> None:
+    """One row holds the task's column (answers, flags, submit bar) and, beside it, the guidelines' column with
+    the guidelines open; the browser test checks that it is really to the right of the answers."""
+    import gradio as gr
+
+    demo = app.build()
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    guidelines = blocks["guidelines"]
+    assert isinstance(guidelines, gr.Accordion) and guidelines.open is True
+    row = blocks["task-and-guidelines"]
+    assert isinstance(row, gr.Row)
+    assert [child.elem_id for child in row.children] == ["task-column", "guidelines-column"]
+    assert {"candidate-0", "task-flags", "submit-bar", "submit-btn"} <= elem_ids_inside(blocks["task-column"])
+    assert "guidelines" in elem_ids_inside(blocks["guidelines-column"])
+    assert "guidelines" not in elem_ids_inside(blocks["task-column"])
+    markdown = next(child for child in guidelines.children if isinstance(child, gr.Markdown))
+    assert "Correct before complete" in markdown.value and "task is broken" in markdown.value
+
+
+def test_task_flags_are_stored_shown_in_my_submissions_and_restored_on_edit(app) -> None:
+    """A flag on the whole task (not on one answer) is stored with the task's flags, shown in "My submissions"
+    and ticked again when the submission is edited; a task flag given to one answer is refused."""
+    c = components()
+    updates = app.on_load(c, req("alice"))
+    state = updates["state"]
+    assert updates["task_flags"].choices == [(TASK_FLAGS["bad_task"], "bad_task")]
+    assert updates["task_flags"].value == []
+    saved = app.on_submit(c, state, [None] * N_MAX, True, "The excerpt is cut off.", [[], ["wrong_law"], []],
+                          req("alice"), task_flags=["bad_task"])
+    assert saved["message"].startswith("Saved")
+    (task,) = app.store.task_rankings()
+    b_position = [cand.id for cand in task.candidates].index(state.slots[1])
+    assert task.rankings[0].flags == ("bad_task", f"wrong_law@{b_position}")
+    (row,) = app._my_rows("alice")
+    assert row[5] == f"{TASK_FLAGS['bad_task']}, B: {FLAGS['wrong_law']}"
+
+    edited = app.on_edit(c, state.task_id, req("alice"))
+    assert "was withdrawn" in edited["message"]
+    assert edited["task_flags"].value == ["bad_task"]
+    assert edited["task_flags"].choices == [(TASK_FLAGS["bad_task"], "bad_task")]
+    assert [edited[f"answer_flags{i}"] for i in range(N_MAX)] == [[], ["wrong_law"], [], []]
+    again = app.on_submit(c, edited["state"], [1, 2, 2, None], False, "", [[], [], []], req("alice"), task_flags=[])
+    assert again["message"].startswith("Saved") and again["task_flags"].value == []   # the next task starts clean
+    assert app.store.task_rankings()[0].rankings[0].flags == ()
+
+    # bob: a task flag on one answer (a hand-made request) is refused by the store, nothing stored
+    state = app.on_load(c, req("bob"))["state"]
+    refused = app.on_submit(c, state, [1, 2, 2, None], False, "", [["bad_task"], [], []], req("bob"))
+    assert "Not saved" in refused["message"] and "about the whole task" in refused["message"]
+    assert len(app.store.task_rankings()[0].rankings) == 1
+    # a flag an older page gave the whole task comes back ticked when edited, so it is not lost by resubmitting
+    view = app.store.next_task_for("bob")
+    app.store.submit_ranking("bob", view.task_id, {cand.id: 1 for cand in view.candidates}, True,
+                             flags=["wrong_law"], form_token=view.form_token)
+    edited = app.on_edit(c, view.task_id, req("bob"))
+    assert edited["task_flags"].choices == [(TASK_FLAGS["bad_task"], "bad_task"), (FLAGS["wrong_law"], "wrong_law")]
+    assert edited["task_flags"].value == ["wrong_law"]
+
+
+def _exported_annotators(files: list[str]) -> list[str]:
+    rankings_file = next(f for f in files if f.endswith("rankings.jsonl"))
+    return sorted(json.loads(line)["annotator"] for line in Path(rankings_file).read_text().splitlines())
+
+
+def _export_summary(files: list[str]) -> dict:
+    return json.loads(Path(next(f for f in files if f.endswith("export.json"))).read_text())
+
+
+def test_admin_export_by_annotator_and_submission_days(app) -> None:
+    """Two annotators rank on different days (UTC): the export by annotator holds only theirs, a day range only
+    that range's (both ends inclusive), export.json records the scope, and a bad filter exports nothing."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from lexalign.data.store import rankings
+
+    c = components()
+    for user in ("alice", "bob"):
+        state = app.on_load(c, req(user))["state"]
+        assert app.on_submit(c, state, [1, 2, 3, None], False, f"by {user}", [], req(user))["message"].startswith("Saved")
+    submitted = {"alice": datetime(2025, 3, 1, 23, 59, tzinfo=timezone.utc),
+                 "bob": datetime(2025, 3, 2, 0, 0, tzinfo=timezone.utc)}
+    annotator_ids = {user: app.store.get_annotator(user).id for user in submitted}
+    with app.store.engine.begin() as conn:
+        for user, at in submitted.items():
+            conn.execute(update(rankings).where(rankings.c.annotator_id == annotator_ids[user]).values(submitted_at=at))
+
+    # refused with the field and the format named; nothing written, no export on record
+    refusals = [(["2025-3-1", ""], "the &#x27;from&#x27; date &#x27;2025-3-1&#x27; is not a day in the format YYYY-MM-DD"),
+                (["", "01/03/2025"], "the &#x27;to&#x27; date &#x27;01/03/2025&#x27; is not a day in the format YYYY-MM-DD"),
+                (["2025-02-30", ""], "the &#x27;from&#x27; date"),
+                (["2025-03-02", "2025-03-01"], "is after the &#x27;to&#x27; date 2025-03-01")]
+    for days, words in refusals:
+        text, files = app.admin_export(req("root"), [], [], [], *days)
+        assert text.startswith("<span class='error'>Not exported: ") and words in text and files is None
+    text, files = app.admin_export(req("root"), [], [], ["nobody"], "", "")
+    assert "Not exported" in text and "no annotator named" in text and files is None
+    assert not Path(app.config.export_dir).exists()
+    assert app.store.audit_events("export_started") == [] and app.store.audit_events("export") == []
+
+    choices = app.admin_export_annotators(req("root"))
+    assert choices.choices == [("alice (1 ranking)", "alice"), ("bob (1 ranking)", "bob")] and choices.value == []
+
+    text, files = app.admin_export(req("root"), [], [], ["alice"], "", "")
+    assert _exported_annotators(files) == ["alice"] and "ranked by `alice`" in text
+    summary = _export_summary(files)
+    assert summary["annotators"] == ["alice"] and summary["submitted_from"] is None and summary["submitted_to"] is None
+    assert summary["sources"] is None and summary["kinds"] == ["human", "derived"]
+
+    text, files = app.admin_export(req("root"), [], [], [], "2025-03-01", "2025-03-01")
+    assert _exported_annotators(files) == ["alice"] and "submitted 2025-03-01 to 2025-03-01 UTC" in text
+    summary = _export_summary(files)
+    assert (summary["submitted_from"], summary["submitted_to"], summary["annotators"]) == ("2025-03-01", "2025-03-01",
+                                                                                          None)
+    text, files = app.admin_export(req("root"), [], [], [], " 2025-03-02 ", "")
+    assert _exported_annotators(files) == ["bob"] and "submitted from 2025-03-02 UTC" in text
+    assert (_export_summary(files)["submitted_from"], _export_summary(files)["submitted_to"]) == ("2025-03-02", None)
+    text, files = app.admin_export(req("root"), [], [], [], "", "2025-03-01")
+    assert _exported_annotators(files) == ["alice"] and "submitted until 2025-03-01 UTC" in text
+    _, files = app.admin_export(req("root"), [], [], ["alice", "bob"], "2025-03-01", "2025-03-02")
+    assert _exported_annotators(files) == ["alice", "bob"]
+    text, files = app.admin_export(req("root"), [], [], ["bob"], "", "2025-03-01")
+    assert _exported_annotators(files) == [] and "from 0 tasks" in text
+    (event, *_) = app.store.audit_events("export")   # the latest export, with its scope
+    assert event["actor"] == "root" and event["detail"]["annotators"] == ["bob"]
+    assert event["detail"]["submitted_to"] == "2025-03-01" and event["detail"]["submitted_from"] is None
+
+
+def test_admin_manages_accounts_and_every_change_is_audited_with_the_admin(app) -> None:
+    """Only an admin adds, disables, enables an account or sets its password (checked on the server for every
+    call); each change is in the audit log with the admin as the actor; nobody can disable themself."""
+    import gradio as gr
+
+    changes = ("annotator_created", "annotator_activated", "annotator_deactivated", "password_changed")
+
+    def recorded() -> dict[str, list[tuple[str, str]]]:
+        return {action: [(e["actor"], e["detail"]["username"]) for e in app.store.audit_events(action)]
+                for action in changes}
+
+    before = recorded()
+    for user in ("alice", None):   # an annotator's session (or none) is refused before anything changes
+        with pytest.raises(gr.Error, match="Only admins"):
+            app.admin_add_account(req(user), "mallory", "admin", "mallory-password")
+        with pytest.raises(gr.Error, match="Only admins"):
+            app.admin_set_active(req(user), "bob", False)
+        with pytest.raises(gr.Error, match="Only admins"):
+            app.admin_set_password(req(user), "bob", "bob-new-password")
+    assert app.store.get_annotator("mallory") is None and app.store.get_annotator("bob").active
+    assert recorded() == before
+    assert {e["actor"] for e in app.store.audit_events("admin_denied")} == {"alice", "anonymous"}
+    # the accounts are listed for the admin when the page opens, for nobody else (no refusal on record then)
+    denied = len(app.store.audit_events("admin_denied"))
+    assert app.admin_choices_on_open(req("alice")) == (gr.skip(),) * 4   # nothing filled, nothing refused
+    assert len(app.store.audit_events("admin_denied")) == denied
+    _, _, rows, choices = app.admin_choices_on_open(req("root"))
+    assert rows == [["alice", "annotator", "yes", 0], ["bob", "annotator", "yes", 0], ["root", "admin", "yes", 0]]
+    assert [value for _, value in choices.choices] == ["alice", "bob", "root"]
+
+    message, rows, choices, username_box, password_box = app.admin_add_account(
+        req("root"), " grace ", "annotator", "grace-password")
+    assert message == "Added the annotator account `grace`; it can sign in now."
+    assert ["grace", "annotator", "yes", 0] in rows and choices.value == "grace"
+    assert username_box == "" and password_box == ""   # the password never stays on the page
+    assert app.store.verify_login("grace", "grace-password") is not None
+    for username, role, password, words in [("henry", "annotator", "short", "at least 8 characters"),
+                                            ("grace", "annotator", "another-password", "already exists"),
+                                            ("<b>x</b>", "annotator", "long-enough-pw", "use 1-64 letters"),
+                                            ("ivan", "boss", "long-enough-pw", "role")]:
+        message, _, _, username_box, password_box = app.admin_add_account(req("root"), username, role, password)
+        assert message.startswith("<span class='error'>Not added: ") and words in message, message
+        assert "<b>" not in message and password_box == ""
+    assert {a.username for a in app.store.list_annotators()} == {"alice", "bob", "grace", "root"}
+
+    message, rows, _ = app.admin_set_active(req("root"), "grace", False)
+    assert message.startswith("Disabled `grace`") and ["grace", "annotator", "no", 0] in rows
+    assert app.store.verify_login("grace", "grace-password") is None
+    assert app.admin_set_active(req("root"), "grace", True)[0].startswith("Enabled `grace`")
+    assert app.store.verify_login("grace", "grace-password") is not None
+    message = app.admin_set_password(req("root"), "grace", "grace-new-password")[0]
+    assert message == "New password set for `grace`."
+    assert app.store.verify_login("grace", "grace-new-password") is not None
+    assert app.store.verify_login("grace", "grace-password") is None
+    assert "at least 8" in app.admin_set_password(req("root"), "grace", "short")[0]
+    assert "Pick an account" in app.admin_set_active(req("root"), None, False)[0]
+    assert "no annotator named" in app.admin_set_active(req("root"), "nobody", False)[0]
+
+    message, rows, _ = app.admin_set_active(req("root"), "root", False)   # an admin cannot lock themself out
+    assert "Not disabled" in message and "cannot disable your own account" in message
+    assert app.store.is_admin("root") and ["root", "admin", "yes", 0] in rows
+
+    after = recorded()
+    assert after["annotator_created"] == [("root", "grace")] + before["annotator_created"]   # newest first
+    assert after["annotator_deactivated"] == [("root", "grace")]
+    assert after["annotator_activated"] == [("root", "grace")]
+    assert after["password_changed"] == [("root", "grace")]

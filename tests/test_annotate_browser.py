@@ -66,12 +66,12 @@ def browser():
         yield b
 
 
-def login(browser, server, user: str, viewport: tuple[int, int] = (1400, 1100)):
+def login(browser, server, user: str, viewport: tuple[int, int] = (1400, 1100), password: str | None = None):
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
     page.goto(server.url)
     page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(USERS[user][0])
+    page.get_by_label("password").fill(password if password is not None else USERS[user][0])
     page.get_by_role("button", name="Login").click()
     page.locator("#progress").get_by_text("done").wait_for(timeout=30_000)
     return page
@@ -226,6 +226,21 @@ def test_digits_rank_the_answers_in_turn_and_ctrl_enter_submits(browser, server)
     page.context.close()
 
 
+def test_guidelines_are_beside_the_answers_on_a_desktop_window(browser, server) -> None:
+    page = login(browser, server, "root", viewport=(1400, 900))
+    guidelines = page.locator("#guidelines")
+    assert guidelines.is_visible() and guidelines.get_by_text("Correct before complete").first.is_visible()
+    answers = [page.locator(f"#candidate-{slot}").bounding_box() for slot in range(3)]
+    assert None not in answers
+    box = guidelines.bounding_box()
+    answers_right = max(a["x"] + a["width"] for a in answers)
+    answers_top, answers_bottom = min(a["y"] for a in answers), max(a["y"] + a["height"] for a in answers)
+    assert box["x"] >= answers_right - 1, (box, answers)                              # to the right of the answers
+    assert box["y"] < answers_bottom and box["y"] + box["height"] > answers_top, (box, answers)   # not above/below
+    assert box["x"] + box["width"] <= 1400
+    page.context.close()
+
+
 def test_annotator_cannot_see_others_work_or_reach_the_admin_view(browser, server) -> None:
     from gradio_client import Client
 
@@ -237,7 +252,8 @@ def test_annotator_cannot_see_others_work_or_reach_the_admin_view(browser, serve
     page.context.close()
     # The hidden tab is not the protection: the admin handlers refuse bob's session on the server.
     client = Client(server.url, auth=("bob", USERS["bob"][0]), verbose=False)
-    for endpoint, inputs in (("/admin_refresh", []), ("/admin_export", [[], []])):   # export: sources, kinds
+    # export: sources, kinds, annotators, submitted from, submitted to
+    for endpoint, inputs in (("/admin_refresh", []), ("/admin_export", [[], [], [], "", ""])):
         with pytest.raises(Exception, match="Only admins"):
             client.predict(*inputs, api_name=endpoint)
     with open_store(server.store_url) as store:
@@ -477,8 +493,8 @@ def test_concurrent_http_submissions_against_the_running_app(server) -> None:
             client.predict(api_name="/load_task")
             barrier.wait()
             for _ in range(3):
-                result = client.predict(1, 2, 2, None, None, None, False, f"by {name}", *[[]] * 6,
-                                        api_name="/submit")
+                result = client.predict(1, 2, 2, None, None, None, False, f"by {name}", *[[]] * 6, [],
+                                        api_name="/submit")   # flags: on each answer, then on the whole task
                 assert result[0].startswith("Saved"), result[0]
                 acks[name] = acks.get(name, 0) + 1
         except BaseException as err:  # noqa: BLE001 - reported below
@@ -524,7 +540,8 @@ def test_sigkill_of_the_app_server_mid_load_keeps_every_acknowledged_submission(
             outputs = client.predict(api_name="/load_task")
             while not stop.is_set():
                 prompt_id = re.search(r"Task `([^`]+)`", outputs[1]).group(1)
-                outputs = client.predict(1, 2, 3, None, None, None, False, "", *[[]] * 6, api_name="/submit")
+                outputs = client.predict(1, 2, 3, None, None, None, False, "", *[[]] * 6, [],
+                                         api_name="/submit")   # flags: on each answer, then on the whole task
                 if not outputs[0].startswith("Saved"):
                     return
                 with lock:
@@ -550,3 +567,36 @@ def test_sigkill_of_the_app_server_mid_load_keeps_every_acknowledged_submission(
     missing = [a for a in acked if a not in stored]
     assert not missing, f"{len(missing)} acknowledged submissions lost: {missing[:5]}"
     assert len(stored) >= len(acked) and counts["rankings"] < 400 * 2  # killed mid-load, nothing lost
+
+
+def test_admin_adds_and_disables_an_account_in_the_page(browser, server) -> None:
+    """The admin adds an account in the Admin tab, the new annotator signs in with it, the admin disables it and
+    its password no longer works; both changes are audited with the admin as the actor. (Last in this module:
+    the new annotator takes a task.)"""
+    page = login(browser, server, "root")
+    page.get_by_role("tab", name="Admin").click()
+    accounts = page.locator("#accounts-table")
+    wait_text(accounts, "alice")   # filled when the tab opens
+    page.locator("#account-username").locator("input, textarea").first.fill("grace")
+    password_box = page.locator("#account-password").locator("input, textarea").first
+    password_box.fill("grace-password")
+    page.locator("#account-add").click()
+    wait_text(page.locator("#accounts-message"), "Added the annotator account grace")
+    wait_text(accounts, "grace")
+    assert password_box.input_value() == ""   # the password does not stay on the page
+    with open_store(server.store_url) as store:
+        assert store.get_annotator("grace").role == "annotator"
+    grace = login(browser, server, "grace", password="grace-password")
+    assert grace.get_by_role("tab", name="Admin").count() == 0
+    grace.context.close()
+
+    assert page.locator("#account-choice input").input_value() == "grace"   # the account just added is chosen
+    page.locator("#account-disable").click()
+    wait_text(page.locator("#accounts-message"), "Disabled grace")
+    with open_store(server.store_url) as store:
+        assert store.verify_login("grace", "grace-password") is None
+        created = [e["actor"] for e in store.audit_events("annotator_created") if e["detail"]["username"] == "grace"]
+        assert created == ["root"]
+        assert [(e["actor"], e["detail"]["username"]) for e in store.audit_events("annotator_deactivated")] == [
+            ("root", "grace")]
+    page.context.close()

@@ -159,13 +159,14 @@ def test_annotators_see_only_their_own_work_and_no_admin_function(apps) -> None:
     alice = Client(apps.base["annotate"], auth=("alice", USERS["alice"][0]), verbose=False)
     outputs = alice.predict(api_name="/load_task")
     assert re.search(r"Task `sec-1`", outputs[1])
-    saved = alice.predict(1, 2, 3, None, None, None, False, "alice-private-rationale", *[[]] * 6,
-                          api_name="/submit")
+    saved = alice.predict(1, 2, 3, None, None, None, False, "alice-private-rationale", *[[]] * 6, [],
+                          api_name="/submit")   # flags: on each answer, then on the whole task
     assert saved[0].startswith("Saved"), saved[0]
     bob = Client(apps.base["annotate"], auth=("bob", USERS["bob"][0]), verbose=False)
     bob_view = bob.predict(api_name="/load_task")
     assert "alice-private-rationale" not in str(bob_view)  # bob's page and table never hold alice's work
-    for endpoint, inputs in (("/admin_refresh", []), ("/admin_export", [[], []])):   # export: sources, kinds
+    # export: sources, kinds, annotators, submitted from, submitted to
+    for endpoint, inputs in (("/admin_refresh", []), ("/admin_export", [[], [], [], "", ""])):
         with pytest.raises(Exception, match="Only admins"):
             bob.predict(*inputs, api_name=endpoint)
     with open_store(apps.url) as store:
@@ -232,7 +233,7 @@ def test_secrets_never_reach_logs_manifests_reports_or_the_database(apps, tiny_m
     extra = [password] + [p for p, _ in USERS.values()]
     # the apps: logins (one wrong), an admin export from the UI
     root_client = Client(apps.base["annotate"], auth=("root", USERS["root"][0]), verbose=False)
-    text, _ = root_client.predict([], [], api_name="/admin_export")   # no filter: all
+    text, _ = root_client.predict([], [], [], "", "", api_name="/admin_export")   # no filter: all
     assert "Exported" in text
     requests.post(f"{apps.base['chat']}login", data={"username": "root", "password": password}, timeout=30)
     login(apps.base["chat"], "alice", USERS["alice"][0])
@@ -295,9 +296,10 @@ def test_audit_log_records_who_ranked_and_exported_what(apps, tmp_path) -> None:
 
     bob = Client(apps.base["annotate"], auth=("bob", USERS["bob"][0]), verbose=False)
     bob.predict(api_name="/load_task")
-    bob.predict(2, 1, 1, None, None, None, True, "", ["invented_clause"], *[[]] * 5, api_name="/submit")  # on answer A
+    bob.predict(2, 1, 1, None, None, None, True, "", ["invented_clause"], *[[]] * 5, [],
+                api_name="/submit")  # on answer A; none on the whole task
     root = Client(apps.base["annotate"], auth=("root", USERS["root"][0]), verbose=False)
-    root.predict([], [], api_name="/admin_export")
+    root.predict([], [], [], "", "", api_name="/admin_export")
     with open_store(apps.url) as store:
         export_preferences(store, tmp_path / "cli-export", save_dataset=False, actor="lead@cli")
         events = store.audit_events(limit=10_000)

@@ -21,11 +21,15 @@ from hypothesis import strategies as st
 
 from lexalign.data.schemas import RankingRecord
 from lexalign.data.store import (
+    ANSWER_FLAGS,
     FLAGS,
     SCHEMA_VERSION,
+    TASK_FLAGS,
     StoreError,
     SubmissionError,
     open_store,
+    parse_day,
+    submission_period,
 )
 from lexalign.errors import LexalignError
 
@@ -346,7 +350,8 @@ def test_flags_on_single_answers_are_stored_at_their_positions_and_checked(one_t
     ranks = dict(zip(cids, [1, 2, 2]))
     for bad, words in [({cids[0] + 1000: ["wrong_law"]}, "flags for unknown candidate id"),
                        ({cids[0]: ["nonsense"]}, "unknown flag"), ({cids[0]: "wrong_law"}, "must be a list"),
-                       ({"x": ["wrong_law"]}, "unknown candidate id 'x'"), ({cids[0]: [["wrong_law"]]}, "unknown flag")]:
+                       ({"x": ["wrong_law"]}, "unknown candidate id 'x'"), ({cids[0]: [["wrong_law"]]}, "unknown flag"),
+                       ({cids[0]: ["bad_task"]}, "about the whole task, not one answer")]:
         with pytest.raises(SubmissionError, match=words):
             store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token, answer_flags=bad)
     assert rankings_count(store) == 0
@@ -388,7 +393,8 @@ def test_unknown_flag_and_inactive_annotator_are_refused(one_task) -> None:
     with pytest.raises(SubmissionError, match="deactivated"):
         store.submit_ranking("alice", view.task_id, ranks, form_token=view.form_token)
     assert rankings_count(store) == 0
-    assert set(FLAGS) == {"invented_clause", "wrong_law", "risky_advice", "personal_data", "other"}
+    assert set(ANSWER_FLAGS) == {"invented_clause", "wrong_law", "risky_advice", "personal_data", "other"}
+    assert set(TASK_FLAGS) == {"bad_task"} and FLAGS == {**ANSWER_FLAGS, **TASK_FLAGS}
 
 
 @pytest.fixture(scope="module")
@@ -694,6 +700,75 @@ def test_an_export_locks_earlier_rankings_and_a_withdrawn_one_is_not_exported(st
     _, later_id = _submit(store, "alice", [1, 1, 2])
     assert [r["editable"] for r in store.my_rankings("alice")] == [True, False]
     assert store.withdraw_ranking("alice", ranking_id=later_id).ranks
+
+
+def test_days_of_a_submission_filter_are_checked() -> None:
+    from datetime import date, datetime
+
+    assert parse_day("2025-03-01", "from") == date(2025, 3, 1) and parse_day(" 2025-03-01 ", "from") == date(2025, 3, 1)
+    assert parse_day("", "from") is None and parse_day(None, "to") is None and parse_day("  ", "to") is None
+    assert parse_day(date(2025, 3, 1), "to") == date(2025, 3, 1)
+    for bad in ("2025-3-1", "01/03/2025", "2025-02-30", "20250301", "2025-03-01T10:00", "yesterday", "２０２５-03-01"):
+        with pytest.raises(StoreError, match="the 'from' date .* is not a day in the format YYYY-MM-DD"):
+            parse_day(bad, "from")
+    with pytest.raises(StoreError, match="the 'to' date must be a day in the format YYYY-MM-DD, not a time"):
+        parse_day(datetime(2025, 3, 1, 10), "to")
+    assert submission_period("2025-03-01", "2025-03-01") == (date(2025, 3, 1), date(2025, 3, 1))
+    assert submission_period(None, "2025-03-02") == (None, date(2025, 3, 2))
+    with pytest.raises(StoreError, match="'from' date 2025-03-02 is after the 'to' date 2025-03-01"):
+        submission_period("2025-03-02", "2025-03-01")
+    with pytest.raises(StoreError, match="the 'to' date"):
+        submission_period("2025-03-01", "2025-13-01")
+
+
+def test_task_rankings_by_annotator_and_submission_day(store) -> None:
+    """Submission days are UTC calendar days, both ends inclusive: 23:59 on the 1st and 00:00 on the 2nd fall on
+    either side of the boundary; an unknown annotator is an error, not an empty result."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from lexalign.data.store import rankings
+
+    store.add_annotator("alice", None)
+    store.add_annotator("bob", None)
+    add_tasks(store, 1, k=2)
+    submitted = {"alice": datetime(2025, 3, 1, 23, 59, tzinfo=timezone.utc),
+                 "bob": datetime(2025, 3, 2, 0, 0, tzinfo=timezone.utc)}
+    annotator_ids = {}
+    for user in submitted:
+        _submit(store, user, [1, 2, 3])
+        annotator_ids[user] = store.get_annotator(user).id
+    with store.engine.begin() as conn:
+        for user, at in submitted.items():
+            conn.execute(update(rankings).where(rankings.c.annotator_id == annotator_ids[user]).values(submitted_at=at))
+
+    def who(**filters) -> list[str]:
+        return sorted(r.annotator for task in store.task_rankings(**filters) for r in task.rankings)
+
+    assert who() == ["alice", "bob"]
+    assert who(annotator_names=["alice"]) == ["alice"] and who(annotator_names="bob") == ["bob"]
+    assert who(annotator_names=[]) == []
+    assert who(submitted_to="2025-03-01") == ["alice"] and who(submitted_from="2025-03-02") == ["bob"]
+    assert who(submitted_from="2025-03-01", submitted_to="2025-03-02") == ["alice", "bob"]
+    assert who(submitted_from="2025-03-03") == [] and who(submitted_to="2025-02-28") == []
+    assert who(annotator_names=["bob"], submitted_to="2025-03-01") == []
+    with pytest.raises(StoreError, match="no annotator named 'carol'"):
+        store.task_rankings(annotator_names=["alice", "carol"])
+    with pytest.raises(StoreError, match="the 'from' date '1 March' is not a day"):
+        store.task_rankings(submitted_from="1 March")
+
+
+def test_nobody_can_disable_their_own_account(store) -> None:
+    store.add_annotator("root", "root-password", "admin")
+    with pytest.raises(StoreError, match="cannot disable your own account"):
+        store.set_active("root", False, actor="root")
+    assert store.is_admin("root") and store.audit_events("annotator_deactivated") == []
+    store.add_annotator("lead", "lead-password", "admin")
+    store.set_active("root", False, actor="lead")
+    assert not store.is_admin("root")
+    (event,) = store.audit_events("annotator_deactivated")
+    assert event["actor"] == "lead" and event["detail"] == {"username": "root"}
 
 
 def test_memory_store_works_for_quick_experiments() -> None:
