@@ -311,7 +311,8 @@ def test_review_all_clauses_table_summary_and_memos(tmp_path: Path, monkeypatch)
     rows = {row[0]: row for row in table}
     for clause in ("Governing Law", "Termination for Convenience", "Cap on Liability"):
         _, status, quote, location, _ = rows[clause]
-        assert status == "found" and quote.startswith(gold[clause][:40]) and location.startswith("[chunk ")
+        assert status == "found" and quote.startswith(gold[clause][:40]) and location.startswith("\u00a7")
+    assert rows["Governing Law"][3] == "\u00a722.4 Governing Law"  # the contract's own clause 22.4
     assert rows["Non-Compete"][1] == "not found" and rows["Non-Compete"][2] == ""
     assert rows["Non-Compete"][4].startswith("Missing (")
     assert rows["Audit Rights"][1] == "unverified" and "Check by hand" in rows["Audit Rights"][4]

@@ -391,8 +391,8 @@ def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_p
     assert "Missing high-risk clauses: Non-Compete." in summary and "stand-in" in summary
     table = page.locator("#clause-table")
     shown = wait_text(table, "Non-Compete")
-    for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "[chunk ",
-                 "Missing (high risk). Firm position: None binding the client."):
+    for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "\u00a73 Governing Law",
+                 "\u00a75 Audit", "Missing (high risk). Firm position: None binding the client."):
         assert text in shown, text
     # the contract's markup in a quote is text in the table, never an element
     assert "onerror='window.__xss = 5'" in shown
