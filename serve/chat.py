@@ -23,6 +23,12 @@ located quote in the sources list (and each clause in the review's summary) is a
 its passage. The view's HTML is built once per change (upload, answer, review, new conversation), never per
 streamed token.
 
+Each user's session (the contract, the conversation with its citations and ratings, the last clause review) is
+saved in the store's database after every upload, answer, rating, review and new conversation
+(``data/chat_sessions.py``) and restored when the page loads, so a reload, another browser or a restarted app
+shows it again. "New conversation" keeps the contract and clears the turns. An uploaded playbook and the memo
+downloads are not kept.
+
 "Good answer" / "Needs work" (with an optional better answer written by the lawyer) store one feedback
 row in the preference store (``Store.add_feedback``): the exact prompt messages sent, the answer, the
 rating, the better answer and what produced it (model, task, excerpts, document hash). The preference
@@ -391,6 +397,11 @@ def sources_markdown(session: ChatSession | None) -> str:
     return "\n".join(lines)
 
 
+def document_status(session: ChatSession | None) -> str:
+    document = session.document if session is not None else None
+    return f"Loaded **{inert(document.summary())}**." if document is not None else "No contract loaded."
+
+
 def review_markdown(session: ChatSession | None) -> str:
     """The clause review's summary line, and a link to each quoted clause in the contract view."""
     review = session.review if session is not None else None
@@ -478,6 +489,37 @@ def contract_view(session: ChatSession | None) -> str:
     return contract_html(session.document if session is not None else None, view_spans(session))
 
 
+# =========================================================================== saved sessions
+
+
+def document_record(document: Any) -> dict[str, Any] | None:
+    """What is saved of a contract: its normalized text and identity; sections and chunks are rebuilt from it."""
+    if document is None:
+        return None
+    return {"name": document.name, "kind": document.kind, "text": document.text, "sha256": document.sha256,
+            "size_bytes": document.size_bytes, "pages": document.pages, "page_starts": list(document.page_starts)}
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    # a record written by another version may carry fields this one does not know
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def restore_session(saved: Any, config: ChatConfig) -> ChatSession:
+    """A ChatSession from a ``data.chat_sessions.SavedSession``, its contract chunked with ``config``'s settings."""
+    from lexalign.serve.documents import build_document
+
+    document = None
+    if saved.document is not None:
+        d = saved.document
+        document = build_document(d["name"], d["kind"], d["text"], d["sha256"], int(d["size_bytes"]), d["pages"],
+                                  d["page_starts"], config.chunk_chars, config.chunk_overlap)
+    return ChatSession(saved.user, conversation_id=saved.conversation, document=document,
+                       turns=[Turn(**_known_fields(Turn, t)) for t in saved.turns],
+                       review=ClauseReview(**_known_fields(ClauseReview, saved.review)) if saved.review else None)
+
+
 # =========================================================================== the app
 
 
@@ -487,9 +529,11 @@ class ChatApp:
         self.config = config
         self.endpoint = endpoint
         self.export_dir = Path(tempfile.mkdtemp(prefix="lexalign-chat-"))
+        from lexalign.data.chat_sessions import ChatSessionStore
         from lexalign.serve.clause_review import load_playbook
 
         self.playbook = load_playbook(config.playbook)  # its problems were reported by load_config already
+        self.sessions = ChatSessionStore(store)
 
     # ----------------------------------------------------------------------- auth and session
 
@@ -508,38 +552,77 @@ class ChatApp:
         user = self._user(request)
         if not user:
             return None
-        if state is None or state.user != user:
+        if state is None:
+            # no session in the page (the app restarted under an open page): the saved one, which the next save
+            # would otherwise overwrite with this request alone
+            return self.restore(user)
+        if state.user != user:
             return ChatSession(user)
         return state
+
+    def restore(self, user: str) -> ChatSession:
+        """``user``'s saved session, or a new one when there is none or it cannot be read. Never raises."""
+        try:
+            saved = self.sessions.load(user)
+            if saved is not None:
+                session = restore_session(saved, self.config)
+                logger.info("restored the chat session of %s: %s, %d turn(s)", user,
+                            session.document.name if session.document is not None else "no contract",
+                            len(session.turns))
+                return session
+        except StoreError:
+            logger.exception("loading the chat session of %s failed; a new one starts", user)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            logger.exception("the saved chat session of %s cannot be read; a new one starts", user)
+        return ChatSession(user)
+
+    def save(self, session: ChatSession | None, *, with_document: bool = False) -> None:
+        """Keep ``session`` for the user's next page load (``with_document``: the contract changed). A failure is
+        logged, not shown: the chat goes on without it."""
+        from lexalign.data.chat_sessions import KEEP
+
+        if session is None:
+            return
+        try:
+            self.sessions.save(session.user, session.conversation_id,
+                               [dataclasses.asdict(t) for t in session.turns],
+                               dataclasses.asdict(session.review) if session.review is not None else None,
+                               document=document_record(session.document) if with_document else KEEP)
+        except StoreError:
+            logger.exception("saving the chat session of %s failed", session.user)
 
     # ----------------------------------------------------------------------- upload
 
     def on_upload(self, file: Any, state: ChatSession | None, request: Any) -> tuple[ChatSession | None, str, str]:
         """Parse the uploaded contract; (state, status markdown, sources markdown). Never raises."""
-        from lexalign.serve.documents import DocumentError, load_document
-
         session = self._session(state, request)
         if session is None:
             return state, _error("Not signed in; reload the page and sign in."), ""
         session.review = None  # the last review belongs to the contract that is being replaced
+        status = self._read_upload(file, session)
+        self.save(session, with_document=True)
+        return session, status, sources_markdown(session)
+
+    def _read_upload(self, file: Any, session: ChatSession) -> str:
+        """Set ``session.document`` from the upload (None when there is none or it is refused); the status."""
+        from lexalign.serve.documents import DocumentError, load_document
+
+        session.document = None
         if file is None:
-            session.document = None
-            return session, "No contract loaded: questions go to the model without contract text.", sources_markdown(session)
+            return "No contract loaded: questions go to the model without contract text."
         path = file if isinstance(file, str) else getattr(file, "name", None) or getattr(file, "path", "")
         name = getattr(file, "orig_name", None) or Path(str(path)).name
         try:
             document = load_document(path, self.config.limits(), name=name, chunk_chars=self.config.chunk_chars,
                                      chunk_overlap=self.config.chunk_overlap)
         except DocumentError as err:
-            session.document = None
-            return session, _error(f"Not loaded: {err}"), sources_markdown(session)
+            return _error(f"Not loaded: {err}")
         except Exception as err:  # noqa: BLE001 - an upload must never crash the app
             logger.exception("parsing %s failed", name)
-            session.document = None
-            return session, _error(f"Not loaded: {name}: could not be read ({type(err).__name__})."), sources_markdown(session)
+            return _error(f"Not loaded: {name}: could not be read ({type(err).__name__}).")
         session.document = document
         self.store.audit(session.user, "chat_upload", {"conversation": session.conversation_id, **document.meta()})
-        return session, f"Loaded **{inert(document.summary())}**.", sources_markdown(session)
+        return document_status(session)
 
     # ----------------------------------------------------------------------- asking
 
@@ -598,12 +681,14 @@ class ChatApp:
                     yield chat_messages(session), gr_skip(), status, session, False
         except EndpointError as err:
             turn.error, turn.done = str(err), True
+            self.save(session)
             yield chat_messages(session), sources_markdown(session), _error(str(err)), session, False
             return
         finally:
             turn.done = True  # also when the browser went away mid-answer (the generator is closed)
         if session.document is not None:
             turn.citations = [c.as_dict() for c in locate_quotes(turn.answer, session.document)]
+        self.save(session)
         missing = [c for c in turn.citations if not c["found"]]
         done = f"Done (answer {len(session.turns)})." + (
             f" {WARNING} {len(missing)} quote(s) are not in the contract: check before relying on them." if missing else "")
@@ -643,6 +728,7 @@ class ChatApp:
         except StoreError as err:
             return _error(f"Not saved: {err}"), session, True, better_answer
         turn.feedback_id, turn.rating, turn.better_answer = feedback_id, rating, better
+        self.save(session)  # a reloaded page must not offer the rating again
         label = RATING_LABELS[1 if rating > 0 else -1]
         extra = " with your better answer" if better else ""
         return f"Feedback saved{extra} (#{feedback_id}): {label}. Thank you.", session, False, ""
@@ -674,6 +760,7 @@ class ChatApp:
             # a new conversation about the same contract: the contract, playbook and last review stay
             session = ChatSession(session.user, document=session.document, playbook=session.playbook,
                                   review=session.review)
+            self.save(session)
         return [], sources_markdown(session), "New conversation.", session, False
 
     # ----------------------------------------------------------------------- clause-by-clause review
@@ -763,6 +850,7 @@ class ChatApp:
         quotes = [{"clause": r.clause, **{k: c[k] for k in ("where", "label", "start", "end")}}
                   for r in rows for c in r.citations if _located(c)]
         session.review = ClauseReview(document.sha256, model, summary_line(rows), table, quotes)
+        self.save(session)
         return review_markdown(session), table, str(docx_path), str(markdown), session
 
     # ----------------------------------------------------------------------- layout
@@ -846,8 +934,18 @@ class ChatApp:
                 return gr.DownloadButton(value=path, interactive=path is not None)
 
             def on_load(request: gr.Request) -> tuple[Any, ...]:
+                # the user's saved session comes back: contract, conversation, sources, view and last review
                 user = self._user(request)
-                return (f"signed in as `{inert(user)}`" if user else "not signed in"), ChatSession(user) if user else None
+                session = self.restore(user) if user else None
+                loaded = session is not None and session.document is not None
+                last = session.last_answer() if session is not None else None
+                table = session.review.table if session is not None and session.review is not None else []
+                return ((f"signed in as `{inert(user)}`" if user else "not signed in"), session,
+                        chat_messages(session), sources_markdown(session), document_status(session),
+                        *review_controls(loaded), *review_controls(loaded), review_markdown(session),
+                        gr.Dataframe(value=table, headers=CLAUSE_COLUMNS), contract_view(session),
+                        *feedback_buttons(last is not None and last.feedback_id is None),
+                        export_button(session, request))
 
             def review_controls(loaded: bool) -> tuple[Any, Any]:
                 return gr.Button(interactive=loaded), gr.Markdown(visible=not loaded)
@@ -921,7 +1019,9 @@ class ChatApp:
             # The contract view is refreshed with each answer but shows no progress: it stays readable meanwhile.
             answer_progress = [chatbot, sources, status, state, up, down, export]
             answer_outputs = answer_progress + [contract]
-            demo.load(on_load, None, [who, state], api_visibility="private")
+            demo.load(on_load, None, [who, state, chatbot, sources, doc_status, run, run_note, review_all,
+                                      review_all_note, clause_summary, clause_table, contract, up, down, export],
+                      api_visibility="private")
             # upload and clear, not change: change also fires when on_upload empties the box after a refused file,
             # and would replace the error with "No contract loaded".
             upload_outputs = [state, doc_status, sources, run, run_note, upload]

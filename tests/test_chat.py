@@ -1,8 +1,8 @@
 """The chat UI's handlers without a browser: config, uploads, errors as messages, the layout (text labels and
 "Warning:" marks, Run review waiting for a contract, a refused file leaving the box), the contract view (every
-character escaped, the quoted passages marked, built once per answer), "Review all clauses" (the playbook checked
-at startup or uploaded, the table, summary and both memos from a stand-in model on a real CUAD contract), and
-(slow) streamed review
+character escaped, the quoted passages marked, built once per answer), sessions saved per user and restored by a
+second app on the same database, "Review all clauses" (the playbook checked at startup or uploaded, the table,
+summary and both memos from a stand-in model on a real CUAD contract), and (slow) streamed review
 answers from the REAL vLLM server with located quotes, feedback rows in the store and the JSON export.
 (The headless-Chromium test is test_chat_browser.py.)"""
 
@@ -151,6 +151,54 @@ def test_the_contract_view_marks_the_answers_quotes_and_runs_nothing(offline_app
     marks, targets = plan_marks([("cite-1", 0, 10, ""), ("cite-2", 5, 8, ""), ("clause-1", 8, 20, "")])
     assert [mark[:3] for mark in marks] == [("cite-1", 0, 10), ("clause-1", 10, 20)]
     assert targets == {"cite-1": "cite-1", "cite-2": "cite-1", "clause-1": "clause-1"}
+
+
+def test_a_saved_session_comes_back_for_its_user_only(tmp_path: Path, monkeypatch) -> None:
+    from lexalign.serve.chat import contract_view, review_markdown
+
+    app = make_app(tmp_path, "http://127.0.0.1:9/v1", "key")
+    monkeypatch.setattr(app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(app.endpoint, "stream", lambda model, messages, max_tokens: iter([f'"{GOVERNING}"']))
+    session, _, _ = upload(app, tmp_path)
+    *_, (_, _, status, session, _) = app.ask({"task": "clause", "category": "Governing Law"}, session, req("alice"))
+    assert status.startswith("Done (answer 1).")
+    app.on_feedback(1, "", session, req("alice"))
+    book = tmp_path / "book.yaml"
+    book.write_text("- Governing Law\n", encoding="utf-8")
+    session, _, _ = app.on_playbook(str(book), session, req("alice"))
+    summary, table, *_, session = app.review_all(session, req("alice"))
+    assert table[0][:2] == ["Governing Law", "found"] and session.review is not None
+
+    # a second app on the same database (a restarted server, or the page loaded again) brings it all back
+    config = app.config
+    second = ChatApp(open_store(config.store), config, Endpoint(config, "key"))
+    restored = second.restore("alice")
+    assert restored.conversation_id == session.conversation_id and restored.user == "alice"
+    assert restored.document.text == session.document.text and restored.document.name == "msa.txt"
+    assert restored.document.sections == session.document.sections
+    assert [(c.start, c.end) for c in restored.document.chunks] == [(c.start, c.end) for c in session.document.chunks]
+    (turn,) = restored.turns
+    assert turn == session.turns[0] and turn.rating == 1 and turn.citations[0]["where"] == "\u00a73 Governing Law"
+    assert restored.review == session.review
+    assert chat_messages(restored) == chat_messages(session)
+    assert sources_markdown(restored) == sources_markdown(session)
+    assert contract_view(restored) == contract_view(session) and "<mark id='cite-1' class='cite'" in contract_view(restored)
+    assert review_markdown(restored) == summary
+    assert "already saved" in second.on_feedback(-1, "", restored, req("alice"))[0]  # rated before the reload
+
+    # another user gets a session of their own
+    other = second.restore("bob")
+    assert other.user == "bob" and other.document is None and other.turns == [] and other.review is None
+    # a new conversation keeps the contract and clears the turns, for the next load too
+    *_, cleared, _ = second.clear(restored, req("alice"))
+    again = app.restore("alice")
+    assert again.conversation_id == cleared.conversation_id != session.conversation_id
+    assert again.turns == [] and again.document.sha256 == session.document.sha256 and again.review == session.review
+    # an upload that is refused leaves no contract to come back
+    app.on_upload(str(tmp_path / "missing.txt"), again, req("alice"))
+    assert app.restore("alice").document is None
+    second.store.close()
+    app.store.close()
 
 
 @pytest.mark.slow

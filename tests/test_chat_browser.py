@@ -9,7 +9,8 @@ a second app whose endpoint is not there. "Review all clauses" (one prompt per p
 third app whose endpoint is a stand-in OpenAI-compatible server answering in the trained form, so the table,
 summary and memo downloads are checked without waiting for a real model to answer every clause. The contract view
 (the quoted passage marked, a citation link scrolling the view to it, the contract's markup shown as text) is
-checked against a fourth app on the same stand-in, with a contract long enough to need scrolling.
+checked against a fourth app on the same stand-in, with a contract long enough to need scrolling; so is a reload
+bringing back the user's contract, conversation and view (and nothing of them for another user).
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ def browser():
         yield b
 
 
-def login(browser, chat_app):
+def login(browser, chat_app, user: str = "alice"):
     context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
     page = context.new_page()
     page.goto(chat_app.url)
-    page.get_by_label("username").fill("alice")
+    page.get_by_label("username").fill(user)
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
     page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
@@ -495,3 +496,40 @@ def test_a_citation_link_scrolls_the_contract_view_to_the_marked_passage(browser
     assert "current" in (mark.get_attribute("class") or "")
     assert page.evaluate("window.__xss") is None
     page.context.close()
+
+
+def test_a_reload_brings_back_the_conversation_and_the_contract_view(browser, cite_chat, tmp_path: Path) -> None:
+    page = login(browser, cite_chat, "bob")
+    contract = tmp_path / "kept.txt"
+    contract.write_text(LONG_CONTRACT, encoding="utf-8")
+    assert "Loaded kept.txt: TXT" in upload(page, contract)
+    run_and_watch(page, lambda: page.locator("#run").click())
+    wait_until(lambda: page.locator("#contract-view mark.cite").count() == 1, "the quoted passage to be marked")
+
+    page.reload()
+    page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
+    assert "Loaded kept.txt: TXT" in wait_text(page.locator("#doc-status"), "kept.txt")
+    chat = wait_text(page.locator("#chat"), "Find the Governing Law clause.")
+    assert GOVERNING in chat and "\u00a740 Governing Law" in chat
+    mark = page.locator("#contract-view mark.cite")
+    wait_until(lambda: mark.count() == 1, "the restored answer's passage to be marked")
+    assert mark.inner_text() == GOVERNING and "40. Governing Law." in page.locator("#contract-view").inner_text()
+    assert page.locator("#run").is_enabled() and page.locator("#thumbs-up").is_enabled()
+    # the restored sources still lead to the passage
+    page.locator("#sources a.cite-link").click()
+    wait_until(lambda: mark.evaluate(IN_VIEW_JS), "the contract view to scroll to the restored passage")
+    # a new conversation keeps the contract, after a reload too
+    page.locator("#clear").click()
+    wait_text(page.locator("#status"), "New conversation.")
+    page.reload()
+    page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
+    wait_text(page.locator("#doc-status"), "kept.txt")
+    wait_until(lambda: "40. Governing Law." in page.locator("#contract-view").inner_text(), "the contract view")
+    assert page.locator("#chat .bot").count() == 0 and page.locator("#contract-view mark").count() == 0
+    page.context.close()
+
+    # another user sees nothing of it
+    other = login(browser, cite_chat, "alice")  # one load event fills "signed in as" and the restored session
+    assert "kept.txt" not in other.locator("#doc-status").inner_text()
+    assert "kept.txt" not in other.locator("#contract-view").inner_text()
+    other.context.close()
