@@ -6,8 +6,8 @@
                    off; the engine listens only on a private Unix socket behind it
     candidates.py  `lexalign candidates`: N sampled answers per prompt -> ranking tasks in the preference store
     chat.py        `lexalign chat`: the Gradio chat UI (streaming via the `openai` client, login, feedback)
-    documents.py   uploaded contracts: TXT/PDF/DOCX parsing within bounds, chunking, BM25 chunk selection,
-                   locating quotes
+    documents.py   uploaded contracts: TXT/PDF/DOCX parsing within bounds, sections (headings), chunking, BM25
+                   chunk selection, locating quotes
     review.py      review tasks (41 CUAD clause categories, unfair clauses, obligations, questions) -> prompts
                    that fit the model's context
 """

@@ -13,8 +13,21 @@ CUAD clause categories, flag potentially unfair clauses, summarize obligations a
 enabled once a contract is loaded) or types a question (with or without a contract). The contract is cut
 into chunks; the chunks that best match the task are chosen by BM25 to fit the model's context
 (``review.py``), sent with their location labels, and shown beside the answer. Quotes in the answer are
-located in the contract ("[chunk 3, chars 1200-2100]"), or marked as not found: a quote that is not in the
-contract is the first thing a reviewer must see.
+located in the contract and named by its own structure ("\u00a714 Governing Law, p. 3"; the chunk and character
+range stay in the export), or marked as not found: a quote that is not in the contract is the first thing a
+reviewer must see.
+
+The contract view beside the conversation shows the loaded contract's text, with an anchor at each section
+start and the passages quoted by the latest answer (and by the last clause-by-clause review) marked. Each
+located quote in the sources list (and each clause in the review's summary) is a link that scrolls the view to
+its passage. The view's HTML is built once per change (upload, answer, review, new conversation), never per
+streamed token.
+
+Each user's session (the contract, the conversation with its citations and ratings, the last clause review) is
+saved in the store's database after every upload, answer, rating, review and new conversation
+(``data/chat_sessions.py``) and restored when the page loads, so a reload, another browser or a restarted app
+shows it again. "New conversation" keeps the contract and clears the turns. An uploaded playbook and the memo
+downloads are not kept.
 
 "Good answer" / "Needs work" (with an optional better answer written by the lawyer) store one feedback
 row in the preference store (``Store.add_feedback``): the exact prompt messages sent, the answer, the
@@ -46,11 +59,18 @@ from typing import Any, Iterator, Literal
 
 from lexalign.config import Problem, load_config, problem_if
 from lexalign.data.store import DEFAULT_URL, Store, StoreError
+from lexalign.serve.documents import where_of
 
 logger = logging.getLogger(__name__)
 
 CSS = """
 #sources .excerpt { white-space: pre-wrap; }
+#sources .chunk-ref { color: var(--body-text-color-subdued, #6b7280); font-size: 0.85em; }
+#contract-view .contract-name { font-weight: 600; margin: 0 0 4px 0; }
+#contract-view .contract-text { white-space: pre-wrap; line-height: 1.45; font-size: 0.9em; padding: 8px 10px;
+  border: 1px solid var(--border-color-primary, #d1d5db); border-radius: 6px; }
+#contract-view mark.cite { background: #fde68a; color: inherit; padding: 0; }
+#contract-view mark.cite.current { background: #fbbf24; outline: 2px solid #b45309; }
 #feedback-status .error, #status .error,
 #playbook-status .error, #clause-summary .error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
 """
@@ -61,6 +81,29 @@ RATING_LABELS = {1: "Good answer", -1: "Needs work"}
 NEEDS_CONTRACT = "Load a contract to run a review."
 NEEDS_CONTRACT_CLAUSES = "Load a contract to review all clauses."
 CLAUSE_COLUMNS = ["Clause", "Status", "Quote", "Location", "Risk note"]
+NO_REVIEW = "*One row per playbook clause appears here.*"
+CONTRACT_VIEW_HEIGHT_PX = 460  # as the conversation beside it
+NO_CONTRACT_VIEW = "Load a contract to read it here; the passages an answer quotes are marked."
+# A citation link scrolls the contract view (its own scroll box, not the page) so the marked passage is in sight,
+# and marks it current. One listener on the document, in the capture phase so that it runs before Markdown's own
+# link handling; registered once per page however often the view renders.
+CITE_LINKS_JS = """
+if (!window.lexalignCiteLinks) {
+  window.lexalignCiteLinks = true;
+  document.addEventListener('click', (event) => {
+    const link = event.target instanceof Element ? event.target.closest('a.cite-link') : null;
+    const mark = link ? document.getElementById((link.getAttribute('href') || '').slice(1)) : null;
+    const box = mark ? mark.closest('.contract-text') : null;
+    if (!box) return;
+    event.preventDefault();
+    const offset = mark.getBoundingClientRect().top - box.getBoundingClientRect().top;
+    box.scrollTop = Math.max(0, box.scrollTop + offset - box.clientHeight / 3);
+    box.querySelectorAll('mark.current').forEach((other) => other.classList.remove('current'));
+    mark.classList.add('current');
+    box.scrollIntoView({block: 'nearest'});
+  }, true);
+}
+"""
 
 
 @dataclass
@@ -259,6 +302,19 @@ class Turn:
     error: str | None = None
     max_tokens: int = 0
     done: bool = False
+    document: str | None = None   # sha256 of the contract the citations' character ranges point into
+
+
+@dataclass
+class ClauseReview:
+    """The last clause-by-clause review as the page shows it, kept with the session: the contract view marks its
+    quotes, and a reload shows it again."""
+
+    document: str                 # sha256 of the contract reviewed
+    model: str
+    summary: str                  # clause_review.summary_line
+    table: list[list[str]]        # CLAUSE_COLUMNS rows
+    quotes: list[dict[str, Any]] = field(default_factory=list)  # located quotes: clause, where, label, start, end
 
 
 @dataclass
@@ -268,6 +324,7 @@ class ChatSession:
     document: Any = None          # documents.Document
     turns: list[Turn] = field(default_factory=list)
     playbook: Any = None          # clause_review.Playbook uploaded in the page; None = the app's
+    review: ClauseReview | None = None
 
     def history(self) -> list[tuple[str, str]]:
         return [(t.display, t.answer) for t in self.turns if t.answer and not t.error]
@@ -279,9 +336,10 @@ class ChatSession:
 def citation_line(turn: Turn) -> str:
     parts = []
     for c in turn.citations:
-        parts.append(c["label"] if c["found"] else f"{WARNING} quote not found in the contract: \u201c{c['quote'][:80]}\u201d")
+        parts.append(where_of(c) if c["found"] else
+                     f"{WARNING} quote not found in the contract: \u201c{c['quote'][:80]}\u201d")
     if not parts and turn.sources:
-        parts.append("excerpts used: " + ", ".join(s["label"] for s in turn.sources))
+        parts.append("excerpts used: " + ", ".join(where_of(s) for s in turn.sources))
     return "Sources: " + "; ".join(parts) if parts else ""
 
 
@@ -301,6 +359,22 @@ def chat_messages(session: ChatSession | None) -> list[dict[str, str]]:
     return out
 
 
+def _chunk_ref(source: dict[str, Any]) -> str:
+    # The prompt asks the model to cite "[chunk N]" labels, so an answer may name chunks: the number stays visible
+    # beside the section, with the exact range on hover.
+    if where_of(source) == source.get("label") or source.get("chunk") is None:
+        return ""
+    return f" <span class='chunk-ref' title='{inert(source.get('label'))}'>chunk {int(source['chunk'])}</span>"
+
+
+def cite_link(target: str | None, text: str, title: str | None) -> str:
+    """A citation as a link that scrolls the contract view to its mark; plain text when the view does not mark it."""
+    if target is None:
+        return inert(text)
+    hover = f" title='{inert(title)}'" if title else ""
+    return f"<a class='cite-link' href='#{inert(target)}'{hover}>{inert(text)}</a>"
+
+
 def sources_markdown(session: ChatSession | None) -> str:
     turn = session.turns[-1] if session and session.turns else None
     if turn is None or not turn.sources:
@@ -308,13 +382,142 @@ def sources_markdown(session: ChatSession | None) -> str:
             "*Ask something: the excerpts sent to the model appear here.*"
     lines = [f"**Excerpts sent to the model** ({len(turn.sources)} of {len(session.document.chunks) if session.document else '?'} chunks)"]
     for s in turn.sources:
-        lines.append(f"\n**{inert(s['label'])}**\n\n<div class='excerpt'>{inert(s['text'])}</div>")
+        lines.append(f"\n**{inert(where_of(s))}**{_chunk_ref(s)}\n\n<div class='excerpt'>{inert(s['text'])}</div>")
     if turn.citations:
-        lines.append("\n**Quotes in the answer**")
+        _, targets = plan_marks(view_spans(session))
+        lines.append("\n**Quotes in the answer** (a link shows the passage in the contract)")
+        located = 0
         for c in turn.citations:
-            where = inert(c["label"]) if c["found"] else f"{WARNING} not found in the contract"
+            if _located(c):
+                located += 1
+                where = cite_link(targets.get(f"cite-{located}"), where_of(c), c.get("label"))
+            else:
+                where = f"{WARNING} not found in the contract"
             lines.append(f"- {where}: \u201c{inert(c['quote'][:300])}\u201d")
     return "\n".join(lines)
+
+
+def document_status(session: ChatSession | None) -> str:
+    document = session.document if session is not None else None
+    return f"Loaded **{inert(document.summary())}**." if document is not None else "No contract loaded."
+
+
+def review_markdown(session: ChatSession | None) -> str:
+    """The clause review's summary line, and a link to each quoted clause in the contract view."""
+    review = session.review if session is not None else None
+    if session is None or review is None:
+        return NO_REVIEW
+    name = session.document.name if session.document is not None else "the contract"
+    text = f"**{inert(name)}** with `{inert(review.model)}`: {inert(review.summary)}"
+    _, targets = plan_marks(view_spans(session))
+    links = [cite_link(targets.get(f"clause-{n}"), q["clause"], q.get("where"))
+             for n, q in enumerate(review.quotes, start=1)]
+    return text + ("\n\nIn the contract: " + " \u00b7 ".join(links) if links else "")
+
+
+# =========================================================================== the contract view
+
+
+def _located(citation: dict[str, Any]) -> bool:
+    return bool(citation.get("found")) and citation.get("start") is not None and citation.get("end") is not None
+
+
+def view_spans(session: ChatSession | None) -> list[tuple[str, int, int, str]]:
+    """(mark id, start, end, hover text) of every passage the contract view marks: the located quotes of the latest
+    answer (cite-1, cite-2, ...) and of the last clause review (clause-1, ...), when they point into this contract."""
+    document = session.document if session is not None else None
+    sha = getattr(document, "sha256", None)
+    if sha is None:
+        return []
+    spans: list[tuple[str, int, int, str]] = []
+    turn = session.turns[-1] if session.turns else None
+    if turn is not None and turn.document == sha:
+        located = [c for c in turn.citations if _located(c)]
+        spans += [(f"cite-{n}", int(c["start"]), int(c["end"]), f"{where_of(c)} {c.get('label', '')}".strip())
+                  for n, c in enumerate(located, start=1)]
+    if session.review is not None and session.review.document == sha:
+        spans += [(f"clause-{n}", int(q["start"]), int(q["end"]), f"{q['clause']}: {q.get('where', '')}")
+                  for n, q in enumerate(session.review.quotes, start=1)]
+    return spans
+
+
+def plan_marks(spans: list[tuple[str, int, int, str]]) -> tuple[list[tuple[str, int, int, str]], dict[str, str]]:
+    """Marks that do not overlap (HTML elements cannot cross), and the mark each span's link scrolls to.
+
+    Spans are taken by start, the longer first. A span inside an earlier mark is shown by that mark (its link goes
+    there); one that overlaps an earlier mark is marked from where that one ends.
+    """
+    marks: list[tuple[str, int, int, str]] = []
+    targets: dict[str, str] = {}
+    covered = 0  # end of the last mark
+    for ident, start, end, title in sorted(spans, key=lambda span: (span[1], -span[2])):
+        if marks and start < covered:
+            if end <= covered:
+                targets[ident] = marks[-1][0]
+                continue
+            start = covered
+        marks.append((ident, start, end, title))
+        targets[ident] = ident
+        covered = end
+    return marks, targets
+
+
+def contract_html(document: Any, spans: list[tuple[str, int, int, str]]) -> str:
+    """The contract for the contract view: every character escaped, an anchor at each section start, the spans
+    marked (``<mark id="cite-1" class="cite">``). The scroll box is the view's own, so a link scrolls it alone."""
+    box = f"<div class='contract-text' tabindex='0' style='height: {CONTRACT_VIEW_HEIGHT_PX}px; overflow-y: auto'>"
+    if document is None:
+        return f"{box}<em>{inert(NO_CONTRACT_VIEW)}</em></div>"
+    marks, _ = plan_marks(spans)
+    # (offset, order, tag): at one offset a mark closes before an anchor, and both before a mark opens
+    tags = [(offset, 1, f"<a id='section-{n}' class='section-start' title='{inert(label)}'></a>")
+            for n, (offset, label) in enumerate(document.sections, start=1)]
+    for ident, start, end, title in marks:
+        tags += [(start, 2, f"<mark id='{inert(ident)}' class='cite' title='{inert(title)}'>"), (end, 0, "</mark>")]
+    tags.sort(key=lambda tag: (tag[0], tag[1]))
+    text = document.text
+    parts = [f"<div class='contract-name'>{inert(document.name)}</div>", box]
+    position = 0
+    for offset, _, tag in tags:
+        parts += [inert(text[position:offset]), tag]
+        position = offset
+    parts += [inert(text[position:]), "</div>"]
+    return "".join(parts)
+
+
+def contract_view(session: ChatSession | None) -> str:
+    return contract_html(session.document if session is not None else None, view_spans(session))
+
+
+# =========================================================================== saved sessions
+
+
+def document_record(document: Any) -> dict[str, Any] | None:
+    """What is saved of a contract: its normalized text and identity; sections and chunks are rebuilt from it."""
+    if document is None:
+        return None
+    return {"name": document.name, "kind": document.kind, "text": document.text, "sha256": document.sha256,
+            "size_bytes": document.size_bytes, "pages": document.pages, "page_starts": list(document.page_starts)}
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    # a record written by another version may carry fields this one does not know
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def restore_session(saved: Any, config: ChatConfig) -> ChatSession:
+    """A ChatSession from a ``data.chat_sessions.SavedSession``, its contract chunked with ``config``'s settings."""
+    from lexalign.serve.documents import build_document
+
+    document = None
+    if saved.document is not None:
+        d = saved.document
+        document = build_document(d["name"], d["kind"], d["text"], d["sha256"], int(d["size_bytes"]), d["pages"],
+                                  d["page_starts"], config.chunk_chars, config.chunk_overlap)
+    return ChatSession(saved.user, conversation_id=saved.conversation, document=document,
+                       turns=[Turn(**_known_fields(Turn, t)) for t in saved.turns],
+                       review=ClauseReview(**_known_fields(ClauseReview, saved.review)) if saved.review else None)
 
 
 # =========================================================================== the app
@@ -326,9 +529,11 @@ class ChatApp:
         self.config = config
         self.endpoint = endpoint
         self.export_dir = Path(tempfile.mkdtemp(prefix="lexalign-chat-"))
+        from lexalign.data.chat_sessions import ChatSessionStore
         from lexalign.serve.clause_review import load_playbook
 
         self.playbook = load_playbook(config.playbook)  # its problems were reported by load_config already
+        self.sessions = ChatSessionStore(store)
 
     # ----------------------------------------------------------------------- auth and session
 
@@ -347,37 +552,77 @@ class ChatApp:
         user = self._user(request)
         if not user:
             return None
-        if state is None or state.user != user:
+        if state is None:
+            # no session in the page (the app restarted under an open page): the saved one, which the next save
+            # would otherwise overwrite with this request alone
+            return self.restore(user)
+        if state.user != user:
             return ChatSession(user)
         return state
+
+    def restore(self, user: str) -> ChatSession:
+        """``user``'s saved session, or a new one when there is none or it cannot be read. Never raises."""
+        try:
+            saved = self.sessions.load(user)
+            if saved is not None:
+                session = restore_session(saved, self.config)
+                logger.info("restored the chat session of %s: %s, %d turn(s)", user,
+                            session.document.name if session.document is not None else "no contract",
+                            len(session.turns))
+                return session
+        except StoreError:
+            logger.exception("loading the chat session of %s failed; a new one starts", user)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            logger.exception("the saved chat session of %s cannot be read; a new one starts", user)
+        return ChatSession(user)
+
+    def save(self, session: ChatSession | None, *, with_document: bool = False) -> None:
+        """Keep ``session`` for the user's next page load (``with_document``: the contract changed). A failure is
+        logged, not shown: the chat goes on without it."""
+        from lexalign.data.chat_sessions import KEEP
+
+        if session is None:
+            return
+        try:
+            self.sessions.save(session.user, session.conversation_id,
+                               [dataclasses.asdict(t) for t in session.turns],
+                               dataclasses.asdict(session.review) if session.review is not None else None,
+                               document=document_record(session.document) if with_document else KEEP)
+        except StoreError:
+            logger.exception("saving the chat session of %s failed", session.user)
 
     # ----------------------------------------------------------------------- upload
 
     def on_upload(self, file: Any, state: ChatSession | None, request: Any) -> tuple[ChatSession | None, str, str]:
         """Parse the uploaded contract; (state, status markdown, sources markdown). Never raises."""
-        from lexalign.serve.documents import DocumentError, load_document
-
         session = self._session(state, request)
         if session is None:
             return state, _error("Not signed in; reload the page and sign in."), ""
+        session.review = None  # the last review belongs to the contract that is being replaced
+        status = self._read_upload(file, session)
+        self.save(session, with_document=True)
+        return session, status, sources_markdown(session)
+
+    def _read_upload(self, file: Any, session: ChatSession) -> str:
+        """Set ``session.document`` from the upload (None when there is none or it is refused); the status."""
+        from lexalign.serve.documents import DocumentError, load_document
+
+        session.document = None
         if file is None:
-            session.document = None
-            return session, "No contract loaded: questions go to the model without contract text.", sources_markdown(session)
+            return "No contract loaded: questions go to the model without contract text."
         path = file if isinstance(file, str) else getattr(file, "name", None) or getattr(file, "path", "")
         name = getattr(file, "orig_name", None) or Path(str(path)).name
         try:
             document = load_document(path, self.config.limits(), name=name, chunk_chars=self.config.chunk_chars,
                                      chunk_overlap=self.config.chunk_overlap)
         except DocumentError as err:
-            session.document = None
-            return session, _error(f"Not loaded: {err}"), sources_markdown(session)
+            return _error(f"Not loaded: {err}")
         except Exception as err:  # noqa: BLE001 - an upload must never crash the app
             logger.exception("parsing %s failed", name)
-            session.document = None
-            return session, _error(f"Not loaded: {name}: could not be read ({type(err).__name__})."), sources_markdown(session)
+            return _error(f"Not loaded: {name}: could not be read ({type(err).__name__}).")
         session.document = document
         self.store.audit(session.user, "chat_upload", {"conversation": session.conversation_id, **document.meta()})
-        return session, f"Loaded **{inert(document.summary())}**.", sources_markdown(session)
+        return document_status(session)
 
     # ----------------------------------------------------------------------- asking
 
@@ -416,8 +661,9 @@ class ChatApp:
         turn = Turn(request={"task": review.task, "category": review.category, "question": review.question},
                     display=review.display(), messages=built.messages, answer="", model=model,
                     max_tokens=budget.max_tokens,
-                    sources=[{"label": c.label(), "chunk": c.index, "start": c.start, "end": c.end, "page": c.page,
-                              "text": c.text} for c in built.sources])
+                    document=session.document.sha256 if session.document is not None else None,
+                    sources=[{"label": c.label(), "where": c.where(), "chunk": c.index, "start": c.start,
+                              "end": c.end, "page": c.page, "text": c.text} for c in built.sources])
         session.turns.append(turn)
         note = ""
         if built.selection is not None and not built.selection.matched:
@@ -435,14 +681,14 @@ class ChatApp:
                     yield chat_messages(session), gr_skip(), status, session, False
         except EndpointError as err:
             turn.error, turn.done = str(err), True
+            self.save(session)
             yield chat_messages(session), sources_markdown(session), _error(str(err)), session, False
             return
         finally:
             turn.done = True  # also when the browser went away mid-answer (the generator is closed)
         if session.document is not None:
-            turn.citations = [{"quote": c.quote, "found": c.found, "label": c.label(), "start": c.start,
-                               "end": c.end, "chunks": list(c.chunks), "page": c.page}
-                              for c in locate_quotes(turn.answer, session.document)]
+            turn.citations = [c.as_dict() for c in locate_quotes(turn.answer, session.document)]
+        self.save(session)
         missing = [c for c in turn.citations if not c["found"]]
         done = f"Done (answer {len(session.turns)})." + (
             f" {WARNING} {len(missing)} quote(s) are not in the contract: check before relying on them." if missing else "")
@@ -467,8 +713,10 @@ class ChatApp:
         meta = {
             "source": "chat", "conversation": session.conversation_id, "turn": len(session.turns),
             "model": turn.model, "endpoint": self.config.endpoint, "task": turn.request,
-            "sources": [{k: s[k] for k in ("label", "chunk", "start", "end", "page")} for s in turn.sources],
-            "citations": [{k: c[k] for k in ("found", "label", "quote")} for c in turn.citations],
+            "sources": [{"where": where_of(s), **{k: s[k] for k in ("label", "chunk", "start", "end", "page")}}
+                        for s in turn.sources],
+            "citations": [{"where": where_of(c), **{k: c[k] for k in ("found", "label", "quote")}}
+                          for c in turn.citations],
             "document": session.document.meta() if session.document is not None else None,
             "sampling": {"temperature": self.config.temperature, "top_p": self.config.top_p,
                          "max_tokens": turn.max_tokens},
@@ -480,6 +728,7 @@ class ChatApp:
         except StoreError as err:
             return _error(f"Not saved: {err}"), session, True, better_answer
         turn.feedback_id, turn.rating, turn.better_answer = feedback_id, rating, better
+        self.save(session)  # a reloaded page must not offer the rating again
         label = RATING_LABELS[1 if rating > 0 else -1]
         extra = " with your better answer" if better else ""
         return f"Feedback saved{extra} (#{feedback_id}): {label}. Thank you.", session, False, ""
@@ -508,9 +757,10 @@ class ChatApp:
     def clear(self, state: ChatSession | None, request: Any) -> tuple[Any, ...]:
         session = self._session(state, request)
         if session is not None:
-            document, playbook = session.document, session.playbook
-            session = ChatSession(session.user)
-            session.document, session.playbook = document, playbook
+            # a new conversation about the same contract: the contract, playbook and last review stay
+            session = ChatSession(session.user, document=session.document, playbook=session.playbook,
+                                  review=session.review)
+            self.save(session)
         return [], sources_markdown(session), "New conversation.", session, False
 
     # ----------------------------------------------------------------------- clause-by-clause review
@@ -567,6 +817,7 @@ class ChatApp:
         session = self._session(state, request)
         if session is None:
             return _error("Not signed in; reload the page and sign in."), [], None, None, state
+        session.review = None  # the table is emptied whatever happens next; the view's marks go with it
         # The page disables the button without a contract; a request made by hand gets the same answer.
         if session.document is None:
             return _error(NEEDS_CONTRACT_CLAUSES), [], None, None, session
@@ -596,8 +847,11 @@ class ChatApp:
         logger.info("%s reviewed %s: %d clauses in %.1f s", session.user, document.name, len(rows),
                     time.monotonic() - started)
         table = [[r.clause, r.status, shorten_quote(r.quote), r.location, r.risk_note] for r in rows]
-        summary = f"**{inert(document.name)}** with `{inert(model)}`: {inert(summary_line(rows))}"
-        return summary, table, str(docx_path), str(markdown), session
+        quotes = [{"clause": r.clause, **{k: c[k] for k in ("where", "label", "start", "end")}}
+                  for r in rows for c in r.citations if _located(c)]
+        session.review = ClauseReview(document.sha256, model, summary_line(rows), table, quotes)
+        self.save(session)
+        return review_markdown(session), table, str(docx_path), str(markdown), session
 
     # ----------------------------------------------------------------------- layout
 
@@ -648,6 +902,9 @@ class ChatApp:
                                                    interactive=False)
                         clear = gr.Button("New conversation", elem_id="clear")
                     sources = gr.Markdown(sources_markdown(None), elem_id="sources")
+                with gr.Column(scale=2, min_width=360):
+                    # the contract beside the conversation; the sources' links scroll it to their passage
+                    contract = gr.HTML(contract_view(None), elem_id="contract-view", js_on_load=CITE_LINKS_JS)
             gr.Markdown("### Clause-by-clause review")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
@@ -664,8 +921,7 @@ class ChatApp:
                         memo_md = gr.DownloadButton("Download memo (Markdown)", value=None, interactive=False,
                                                     elem_id="memo-md")
                 with gr.Column(scale=3, min_width=400):
-                    clause_summary = gr.Markdown("*One row per playbook clause appears here.*",
-                                                 elem_id="clause-summary")
+                    clause_summary = gr.Markdown(NO_REVIEW, elem_id="clause-summary")
                     clause_table = gr.Dataframe(headers=CLAUSE_COLUMNS, datatype="str", interactive=False,
                                                 wrap=True, label="Clauses", elem_id="clause-table",
                                                 column_widths=["14%", "9%", "37%", "18%", "22%"])
@@ -678,8 +934,18 @@ class ChatApp:
                 return gr.DownloadButton(value=path, interactive=path is not None)
 
             def on_load(request: gr.Request) -> tuple[Any, ...]:
+                # the user's saved session comes back: contract, conversation, sources, view and last review
                 user = self._user(request)
-                return (f"signed in as `{inert(user)}`" if user else "not signed in"), ChatSession(user) if user else None
+                session = self.restore(user) if user else None
+                loaded = session is not None and session.document is not None
+                last = session.last_answer() if session is not None else None
+                table = session.review.table if session is not None and session.review is not None else []
+                return ((f"signed in as `{inert(user)}`" if user else "not signed in"), session,
+                        chat_messages(session), sources_markdown(session), document_status(session),
+                        *review_controls(loaded), *review_controls(loaded), review_markdown(session),
+                        gr.Dataframe(value=table, headers=CLAUSE_COLUMNS), contract_view(session),
+                        *feedback_buttons(last is not None and last.feedback_id is None),
+                        export_button(session, request))
 
             def review_controls(loaded: bool) -> tuple[Any, Any]:
                 return gr.Button(interactive=loaded), gr.Markdown(visible=not loaded)
@@ -697,10 +963,12 @@ class ChatApp:
             def stream(request_data: dict[str, Any], session: ChatSession | None, request: gr.Request
                        ) -> Iterator[tuple[Any, ...]]:
                 for messages, src, stat, new_state, enabled in self.ask(request_data, session, request):
-                    # the download is refreshed with the final update (a click right after "Done" gets it all)
+                    # the download and the contract view (its marks) are refreshed with the final update only:
+                    # a click right after "Done" gets it all, and a large contract is not re-sent per token
                     final = new_state is None or not new_state.turns or new_state.turns[-1].done
                     yield (messages, src, stat, new_state, *feedback_buttons(enabled),
-                           export_button(new_state, request) if final else gr.skip())
+                           export_button(new_state, request) if final else gr.skip(),
+                           contract_view(new_state) if final else gr.skip())
 
             def on_run(task_key: str, category_name: str, text: str, session: ChatSession | None,
                        request: gr.Request) -> Iterator[tuple[Any, ...]]:
@@ -720,15 +988,17 @@ class ChatApp:
             def on_clear(session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
                 messages, src, stat, new_state, enabled = self.clear(session, request)
                 return (messages, src, stat, new_state, *feedback_buttons(enabled), "",
-                        gr.DownloadButton(value=None, interactive=False))
+                        gr.DownloadButton(value=None, interactive=False), contract_view(new_state))
 
-            def clause_review_reset(session: ChatSession | None) -> tuple[Any, ...]:
-                # A new contract (or none) empties the last review: its table and memo belong to the old one.
+            def document_changed(session: ChatSession | None) -> tuple[Any, ...]:
+                # A new contract (or none) empties the last review (its table and memo belong to the old one) and
+                # shows the new contract in the view.
                 loaded = session is not None and session.document is not None
                 return (gr.Button(interactive=loaded), gr.Markdown(visible=not loaded),
-                        "*One row per playbook clause appears here.*", gr.Dataframe(value=[], headers=CLAUSE_COLUMNS),
+                        review_markdown(session),
+                        gr.Dataframe(value=[], headers=CLAUSE_COLUMNS),
                         gr.DownloadButton(value=None, interactive=False),
-                        gr.DownloadButton(value=None, interactive=False))
+                        gr.DownloadButton(value=None, interactive=False), contract_view(session))
 
             def on_playbook(file: Any, session: ChatSession | None, request: gr.Request) -> tuple[Any, ...]:
                 new_state, text, accepted = self.on_playbook(file, session, request)
@@ -741,40 +1011,47 @@ class ChatApp:
                 summary, rows, docx_path, md_path, new_state = self.review_all(session, request, progress)
                 return (summary, gr.Dataframe(value=rows, headers=CLAUSE_COLUMNS), new_state,
                         gr.DownloadButton(value=docx_path, interactive=docx_path is not None),
-                        gr.DownloadButton(value=md_path, interactive=md_path is not None))
+                        gr.DownloadButton(value=md_path, interactive=md_path is not None), contract_view(new_state))
 
             def show_category(task_key: str) -> Any:
                 return gr.Dropdown(visible=task_key == "clause")
 
-            answer_outputs = [chatbot, sources, status, state, up, down, export]
-            demo.load(on_load, None, [who, state], api_visibility="private")
+            # The contract view is refreshed with each answer but shows no progress: it stays readable meanwhile.
+            answer_progress = [chatbot, sources, status, state, up, down, export]
+            answer_outputs = answer_progress + [contract]
+            demo.load(on_load, None, [who, state, chatbot, sources, doc_status, run, run_note, review_all,
+                                      review_all_note, clause_summary, clause_table, contract, up, down, export],
+                      api_visibility="private")
             # upload and clear, not change: change also fires when on_upload empties the box after a refused file,
             # and would replace the error with "No contract loaded".
             upload_outputs = [state, doc_status, sources, run, run_note, upload]
-            reset_outputs = [review_all, review_all_note, clause_summary, clause_table, memo_docx, memo_md]
+            reset_outputs = [review_all, review_all_note, clause_summary, clause_table, memo_docx, memo_md, contract]
             upload.upload(on_upload, [upload, state], upload_outputs, api_visibility="private"
-                          ).then(clause_review_reset, [state], reset_outputs, api_visibility="private")
+                          ).then(document_changed, [state], reset_outputs, api_visibility="private")
             upload.clear(on_upload, [upload, state], upload_outputs, api_visibility="private"
-                         ).then(clause_review_reset, [state], reset_outputs, api_visibility="private")
+                         ).then(document_changed, [state], reset_outputs, api_visibility="private")
             playbook.upload(on_playbook, [playbook, state], [state, playbook_status, playbook],
                             api_visibility="private")
             playbook.clear(on_playbook, [playbook, state], [state, playbook_status, playbook],
                            api_visibility="private")
-            review_all.click(on_review_all, [state], [clause_summary, clause_table, state, memo_docx, memo_md],
+            review_progress = [clause_summary, clause_table, state, memo_docx, memo_md]
+            review_all.click(on_review_all, [state], review_progress + [contract], show_progress_on=review_progress,
                              api_visibility="private", concurrency_id="answer")
             task.change(show_category, [task], [category], api_visibility="private")
-            run.click(on_run, [task, category, message, state], answer_outputs, api_visibility="private",
-                      concurrency_id="answer")
-            send.click(on_send, [message, state], answer_outputs, api_visibility="private", concurrency_id="answer"
+            run.click(on_run, [task, category, message, state], answer_outputs, show_progress_on=answer_progress,
+                      api_visibility="private", concurrency_id="answer")
+            send.click(on_send, [message, state], answer_outputs, show_progress_on=answer_progress,
+                       api_visibility="private", concurrency_id="answer"
                        ).then(lambda: "", None, [message], api_visibility="private")
-            message.submit(on_send, [message, state], answer_outputs, api_visibility="private",
-                           concurrency_id="answer").then(lambda: "", None, [message], api_visibility="private")
+            message.submit(on_send, [message, state], answer_outputs, show_progress_on=answer_progress,
+                           api_visibility="private", concurrency_id="answer"
+                           ).then(lambda: "", None, [message], api_visibility="private")
             up.click(on_rate(1), [better, state], [feedback_status, state, up, down, better, export],
                      api_visibility="private")
             down.click(on_rate(-1), [better, state], [feedback_status, state, up, down, better, export],
                        api_visibility="private")
-            clear.click(on_clear, [state], [chatbot, sources, status, state, up, down, feedback_status, export],
-                        api_visibility="private")
+            clear.click(on_clear, [state], [chatbot, sources, status, state, up, down, feedback_status, export,
+                                            contract], api_visibility="private")
         demo.queue(default_concurrency_limit=config.concurrency_limit)
         return demo
 

@@ -28,8 +28,9 @@ client, greedy by default), so the UI and the command share one way of asking.
 
 The answers are read in the training form (``data.prompts.extract_answer``): "Not present.", or the clause's spans
 in double quotes, one per line, parsed by the evaluation's own helpers (``is_not_present``, ``answer_spans``). Each
-span is located in the contract, whitespace-insensitively, and cited by chunk, page and character range as the chat
-UI cites quotes. A row is
+span is located in the contract, whitespace-insensitively, and cited as the chat UI cites quotes: by the contract's
+own section and page ("§14 Governing Law, p. 3") in the table and memos, with chunks and character range kept in
+review.json. A row is
   * found: at least one quoted span is in the contract;
   * not found: the model answered "Not present.";
   * unverified: the model quoted text that is not in the contract, or gave no clear answer. A quote that is not
@@ -61,7 +62,15 @@ import yaml
 from lexalign.config import ConfigError, Problem, load_config
 from lexalign.errors import LexalignError
 from lexalign.serve.chat import ChatConfig, Endpoint, EndpointError
-from lexalign.serve.documents import Citation, Document, flatten_whitespace, load_document, locate_quotes
+from lexalign.serve.documents import (
+    Citation,
+    Document,
+    flatten_whitespace,
+    load_document,
+    locate,
+    locate_quotes,
+    where_of,
+)
 from lexalign.serve.launch import ServeConfig
 from lexalign.serve.review import CUAD_CATEGORIES, Budget, BuiltPrompt, ReviewRequest, build_prompt
 
@@ -217,12 +226,13 @@ class ClauseRow:
     found: bool                       # a quoted span is in the contract
     status: str                       # found | not found | unverified
     quote: str                        # the quoted spans, one per line ("" when there is none)
-    location: str                     # where each span is, as the chat UI labels it
+    location: str                     # where each span is, as the chat UI shows it (section and page)
     risk_note: str
     answer: str                       # the model's answer as given
     position: str | None = None
     risk_if_missing: str | None = None
-    citations: list[dict[str, Any]] = field(default_factory=list)  # quote, found, label, start, end, chunks, page
+    # Citation.as_dict(): quote, found, label (chunks and characters), where, start, end, chunks, page
+    citations: list[dict[str, Any]] = field(default_factory=list)
     excerpts: list[str] = field(default_factory=list)  # labels of the chunks the prompt carried
 
 
@@ -233,18 +243,6 @@ def budget_for(config: ChatConfig, context_tokens: int) -> Budget:
                   chars_per_token=config.chars_per_token, history_share=config.history_share)
 
 
-def _locate_span(span: str, document: Document, flat: str, index: list[int]) -> Citation:
-    # documents.locate_quotes reads quotation marks inside an answer as quote boundaries, which splits a CUAD span
-    # holding a defined term ("the \"Effective Date\""): a span from answer_spans is located whole instead.
-    quote = " ".join(span.split())
-    position = flat.find(quote) if quote else -1
-    if position < 0:
-        return Citation(quote, None, None)
-    start, end = index[position], index[position + len(quote) - 1] + 1
-    chunks = tuple(c.index for c in document.chunks if c.start < end and c.end > start)
-    return Citation(quote, start, end, chunks, document.page_of(start))
-
-
 def read_answer(answer: str, document: Document, flattened: tuple[str, list[int]] | None = None
                 ) -> tuple[str, list[Citation]]:
     """(status, citations) of one clause answer: see the module docstring for found / not found / unverified."""
@@ -252,8 +250,10 @@ def read_answer(answer: str, document: Document, flattened: tuple[str, list[int]
 
     if is_not_present(answer):
         return NOT_FOUND, []
-    flat, index = flattened or flatten_whitespace(document.text)
-    citations = [_locate_span(span, document, flat, index) for span in answer_spans(answer)]
+    flattened = flattened or flatten_whitespace(document.text)
+    # documents.locate_quotes reads quotation marks inside an answer as quote boundaries, which splits a CUAD span
+    # holding a defined term ("the \"Effective Date\""): a span from answer_spans is located whole instead.
+    citations = [locate(span, document, flattened) for span in answer_spans(answer)]
     if not any(c.found for c in citations):
         # not in the trained form (an explanation around a quote): the chat UI's reading of quotes
         located = [c for c in locate_quotes(answer, document) if c.found]
@@ -278,11 +278,9 @@ def build_row(clause: PlaybookClause, built: BuiltPrompt, answer: str, document:
     shown = [c for c in citations if c.found] or citations  # the located spans; else what the model claimed
     return ClauseRow(
         clause=clause.clause, found=status == FOUND, status=status,
-        quote="\n".join(c.quote for c in shown), location="; ".join(c.label() for c in shown),
+        quote="\n".join(c.quote for c in shown), location="; ".join(c.where() for c in shown),
         risk_note=risk_note(clause, status), answer=answer, position=clause.position,
-        risk_if_missing=clause.risk_if_missing,
-        citations=[{"quote": c.quote, "found": c.found, "label": c.label(), "start": c.start, "end": c.end,
-                    "chunks": list(c.chunks), "page": c.page} for c in citations],
+        risk_if_missing=clause.risk_if_missing, citations=[c.as_dict() for c in citations],
         excerpts=built.source_labels())
 
 
@@ -386,7 +384,7 @@ def memo_markdown(rows: list[ClauseRow], contract_name: str, model_name: str, da
     if not citations:
         lines.append("No clause was quoted.")
     for number, row, citation in citations:
-        where = citation["label"] if citation["found"] else NOT_IN_CONTRACT
+        where = where_of(citation) if citation["found"] else NOT_IN_CONTRACT
         lines.append(f"{number}. {_md(row.clause)}, {_md(where)}: \u201c{_md(citation['quote'])}\u201d")
     return "\n".join(lines) + "\n"
 
@@ -437,7 +435,7 @@ def write_memo_docx(rows: list[ClauseRow], path: str | Path, contract_name: str,
     if not citations:
         memo.add_paragraph("No clause was quoted.")
     for number, row, citation in citations:
-        where = citation["label"] if citation["found"] else NOT_IN_CONTRACT
+        where = where_of(citation) if citation["found"] else NOT_IN_CONTRACT
         paragraph = memo.add_paragraph()
         paragraph.add_run(_xml(f"[{number}] {row.clause}, {where}: ")).bold = True
         paragraph.add_run(_xml(f"\u201c{citation['quote']}\u201d"))

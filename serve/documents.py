@@ -11,7 +11,14 @@ Chunking. The text is whitespace-normalized exactly as the training data was (``
 a whitespace run becomes one newline if it holds a line break, else one space) and cut into overlapping
 windows on word boundaries with the same function the data builder uses (``make_windows``; the shipped
 data used 1000-character windows overlapping by 250). A chunk knows its character span in the normalized
-text and, for PDFs, its page, so answers can cite ``[chunk 3, p. 2, chars 1200-2100]``.
+text and, for PDFs, its page, so the prompt can label it ``[chunk 3, p. 2, chars 1200-2100]``.
+
+Sections. A lawyer finds a passage by the contract's own structure, not by chunk numbers: the headings are found
+once at parse time (``find_sections``, a line-and-sentence regex heuristic explained there) and a chunk or a quote
+is shown to the lawyer as ``§14 Governing Law, p. 3`` (``where()``; the page only for PDFs). The character range
+stays in ``label()`` and in the start/end fields for tools (exports, the contract view's anchors), and the prompt
+keeps the ``[chunk N]`` labels the model is asked to cite by. Text before the first heading, or a contract without
+any, falls back to the chunk label.
 
 Choosing chunks. Chunks are ranked with Okapi BM25 (k1 = 1.5, b = 0.75) against a query made of the review
 task's words: a CUAD category's name and description, the unfair-clause categories, obligation/date
@@ -24,6 +31,8 @@ explainable: the UI shows the lawyer exactly which excerpts the model saw.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import io
 import logging
@@ -31,8 +40,10 @@ import math
 import re
 import zipfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lexalign.errors import LexalignError
 
@@ -60,10 +71,16 @@ class Chunk:
     end: int
     text: str
     page: int | None = None  # PDF page (1-based) where the chunk starts
+    place: str | None = None  # its sections (and page), e.g. "\u00a75 Insurance \u2013 \u00a76 Governing Law, p. 2"
 
     def label(self) -> str:
+        """The exact location, as the prompt labels the excerpt (the model cites it; do not change it)."""
         page = f", p. {self.page}" if self.page else ""
         return f"[chunk {self.index}{page}, chars {self.start}\u2013{self.end}]"
+
+    def where(self) -> str:
+        """The location for a lawyer: its sections, else the chunk label."""
+        return self.place or self.label()
 
 
 @dataclass
@@ -76,6 +93,7 @@ class Document:
     pages: int | None = None
     page_starts: list[int] = field(default_factory=list)  # PDF: offset of each page in text
     chunks: list[Chunk] = field(default_factory=list)
+    sections: list[tuple[int, str]] = field(default_factory=list)  # (offset, label) of each heading, in order
 
     def summary(self) -> str:
         pages = f"{self.pages} page{'s' * (self.pages != 1)}, " if self.pages else ""
@@ -90,6 +108,22 @@ class Document:
             if start <= offset:
                 page = i
         return page
+
+    def section_at(self, offset: int) -> str | None:
+        """The label of the last heading at or before ``offset`` (None before the first one)."""
+        i = bisect.bisect_right(self.sections, offset, key=lambda section: section[0])
+        return self.sections[i - 1][1] if i else None
+
+    def place(self, start: int, end: int) -> str | None:
+        """``start:end`` named by the contract's structure: "\u00a714 Governing Law, p. 3", a range of sections when
+        the span crosses a heading, None when no heading comes before ``start`` (callers fall back to chunks)."""
+        first = self.section_at(start)
+        if first is None:
+            return None
+        last = self.section_at(max(start, end - 1))
+        label = first if last == first else f"{first} \u2013 {last}"
+        page = self.page_of(start)
+        return f"{label}, p. {page}" if page else label
 
     def meta(self) -> dict[str, object]:
         return {"name": self.name, "kind": self.kind, "sha256": self.sha256, "chars": len(self.text),
@@ -236,10 +270,18 @@ def parse_document(name: str, data: bytes, limits: DocumentLimits | None = None,
     if len(text) > limits.max_chars:
         raise DocumentError(f"{name}: {len(text):,} characters; the limit is {limits.max_chars:,}. Upload the "
                             "relevant part of the contract")
-    document = Document(name, kind, text, hashlib.sha256(data).hexdigest(), len(data),
-                        pages=len(pages) if pages is not None else None, page_starts=page_starts)
-    document.chunks = chunk_document(document, chunk_chars, chunk_overlap)
+    document = build_document(name, kind, text, hashlib.sha256(data).hexdigest(), len(data),
+                              len(pages) if pages is not None else None, page_starts, chunk_chars, chunk_overlap)
     logger.info("document %s", document.summary())
+    return document
+
+
+def build_document(name: str, kind: str, text: str, sha256: str, size_bytes: int, pages: int | None,
+                   page_starts: list[int], chunk_chars: int = 1000, chunk_overlap: int = 250) -> Document:
+    """A Document from its normalized text, with its sections and chunks (an upload, or a saved session's)."""
+    document = Document(name, kind, text, sha256, size_bytes, pages=pages, page_starts=list(page_starts),
+                        sections=find_sections(text))
+    document.chunks = chunk_document(document, chunk_chars, chunk_overlap)
     return document
 
 
@@ -265,8 +307,136 @@ def chunk_document(document: Document, size: int, overlap: int) -> list[Chunk]:
 
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"chunk size {size} / overlap {overlap}: need size > 0 and 0 <= overlap < size")
-    return [Chunk(i, start, end, document.text[start:end], document.page_of(start))
+    return [Chunk(i, start, end, document.text[start:end], document.page_of(start), document.place(start, end))
             for i, (start, end) in enumerate(make_windows(document.text, size, overlap), start=1)]
+
+
+# =========================================================================== sections
+
+# Headings, found by regular expressions on the normalized text (explainable, and cheap enough for a 300-page
+# contract). A numbered heading starts a line, or a sentence (after ". ", "; ", ": " or a closing quote: contracts
+# converted to text often run several clauses together on one line, "... whatsoever. 22.4 Governing Law. The ..."):
+#   "14."  "14.2"  "14.2.1"  "Section 14"  "ARTICLE IV"  "Article 4"  "Clause 7"
+# (a bare number needs its dot, so "30 days" is no heading). Its title is the run of capitalised words that follows,
+# ended by "." or ":" or the end of the line ("14. Governing Law. This Agreement ..." -> "Governing Law"); a
+# numbered heading without a title takes its parent's ("14.2" under "14. Governing Law"). To keep list items and
+# cross-references out, a heading without a title counts only when it is clearly one: a dotted number ("14.2"), a
+# "Section 14." or "ARTICLE IV" ended by a dot, colon or the line's end, or "N." where N is the next top-level
+# number ("2." after "1.2"; a "1." inside clause 14 is a list item); in the middle of a line it must also be
+# followed by the start of a sentence ("Inc. 12.5 percent" is no heading).
+# Unnumbered headings are whole short lines in capitals ("GOVERNING LAW"); one that repeats three times or more is
+# a page header or footer ("CONFIDENTIAL") and is ignored. Title-case lines alone are not taken: party names and
+# signature blocks look the same. A number alone on its line followed by a line in capitals is one heading
+# ("ARTICLE IV" / "REPRESENTATIONS AND WARRANTIES").
+_TITLE_WORD = r"[A-Za-z0-9&'\u2019()/,;-]*"  # no markup or Markdown characters: a label is shown in HTML and Markdown
+_NUMBERED = re.compile(
+    r"(?:^|(?<=[.;:\"\u201d] ))"
+    r"(?:(?P<keyword>(?i:section|article|clause)) (?P<knum>\d{1,3}(?:\.\d{1,3})*|[IVXLC]{1,7})"
+    r"|(?P<num>\d{1,3}(?:\.\d{1,3})+|\d{1,3}(?=\.)))"
+    r"(?P<dot>[.:])?(?=[ \n\u2013\u2014-]|$)", re.MULTILINE)
+_TITLE = re.compile(
+    r" ?(?:[\u2013\u2014-] )?"
+    r"(?P<title>[A-Z]" + _TITLE_WORD
+    + r"(?: (?:[A-Z0-9]" + _TITLE_WORD + r"|of|and|or|the|to|for|in|on|a|an|by|with|upon|under|its)){0,7})"
+    r"(?:[.:](?=[ \n]|$)|(?=\n|$))")
+_CAPS_LINE = re.compile(r"^(?P<title>[A-Z][A-Z0-9&'\u2019()/,;: -]{2,58}?)[.:]?$", re.MULTILINE)
+_SENTENCE_START = re.compile(r" [A-Z\"\u201c(]")
+MAX_TITLE_CHARS = 60
+MAX_TITLE_WORDS = 8
+REPEATED_HEADER = 3  # a capitals line seen this often is a running page header or footer
+
+
+@dataclass(frozen=True)
+class _Heading:
+    start: int
+    end: int                  # end of the matched heading text
+    title: str | None
+    number: str | None = None
+    keyword: str | None = None  # section | article | clause; None: a bare number or no number
+
+    def label(self, title: str | None) -> str:
+        if self.number is None:
+            return title or ""
+        head = f"\u00a7{self.number}" if self.keyword in (None, "section") else f"{self.keyword.capitalize()} {self.number}"
+        return f"{head} {title}" if title else head
+
+
+def _clean_title(title: str) -> str:
+    title = " ".join(title.split()).strip(" ,;:-")
+    if len(title) > MAX_TITLE_CHARS:
+        title = title[:MAX_TITLE_CHARS].rsplit(" ", 1)[0]
+    return title
+
+
+def _numbered_headings(text: str) -> list[_Heading]:
+    found = []
+    last_top = 0  # the top-level number of the last numbered heading ("7.4" -> 7)
+    for match in _NUMBERED.finditer(text):
+        title_match = _TITLE.match(text, match.end())
+        title = _clean_title(title_match.group("title")) if title_match else None
+        keyword = match.group("keyword")
+        number = match.group("knum") or match.group("num")
+        top = int(number.split(".")[0]) if number[0].isdigit() else None
+        if not title:
+            line_start = match.start() == 0 or text[match.start() - 1] == "\n"
+            line_end = match.end() == len(text) or text[match.end()] == "\n"
+            if keyword:
+                clear = bool(match.group("dot")) or line_end
+            elif "." in number:
+                clear = True
+            else:
+                clear = top == last_top + 1  # "2." after 1.x is the next clause; "1." inside 14 is a list item
+            # mid-line, a clause starts a sentence: "15.2 Termination ..." is one, "Inc. 12.5 percent" is not
+            if not clear or not (line_start or _SENTENCE_START.match(text, match.end())):
+                continue
+        if top is not None:
+            last_top = top
+        end = title_match.end() if title_match and title else match.end()
+        found.append(_Heading(match.start(), end, title or None, number, keyword.lower() if keyword else None))
+    return found
+
+
+def _caps_lines(text: str) -> list[_Heading]:
+    found = []
+    for match in _CAPS_LINE.finditer(text):
+        title = _clean_title(match.group("title"))
+        if sum(ch.isalpha() for ch in title) >= 4 and len(title.split()) <= MAX_TITLE_WORDS:
+            found.append(_Heading(match.start(), match.end(), title))
+    counts = Counter(h.title for h in found)
+    return [h for h in found if counts[h.title] < REPEATED_HEADER]
+
+
+def find_sections(text: str) -> list[tuple[int, str]]:
+    """(offset, label) of every heading in the normalized ``text``, in document order (see the rules above):
+    "\u00a714 Governing Law", "\u00a714.2 Governing Law", "Article IV REPRESENTATIONS", "GOVERNING LAW"."""
+    numbered = _numbered_headings(text)
+    starts = {h.start for h in numbered}
+    headings = sorted(numbered + [h for h in _caps_lines(text) if h.start not in starts], key=lambda h: h.start)
+    titles: dict[str, str] = {}  # number -> its own title, for untitled subsections ("14.2" under "14")
+    sections: list[tuple[int, str]] = []
+    previous: _Heading | None = None
+    for heading in headings:
+        if (heading.number is None and previous is not None and previous.number is not None
+                and previous.title is None and heading.start == previous.end + 1):
+            # "ARTICLE IV" alone on its line, its title in capitals on the next: one heading
+            merged = dataclasses.replace(previous, end=heading.end, title=heading.title)
+            sections[-1] = (previous.start, merged.label(merged.title))
+            if merged.number and merged.title:
+                titles[merged.number] = merged.title
+            previous = merged
+            continue
+        title = heading.title
+        if heading.number is not None:
+            if title:
+                titles[heading.number] = title
+            else:
+                parent = heading.number
+                while title is None and "." in parent:
+                    parent = parent.rsplit(".", 1)[0]
+                    title = titles.get(parent)
+        sections.append((heading.start, heading.label(title)))
+        previous = heading
+    return sections
 
 
 # =========================================================================== choosing chunks
@@ -365,7 +535,7 @@ def select_chunks(chunks: list[Chunk], query: str, budget_tokens: int, chars_per
         cut = text.rfind(" ")
         if cut > keep // 2:
             text = text[:cut]
-        chosen = [Chunk(best.index, best.start, best.start + len(text), text, best.page)]
+        chosen = [dataclasses.replace(best, end=best.start + len(text), text=text)]
         truncated = True
     chosen.sort(key=lambda c: c.index)
     return Selection(chosen, scores, truncated, matched)
@@ -379,6 +549,9 @@ def excerpt_block(chunks: list[Chunk]) -> str:
 # =========================================================================== where quotes come from
 
 
+NOT_FOUND_LABEL = "[not found in the contract]"
+
+
 @dataclass(frozen=True)
 class Citation:
     quote: str
@@ -386,17 +559,33 @@ class Citation:
     end: int | None
     chunks: tuple[int, ...] = ()
     page: int | None = None
+    place: str | None = None  # its section (and page), e.g. "\u00a714 Governing Law, p. 3"; None: before any heading
 
     @property
     def found(self) -> bool:
         return self.start is not None
 
     def label(self) -> str:
+        """The exact location: chunks, page and character range (for tools, and the fallback for a lawyer)."""
         if not self.found:
-            return "[not found in the contract]"
+            return NOT_FOUND_LABEL
         chunks = ", ".join(map(str, self.chunks))
         page = f", p. {self.page}" if self.page else ""
         return f"[chunk {chunks}{page}, chars {self.start}\u2013{self.end}]"
+
+    def where(self) -> str:
+        """The location for a lawyer: its section and page, else ``label()``."""
+        return (self.place or self.label()) if self.found else NOT_FOUND_LABEL
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form kept with answers, review rows and exports: both labels and the character range."""
+        return {"quote": self.quote, "found": self.found, "label": self.label(), "where": self.where(),
+                "start": self.start, "end": self.end, "chunks": list(self.chunks), "page": self.page}
+
+
+def where_of(item: Mapping[str, Any]) -> str:
+    """The lawyer's label of a citation or source dict (records written before sections existed have "label" only)."""
+    return str(item.get("where") or item.get("label") or "")
 
 
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201c\u201d]{12,})[\"\u201d]")
@@ -419,17 +608,21 @@ def quotes_in(answer: str, min_chars: int = 20) -> list[str]:
 
 def locate_quotes(answer: str, document: Document, min_chars: int = 20) -> list[Citation]:
     """Where each quoted passage of the answer is in the contract (whitespace-insensitive, exact otherwise)."""
-    flat, index_map = flatten_whitespace(document.text)
-    citations = []
-    for quote in quotes_in(answer, min_chars):
-        position = flat.find(quote)
-        if position < 0:
-            citations.append(Citation(quote, None, None))
-            continue
-        start, end = index_map[position], index_map[position + len(quote) - 1] + 1
-        chunks = tuple(c.index for c in document.chunks if c.start < end and c.end > start)
-        citations.append(Citation(quote, start, end, chunks, document.page_of(start)))
-    return citations
+    flattened = flatten_whitespace(document.text)
+    return [locate(quote, document, flattened) for quote in quotes_in(answer, min_chars)]
+
+
+def locate(passage: str, document: Document, flattened: tuple[str, list[int]] | None = None) -> Citation:
+    """Where one passage is in the contract, whitespace-insensitively (``flattened``: the document's
+    ``flatten_whitespace``, computed once for many passages)."""
+    flat, index = flattened or flatten_whitespace(document.text)
+    quote = " ".join(passage.split())
+    position = flat.find(quote) if quote else -1
+    if position < 0:
+        return Citation(quote, None, None)
+    start, end = index[position], index[position + len(quote) - 1] + 1
+    chunks = tuple(c.index for c in document.chunks if c.start < end and c.end > start)
+    return Citation(quote, start, end, chunks, document.page_of(start), document.place(start, end))
 
 
 def flatten_whitespace(text: str) -> tuple[str, list[int]]:

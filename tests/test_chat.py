@@ -1,7 +1,8 @@
 """The chat UI's handlers without a browser: config, uploads, errors as messages, the layout (text labels and
-"Warning:" marks, Run review waiting for a contract, a refused file leaving the box), "Review all clauses" (the
-playbook checked at startup or uploaded, the table, summary and both memos from a stand-in model on a real CUAD
-contract), and (slow) streamed review
+"Warning:" marks, Run review waiting for a contract, a refused file leaving the box), the contract view (every
+character escaped, the quoted passages marked, built once per answer), sessions saved per user and restored by a
+second app on the same database, "Review all clauses" (the playbook checked at startup or uploaded, the table,
+summary and both memos from a stand-in model on a real CUAD contract), and (slow) streamed review
 answers from the REAL vLLM server with located quotes, feedback rows in the store and the JSON export.
 (The headless-Chromium test is test_chat_browser.py.)"""
 
@@ -104,6 +105,100 @@ def test_rendering_is_inert() -> None:
     shown = json.dumps(chat_messages(session)) + sources_markdown(session)
     assert "<img" not in shown and "<script" not in shown and "<b>bold" not in shown
     assert inert("<img src=x onerror=alert(1)>") in shown and "&lt;script&gt;" in shown
+
+
+GOVERNING = "This Agreement shall be governed by the laws of the State of New York."
+
+
+def test_the_contract_view_marks_the_answers_quotes_and_runs_nothing(offline_app: ChatApp, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    from lexalign.serve.chat import contract_view, plan_marks
+
+    session, _, _ = upload(offline_app, tmp_path)
+    html = contract_view(session)
+    assert "<script" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert html.count("class='section-start'") == len(session.document.sections) >= 4
+    assert "<mark" not in html  # nothing is quoted yet
+
+    # an answer quoting the contract, from a stand-in endpoint, through the page's own handler
+    monkeypatch.setattr(offline_app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(offline_app.endpoint, "stream", lambda model, messages, max_tokens: iter([f'"{GOVERNING}"']))
+    demo = offline_app.build()
+    *partial, final = handler(demo, "run", "click")("clause", "Governing Law", "", session, req("alice"))
+    assert partial and all(not isinstance(update[-1], str) for update in partial)  # built once, at the end
+    _, sources, _, session, *_, html = final
+    (citation,) = session.turns[-1].citations
+    assert citation["where"] == "\u00a73 Governing Law" and citation["label"].startswith("[chunk ")
+    assert (f"<mark id='cite-1' class='cite' title='\u00a73 Governing Law {citation['label']}'>{GOVERNING}</mark>"
+            in html)
+    assert f"<a class='cite-link' href='#cite-1' title='{citation['label']}'>\u00a73 Governing Law</a>" in sources
+    assert "Sources: \u00a73 Governing Law" in chat_messages(session)[-1]["content"]
+    exported = json.loads(Path(offline_app.export(session, req("alice"))).read_text())
+    (kept,) = exported["turns"][-1]["citations"]
+    assert kept["where"] == "\u00a73 Governing Law" and (kept["start"], kept["end"]) == (citation["start"], citation["end"])
+
+    # a new conversation keeps the contract without the old answer's marks
+    *_, cleared, _ = offline_app.clear(session, req("alice"))
+    assert "<mark" not in contract_view(cleared) and "MASTER SERVICES AGREEMENT" in contract_view(cleared)
+    # another contract: the old answer's character ranges are not marked in it, nor linked
+    other = tmp_path / "other.txt"
+    other.write_text("SUPPLY AGREEMENT\n1. Supply. " + "Supplier shall deliver the goods. " * 5, encoding="utf-8")
+    session, _, _ = offline_app.on_upload(str(other), session, req("alice"))
+    assert "<mark" not in contract_view(session) and "SUPPLY AGREEMENT" in contract_view(session)
+    assert "cite-link" not in sources_markdown(session)
+
+    # overlapping passages: one mark per stretch of text, each link to the mark that shows its passage
+    marks, targets = plan_marks([("cite-1", 0, 10, ""), ("cite-2", 5, 8, ""), ("clause-1", 8, 20, "")])
+    assert [mark[:3] for mark in marks] == [("cite-1", 0, 10), ("clause-1", 10, 20)]
+    assert targets == {"cite-1": "cite-1", "cite-2": "cite-1", "clause-1": "clause-1"}
+
+
+def test_a_saved_session_comes_back_for_its_user_only(tmp_path: Path, monkeypatch) -> None:
+    from lexalign.serve.chat import contract_view, review_markdown
+
+    app = make_app(tmp_path, "http://127.0.0.1:9/v1", "key")
+    monkeypatch.setattr(app.endpoint, "resolve", lambda: ("stand-in", 4096))
+    monkeypatch.setattr(app.endpoint, "stream", lambda model, messages, max_tokens: iter([f'"{GOVERNING}"']))
+    session, _, _ = upload(app, tmp_path)
+    *_, (_, _, status, session, _) = app.ask({"task": "clause", "category": "Governing Law"}, session, req("alice"))
+    assert status.startswith("Done (answer 1).")
+    app.on_feedback(1, "", session, req("alice"))
+    book = tmp_path / "book.yaml"
+    book.write_text("- Governing Law\n", encoding="utf-8")
+    session, _, _ = app.on_playbook(str(book), session, req("alice"))
+    summary, table, *_, session = app.review_all(session, req("alice"))
+    assert table[0][:2] == ["Governing Law", "found"] and session.review is not None
+
+    # a second app on the same database (a restarted server, or the page loaded again) brings it all back
+    config = app.config
+    second = ChatApp(open_store(config.store), config, Endpoint(config, "key"))
+    restored = second.restore("alice")
+    assert restored.conversation_id == session.conversation_id and restored.user == "alice"
+    assert restored.document.text == session.document.text and restored.document.name == "msa.txt"
+    assert restored.document.sections == session.document.sections
+    assert [(c.start, c.end) for c in restored.document.chunks] == [(c.start, c.end) for c in session.document.chunks]
+    (turn,) = restored.turns
+    assert turn == session.turns[0] and turn.rating == 1 and turn.citations[0]["where"] == "\u00a73 Governing Law"
+    assert restored.review == session.review
+    assert chat_messages(restored) == chat_messages(session)
+    assert sources_markdown(restored) == sources_markdown(session)
+    assert contract_view(restored) == contract_view(session) and "<mark id='cite-1' class='cite'" in contract_view(restored)
+    assert review_markdown(restored) == summary
+    assert "already saved" in second.on_feedback(-1, "", restored, req("alice"))[0]  # rated before the reload
+
+    # another user gets a session of their own
+    other = second.restore("bob")
+    assert other.user == "bob" and other.document is None and other.turns == [] and other.review is None
+    # a new conversation keeps the contract and clears the turns, for the next load too
+    *_, cleared, _ = second.clear(restored, req("alice"))
+    again = app.restore("alice")
+    assert again.conversation_id == cleared.conversation_id != session.conversation_id
+    assert again.turns == [] and again.document.sha256 == session.document.sha256 and again.review == session.review
+    # an upload that is refused leaves no contract to come back
+    app.on_upload(str(tmp_path / "missing.txt"), again, req("alice"))
+    assert app.restore("alice").document is None
+    second.store.close()
+    app.store.close()
 
 
 @pytest.mark.slow
@@ -311,12 +406,18 @@ def test_review_all_clauses_table_summary_and_memos(tmp_path: Path, monkeypatch)
     rows = {row[0]: row for row in table}
     for clause in ("Governing Law", "Termination for Convenience", "Cap on Liability"):
         _, status, quote, location, _ = rows[clause]
-        assert status == "found" and quote.startswith(gold[clause][:40]) and location.startswith("[chunk ")
+        assert status == "found" and quote.startswith(gold[clause][:40]) and location.startswith("\u00a7")
+    assert rows["Governing Law"][3] == "\u00a722.4 Governing Law"  # the contract's own clause 22.4
     assert rows["Non-Compete"][1] == "not found" and rows["Non-Compete"][2] == ""
     assert rows["Non-Compete"][4].startswith("Missing (")
     assert rows["Audit Rights"][1] == "unverified" and "Check by hand" in rows["Audit Rights"][4]
     assert "Found 3 of 10 clauses." in summary and "inmode.txt" in summary and "`stand-in`" in summary
     assert "Audit Rights" in summary  # to check by hand
+    # each located quote is marked in the contract view, and linked from the summary
+    from lexalign.serve.chat import contract_view
+
+    assert len(session.review.quotes) >= 3 and "In the contract: <a class='cite-link' href='#clause-" in summary
+    assert contract_view(session).count("class='cite'") >= 3
     assert app.store.audit_events("chat_clause_review")[-1]["detail"]["found"] == 3
 
     # both memos, in this conversation's own folder
@@ -381,6 +482,9 @@ def test_review_all_clauses_waits_for_a_contract_in_the_layout(offline_app: Chat
     assert blocks["review-all-note"].value == "Load a contract to review all clauses."
     assert blocks["memo-docx"].label == "Download memo (Word)" and blocks["memo-md"].label == "Download memo (Markdown)"
     assert isinstance(blocks["clause-table"], gr.Dataframe) and blocks["clause-table"].interactive is False
+    from lexalign.serve.chat import CITE_LINKS_JS
+
+    assert isinstance(blocks["contract-view"], gr.HTML) and blocks["contract-view"].js_on_load == CITE_LINKS_JS
     assert blocks["playbook-status"].value == "Playbook: all CUAD categories (41 clauses)."
     for elem_id in ("review-all", "memo-docx", "memo-md"):
         assert not emoji(str(blocks[elem_id].value or blocks[elem_id].label))

@@ -7,7 +7,10 @@ feedback row in the store, and check that contract and user text never runs as H
 (Run review waiting for a contract, a refused file leaving the upload box, text labels) is checked against
 a second app whose endpoint is not there. "Review all clauses" (one prompt per playbook clause) runs against a
 third app whose endpoint is a stand-in OpenAI-compatible server answering in the trained form, so the table,
-summary and memo downloads are checked without waiting for a real model to answer every clause.
+summary and memo downloads are checked without waiting for a real model to answer every clause. The contract view
+(the quoted passage marked, a citation link scrolling the view to it, the contract's markup shown as text) is
+checked against a fourth app on the same stand-in, with a contract long enough to need scrolling; so is a reload
+bringing back the user's contract, conversation and view (and nothing of them for another user).
 """
 
 from __future__ import annotations
@@ -69,11 +72,11 @@ def browser():
         yield b
 
 
-def login(browser, chat_app):
+def login(browser, chat_app, user: str = "alice"):
     context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
     page = context.new_page()
     page.goto(chat_app.url)
-    page.get_by_label("username").fill("alice")
+    page.get_by_label("username").fill(user)
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
     page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
@@ -156,7 +159,8 @@ def test_review_a_contract_stream_rate_and_store_feedback(browser, chat_app, tmp
     partial = [text.split("Sources:")[0].strip() for text in seen[:-1]]
     assert any(p and p != "\u2026" and p != answer and answer.startswith(p) for p in partial), seen
     sources = wait_text(page.locator("#sources"), "Excerpts sent to the model")
-    assert "[chunk " in sources and "3. Governing Law. This Agreement shall be governed" in sources
+    assert "\u00a7" in sources and "3. Governing Law. This Agreement shall be governed" in sources
+    assert "chunk " in sources  # the chunk numbers an answer may cite stay beside the sections
     assert "Sources:" in final
 
     # thumbs down with a better answer -> one feedback row with the exact prompt
@@ -204,7 +208,7 @@ def test_pdf_and_docx_uploads_other_tasks_and_a_bad_file(browser, chat_app, tmp_
     page.locator("#category").wait_for(state="hidden", timeout=10_000)  # only the clause task needs it
     run_and_watch(page, lambda: page.locator("#run").click())
     sources = page.locator("#sources").inner_text()
-    assert ", p. 1, chars " in sources or ", p. 2, chars " in sources
+    assert "LEASE AGREEMENT" in sources and (", p. 1" in sources or ", p. 2" in sources)  # sections and pages
     assert page.locator("#thumbs-up").is_enabled()
     page.locator("#thumbs-up").click()
     wait_text(page.locator("#feedback-status"), "saved")
@@ -391,8 +395,8 @@ def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_p
     assert "Missing high-risk clauses: Non-Compete." in summary and "stand-in" in summary
     table = page.locator("#clause-table")
     shown = wait_text(table, "Non-Compete")
-    for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "[chunk ",
-                 "Missing (high risk). Firm position: None binding the client."):
+    for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "\u00a73 Governing Law",
+                 "\u00a75 Audit", "Missing (high risk). Firm position: None binding the client."):
         assert text in shown, text
     # the contract's markup in a quote is text in the table, never an element
     assert "onerror='window.__xss = 5'" in shown
@@ -423,3 +427,109 @@ def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_p
     wait_until(lambda: "Governing Law" not in table.inner_text(), "the table to empty")
     assert page.locator("#memo-docx").is_disabled()
     page.context.close()
+
+
+# --------------------------------------------------------------------------- the contract view
+
+# A contract long enough that its Governing Law clause is far below the top of the contract view.
+LONG_CONTRACT = "\n".join(
+    ["SERVICES AGREEMENT", "This Services Agreement is made between Acme Corporation and Beta LLC."]
+    + [f"{n}. Deliverable {n}. Provider shall deliver work item {n} described in Schedule {n} to Customer within "
+       f"{n + 5} business days after each written request, in a professional and workmanlike manner."
+       for n in range(1, 40)]
+    + [f"40. Governing Law. {GOVERNING}",
+       '41. Notices. <script>window.__xss = 7</script> Notices are given in writing. <img src=x onerror="window.__xss = 8">'])
+
+IN_VIEW_JS = """(mark) => {
+  const box = mark.closest('.contract-text').getBoundingClientRect();
+  const seen = mark.getBoundingClientRect();
+  return seen.height > 0 && seen.top >= box.top && seen.bottom <= box.bottom;
+}"""
+
+
+@pytest.fixture(scope="module")
+def cite_chat(tmp_path_factory):
+    """`lexalign chat` against the stand-in model (it quotes the Governing Law clause), with two accounts."""
+    root = tmp_path_factory.mktemp("chat-cite")
+    url = f"sqlite:///{root / 'prefs.db'}"
+    with open_store(url) as store:
+        store.add_annotator("alice", PASSWORD)
+        store.add_annotator("bob", PASSWORD)
+    model = ThreadingHTTPServer(("127.0.0.1", 0), StandInModel)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
+    proc = start_app(
+        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
+         "--endpoint", f"http://127.0.0.1:{model.server_address[1]}/v1", f"store={url}", f"port={port}"],
+        root / "chat.log", port, env)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
+    stop_app(proc)
+    model.shutdown()
+    model.server_close()
+
+
+def test_a_citation_link_scrolls_the_contract_view_to_the_marked_passage(browser, cite_chat, tmp_path: Path) -> None:
+    page = login(browser, cite_chat)
+    contract = tmp_path / "services.txt"
+    contract.write_text(LONG_CONTRACT, encoding="utf-8")
+    assert "Loaded services.txt: TXT" in upload(page, contract)
+    view = page.locator("#contract-view .contract-text")
+    shown = wait_text(view, "40. Governing Law.")
+    # the contract's markup is text in the view, never an element; nothing in it ran
+    assert '<script>window.__xss = 7</script>' in shown and '<img src=x onerror="window.__xss = 8">' in shown
+    assert page.locator("#contract-view img").count() == 0 and page.locator("#contract-view script").count() == 0
+    assert page.locator("#contract-view a.section-start").count() == 42  # the title line and 41 clauses
+    assert page.locator("#contract-view mark").count() == 0
+
+    # the default task (find the Governing Law clause): the stand-in quotes it; the view marks the passage
+    run_and_watch(page, lambda: page.locator("#run").click())
+    mark = page.locator("#contract-view mark.cite")
+    wait_until(lambda: mark.count() == 1, "the quoted passage to be marked in the contract view")
+    assert mark.inner_text() == GOVERNING and mark.get_attribute("id") == "cite-1"
+    assert not mark.evaluate(IN_VIEW_JS)  # far below the top of the view
+
+    link = page.locator("#sources a.cite-link")
+    assert link.inner_text() == "\u00a740 Governing Law" and link.get_attribute("href") == "#cite-1"
+    link.click()
+    wait_until(lambda: mark.evaluate(IN_VIEW_JS), "the contract view to scroll to the marked passage")
+    assert "current" in (mark.get_attribute("class") or "")
+    assert page.evaluate("window.__xss") is None
+    page.context.close()
+
+
+def test_a_reload_brings_back_the_conversation_and_the_contract_view(browser, cite_chat, tmp_path: Path) -> None:
+    page = login(browser, cite_chat, "bob")
+    contract = tmp_path / "kept.txt"
+    contract.write_text(LONG_CONTRACT, encoding="utf-8")
+    assert "Loaded kept.txt: TXT" in upload(page, contract)
+    run_and_watch(page, lambda: page.locator("#run").click())
+    wait_until(lambda: page.locator("#contract-view mark.cite").count() == 1, "the quoted passage to be marked")
+
+    page.reload()
+    page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
+    assert "Loaded kept.txt: TXT" in wait_text(page.locator("#doc-status"), "kept.txt")
+    chat = wait_text(page.locator("#chat"), "Find the Governing Law clause.")
+    assert GOVERNING in chat and "\u00a740 Governing Law" in chat
+    mark = page.locator("#contract-view mark.cite")
+    wait_until(lambda: mark.count() == 1, "the restored answer's passage to be marked")
+    assert mark.inner_text() == GOVERNING and "40. Governing Law." in page.locator("#contract-view").inner_text()
+    assert page.locator("#run").is_enabled() and page.locator("#thumbs-up").is_enabled()
+    # the restored sources still lead to the passage
+    page.locator("#sources a.cite-link").click()
+    wait_until(lambda: mark.evaluate(IN_VIEW_JS), "the contract view to scroll to the restored passage")
+    # a new conversation keeps the contract, after a reload too
+    page.locator("#clear").click()
+    wait_text(page.locator("#status"), "New conversation.")
+    page.reload()
+    page.locator("#who").get_by_text("signed in as").wait_for(timeout=30_000)
+    wait_text(page.locator("#doc-status"), "kept.txt")
+    wait_until(lambda: "40. Governing Law." in page.locator("#contract-view").inner_text(), "the contract view")
+    assert page.locator("#chat .bot").count() == 0 and page.locator("#contract-view mark").count() == 0
+    page.context.close()
+
+    # another user sees nothing of it
+    other = login(browser, cite_chat, "alice")  # one load event fills "signed in as" and the restored session
+    assert "kept.txt" not in other.locator("#doc-status").inner_text()
+    assert "kept.txt" not in other.locator("#contract-view").inner_text()
+    other.context.close()

@@ -195,7 +195,9 @@ def test_rows_are_located_in_the_contract_with_the_chat_prompts(contract: tuple[
         assert document.text[citation["start"]:citation["end"]] == span
         sent = {int(re.match(r"\[chunk (\d+)", label).group(1)) for label in row.excerpts}
         assert set(citation["chunks"]) & sent  # located in a chunk the prompt carried
-        assert row.location == citation["label"] and f"chars {start}\u2013{start + len(span)}]" in row.location
+        # the table names the contract's own section; the chunks and characters stay in the citation for tools
+        assert row.location == citation["where"] == document.place(start, start + len(span))
+        assert row.location.startswith("\u00a7") and f"chars {start}\u2013{start + len(span)}]" in citation["label"]
     governing = by_name["Governing Law"]
     assert governing.risk_note == f"Firm position: {book.clauses[0].position}"
 

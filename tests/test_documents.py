@@ -13,6 +13,7 @@ from lexalign.serve.documents import (
     BM25,
     DocumentError,
     DocumentLimits,
+    find_sections,
     load_document,
     locate_quotes,
     parse_document,
@@ -38,6 +39,23 @@ CONTRACT = "\n".join([
     "$1,000,000 per occurrence for the benefit of Customer.",
     f"6. Governing Law. {GOVERNING}",
     "7. Notices. All notices under this Agreement shall be in writing and delivered to the addresses set forth above.",
+])
+# Headings of several kinds: a title line, an article whose title is on the next line, numbered clauses with and
+# without titles, a cross-reference that is no heading, and a heading in capitals.
+COURTS = "Each party submits to the exclusive jurisdiction of the courts of New York County."
+NOTICES = "All notices shall be in writing and delivered to the addresses set forth above."
+SECTIONED = "\n".join([
+    "MASTER SERVICES AGREEMENT",
+    "This Master Services Agreement is entered into as of January 1, 2020 by and between Acme Corporation and Beta LLC.",
+    "ARTICLE I",
+    "DEFINITIONS",
+    '1.1 "Services" means the services described in each Statement of Work.',
+    "13. Fees. Customer shall pay Provider the fees within thirty (30) days after receipt of an undisputed invoice.",
+    "14. Governing Law. This Agreement shall be governed by the laws of the State of New York.",
+    f"14.2 {COURTS}",
+    "Section 15 of this Agreement survives any termination of it for any reason whatsoever.",
+    "GENERAL",
+    NOTICES,
 ])
 
 
@@ -256,6 +274,68 @@ def test_quotes_are_located_or_flagged() -> None:
     # unquoted answers: lines are checked; whitespace differences do not matter
     (line,) = locate_quotes(GOVERNING.replace(" shall ", "   shall\t"), doc)
     assert line.found
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def test_citations_are_named_by_the_contracts_own_sections() -> None:
+    doc = parse_document("msa.txt", SECTIONED.encode(), chunk_chars=200, chunk_overlap=40)
+    assert [label for _, label in doc.sections] == [
+        "MASTER SERVICES AGREEMENT", "Article I DEFINITIONS", "\u00a71.1", "\u00a713 Fees", "\u00a714 Governing Law",
+        "\u00a714.2 Governing Law", "GENERAL"]  # "14.2" takes its parent's title; "Section 15 of ..." is no heading
+    starts = [doc.text[offset:offset + 8] for offset, _ in doc.sections]
+    assert starts == ["MASTER S", "ARTICLE ", "1.1 \"Ser", "13. Fees", "14. Gove", "14.2 Eac", "GENERAL\n"]
+    answer = f'"This Agreement shall be governed by the laws of the State of New York."\n"{COURTS}"\n"{NOTICES}"'
+    governing, courts, notices = locate_quotes(answer, doc)
+    assert governing.where() == "\u00a714 Governing Law" and courts.where() == "\u00a714.2 Governing Law"
+    assert notices.where() == "GENERAL"
+    # the exact location stays for tools: chunks and characters in label() and the JSON form
+    start = doc.text.index("This Agreement shall be governed")
+    assert governing.label().startswith("[chunk ") and f"chars {start}\u2013{governing.end}]" in governing.label()
+    record = governing.as_dict()
+    assert record["where"] == "\u00a714 Governing Law" and record["label"] == governing.label()
+    assert (record["start"], record["end"], record["found"]) == (start, governing.end, True)
+    assert locate_quotes('"Either party may terminate this Agreement at any time."', doc)[0].where() == \
+        "[not found in the contract]"
+    # chunks name the sections they span; the prompt keeps the chunk labels the model cites by
+    assert doc.chunks[0].where().startswith("MASTER SERVICES AGREEMENT \u2013 ")
+    assert all(c.where() == doc.place(c.start, c.end) for c in doc.chunks)
+    assert all(c.label().startswith(f"[chunk {c.index}, chars ") for c in doc.chunks)
+
+
+def test_a_pdf_citation_names_its_section_and_page() -> None:
+    pages = [["SUPPLY AGREEMENT", "1. Supply. Supplier shall deliver the products listed in Schedule A each month."],
+             ["2. Governing Law. This Agreement shall be governed by the laws of the State of Delaware."]]
+    doc = parse_document("supply.pdf", make_pdf(pages), chunk_chars=300, chunk_overlap=50)
+    (citation,) = locate_quotes('"This Agreement shall be governed by the laws of the State of Delaware."', doc)
+    assert citation.found and citation.page == 2 and citation.where() == "\u00a72 Governing Law, p. 2"
+    assert ", p. 2, chars " in citation.label()
+    (supply,) = locate_quotes('"Supplier shall deliver the products listed in Schedule A"', doc)
+    assert supply.where() == "\u00a71 Supply, p. 1"
+
+
+def test_without_headings_citations_fall_back_to_chunks() -> None:
+    doc = parse_document("plain.txt", f"the parties agree as follows. {GOVERNING} payment is due monthly.".encode())
+    assert doc.sections == []
+    (citation,) = locate_quotes(f'"{GOVERNING}"', doc)
+    assert citation.where() == citation.label() and citation.where().startswith("[chunk 1, chars ")
+    assert doc.chunks[0].where() == doc.chunks[0].label()
+
+
+def test_heading_rules_keep_headers_and_cross_references_out() -> None:
+    text = "\n".join([
+        "CONFIDENTIAL",
+        "1. Term. The term is one year.",
+        "CONFIDENTIAL",
+        "Section 9 of this Agreement survives. Payment is due within 30 days. Acme Inc. 12.5 percent applies.",
+        "as follows: 1. the first item; 2. the second item.",
+        "CONFIDENTIAL",
+        "The Supplier disclaims all liability whatsoever. 22.4 Governing Law. Delaware law governs this Agreement.",
+        "23. The parties agree to the terms above.",
+    ])
+    # a page header repeated three times, a cross-reference, an amount, list items (not the next clause number)
+    assert [label for _, label in find_sections(text)] == ["\u00a71 Term", "\u00a722.4 Governing Law", "\u00a723"]
 
 
 # --------------------------------------------------------------------------- review prompts
