@@ -10,7 +10,7 @@ A decoder-only transformer of N weights in its matmuls (lm_head included, the em
 per token 2N FLOPs in its linear layers plus 4 * layers * heads * head_dim * context for attention (QK^T and
 AV). The ideal time of a workload is a lower bound built from those counts:
 - prefill of a p-token prompt: 2Np + 2 * layers * heads * head_dim * p^2 (causal: the average context is p/2),
-  at the matmul peak;
+  at the matmul peak; a prompt's start that an earlier request shares (the system prompt) is computed once;
 - each decode step: max(weight bytes / bandwidth, FLOPs of the step's tokens / peak) — every step reads
   every weight once, whatever the batch;
 - requests arriving over time: never before the last arrival plus that request's own ideal service.
@@ -140,6 +140,7 @@ class Request:
     arrival_s: float
     prompt_tokens: int
     output_tokens: int
+    cached_tokens: int = 0   # the prompt's start that an earlier request already computed (a shared system prompt)
 
 
 def ideal_serving_seconds(shape: ModelShape, peaks: Peaks, requests: list[Request], bytes_per_weight: int = 4,
@@ -156,9 +157,12 @@ def ideal_serving_seconds(shape: ModelShape, peaks: Peaks, requests: list[Reques
             seconds += max(weight_s, flops / peak)
         return seconds
 
-    prefill_s = sum(shape.prefill_flops(r.prompt_tokens) for r in requests) / peak
+    def prefill_flops(r: Request) -> float:
+        return shape.prefill_flops(r.prompt_tokens) - shape.prefill_flops(r.cached_tokens)
+
+    prefill_s = sum(prefill_flops(r) for r in requests) / peak
     work_s = prefill_s + decode_seconds(requests)
     last = max(requests, key=lambda r: r.arrival_s)
-    arrival_bound_s = last.arrival_s + shape.prefill_flops(last.prompt_tokens) / peak + decode_seconds([last])
+    arrival_bound_s = last.arrival_s + prefill_flops(last) / peak + decode_seconds([last])
     return {"ideal_s": max(work_s, arrival_bound_s), "prefill_s": prefill_s, "decode_s": work_s - prefill_s,
             "arrival_bound_s": arrival_bound_s, "weight_read_s": weight_s}

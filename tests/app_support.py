@@ -26,6 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 
 
+def screenshot(page: Any, name: str) -> None:
+    """Save the page as docs/screenshots/<name>.png when LEXALIGN_SCREENSHOTS names the folder (how the README's
+    pictures are made: ``LEXALIGN_SCREENSHOTS=docs/screenshots pytest tests/test_chat_browser.py ...``)."""
+    folder = os.environ.get("LEXALIGN_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
 def start_app(argv: list[str], log: Path, port: int, env: dict[str, str], timeout_s: float = 120,
               new_session: bool = False) -> subprocess.Popen:
     """Run ``argv`` from the repository root with its output in ``log``; return once http://127.0.0.1:port/

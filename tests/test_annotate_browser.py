@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app_support import chromium, free_port, start_app, stop_app
+from app_support import chromium, free_port, screenshot, start_app, stop_app
 
 from lexalign.data.store import open_store
 
@@ -214,6 +214,7 @@ def test_digits_rank_the_answers_in_turn_and_ctrl_enter_submits(browser, server)
     page.locator("#rank-2 input[type=radio]").first.focus()   # a focused answer takes the next digit
     page.keyboard.press("3")
     wait_text(page.locator("#ranking-summary"), "B > A > C")
+    screenshot(page, "ranking-keyboard-summary")
     page.locator("#rationale textarea").fill("")
     page.locator("#rationale textarea").press_sequentially("12")  # text, not ranks
     assert page.locator("#rationale textarea").input_value() == "12"
@@ -479,7 +480,9 @@ def test_concurrent_http_submissions_against_the_running_app(server) -> None:
     with open_store(server.store_url) as store:
         for name in names:
             store.add_annotator(name, f"{name}-password")
-        for i in range(30):
+        # 30 submissions, plus the task each annotator is handed after its last one (every ack loads the next
+        # task): without spares, an early finisher holds a task another annotator still needs.
+        for i in range(30 + len(names)):
             store.add_task(f"http-{i}", "Which law governs?\n\nExcerpt:\nNew York law governs.",
                            [f"New York ({i}).", f"Delaware ({i}).", f"Not present ({i})."], k=1)
         before = store.counts()["rankings"]

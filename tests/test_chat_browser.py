@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from app_support import chromium, free_port, start_app, stop_app
+from app_support import chromium, free_port, screenshot, start_app, stop_app
 
 from lexalign.data.store import open_store
 
@@ -398,6 +398,7 @@ def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_p
     for text in ("Governing Law", "Audit Rights", "found", "not found", GOVERNING, "\u00a73 Governing Law",
                  "\u00a75 Audit", "Missing (high risk). Firm position: None binding the client."):
         assert text in shown, text
+    screenshot(page, "chat-clause-by-clause-review")
     # the contract's markup in a quote is text in the table, never an element
     assert "onerror='window.__xss = 5'" in shown
     assert table.locator("img[src='x']").count() == 0 and page.evaluate("window.__xss") is None
@@ -494,6 +495,7 @@ def test_a_citation_link_scrolls_the_contract_view_to_the_marked_passage(browser
     link.click()
     wait_until(lambda: mark.evaluate(IN_VIEW_JS), "the contract view to scroll to the marked passage")
     assert "current" in (mark.get_attribute("class") or "")
+    screenshot(page, "chat-contract-view-citation")
     assert page.evaluate("window.__xss") is None
     page.context.close()
 
