@@ -45,7 +45,6 @@ nothing in a contract or an answer can run in the browser.
 """
 
 import dataclasses
-import html
 import json
 import logging
 import os
@@ -59,6 +58,14 @@ from typing import Any, Iterator, Literal
 
 from lexalign.config import Problem, load_config, problem_if
 from lexalign.data.store import DEFAULT_URL, Store, StoreError
+from lexalign.serve.contract_view import (
+    CITE_LINKS_JS,
+    cite_link,
+    contract_html,
+    inert,
+    located,
+    plan_marks,
+)
 from lexalign.serve.documents import where_of
 
 logger = logging.getLogger(__name__)
@@ -82,28 +89,6 @@ NEEDS_CONTRACT = "Load a contract to run a review."
 NEEDS_CONTRACT_CLAUSES = "Load a contract to review all clauses."
 CLAUSE_COLUMNS = ["Clause", "Status", "Quote", "Location", "Risk note"]
 NO_REVIEW = "*One row per playbook clause appears here.*"
-CONTRACT_VIEW_HEIGHT_PX = 460  # as the conversation beside it
-NO_CONTRACT_VIEW = "Load a contract to read it here; the passages an answer quotes are marked."
-# A citation link scrolls the contract view (its own scroll box, not the page) so the marked passage is in sight,
-# and marks it current. One listener on the document, in the capture phase so that it runs before Markdown's own
-# link handling; registered once per page however often the view renders.
-CITE_LINKS_JS = """
-if (!window.lexalignCiteLinks) {
-  window.lexalignCiteLinks = true;
-  document.addEventListener('click', (event) => {
-    const link = event.target instanceof Element ? event.target.closest('a.cite-link') : null;
-    const mark = link ? document.getElementById((link.getAttribute('href') || '').slice(1)) : null;
-    const box = mark ? mark.closest('.contract-text') : null;
-    if (!box) return;
-    event.preventDefault();
-    const offset = mark.getBoundingClientRect().top - box.getBoundingClientRect().top;
-    box.scrollTop = Math.max(0, box.scrollTop + offset - box.clientHeight / 3);
-    box.querySelectorAll('mark.current').forEach((other) => other.classList.remove('current'));
-    mark.classList.add('current');
-    box.scrollIntoView({block: 'nearest'});
-  }, true);
-}
-"""
 
 
 @dataclass
@@ -188,11 +173,6 @@ class ChatConfig:
 
         return DocumentLimits(max_bytes=int(self.max_upload_mb * 1024 * 1024), max_pages=self.max_pages,
                               max_chars=self.max_chars)
-
-
-def inert(text: str | None) -> str:
-    """Text for a Markdown component: every HTML special character escaped, so nothing in it runs."""
-    return html.escape(text or "", quote=True)
 
 
 def _error(text: str) -> str:
@@ -367,14 +347,6 @@ def _chunk_ref(source: dict[str, Any]) -> str:
     return f" <span class='chunk-ref' title='{inert(source.get('label'))}'>chunk {int(source['chunk'])}</span>"
 
 
-def cite_link(target: str | None, text: str, title: str | None) -> str:
-    """A citation as a link that scrolls the contract view to its mark; plain text when the view does not mark it."""
-    if target is None:
-        return inert(text)
-    hover = f" title='{inert(title)}'" if title else ""
-    return f"<a class='cite-link' href='#{inert(target)}'{hover}>{inert(text)}</a>"
-
-
 def sources_markdown(session: ChatSession | None) -> str:
     turn = session.turns[-1] if session and session.turns else None
     if turn is None or not turn.sources:
@@ -388,7 +360,7 @@ def sources_markdown(session: ChatSession | None) -> str:
         lines.append("\n**Quotes in the answer** (a link shows the passage in the contract)")
         located = 0
         for c in turn.citations:
-            if _located(c):
+            if located(c):
                 located += 1
                 where = cite_link(targets.get(f"cite-{located}"), where_of(c), c.get("label"))
             else:
@@ -418,10 +390,6 @@ def review_markdown(session: ChatSession | None) -> str:
 # =========================================================================== the contract view
 
 
-def _located(citation: dict[str, Any]) -> bool:
-    return bool(citation.get("found")) and citation.get("start") is not None and citation.get("end") is not None
-
-
 def view_spans(session: ChatSession | None) -> list[tuple[str, int, int, str]]:
     """(mark id, start, end, hover text) of every passage the contract view marks: the located quotes of the latest
     answer (cite-1, cite-2, ...) and of the last clause review (clause-1, ...), when they point into this contract."""
@@ -432,57 +400,13 @@ def view_spans(session: ChatSession | None) -> list[tuple[str, int, int, str]]:
     spans: list[tuple[str, int, int, str]] = []
     turn = session.turns[-1] if session.turns else None
     if turn is not None and turn.document == sha:
-        located = [c for c in turn.citations if _located(c)]
+        located = [c for c in turn.citations if located(c)]
         spans += [(f"cite-{n}", int(c["start"]), int(c["end"]), f"{where_of(c)} {c.get('label', '')}".strip())
                   for n, c in enumerate(located, start=1)]
     if session.review is not None and session.review.document == sha:
         spans += [(f"clause-{n}", int(q["start"]), int(q["end"]), f"{q['clause']}: {q.get('where', '')}")
                   for n, q in enumerate(session.review.quotes, start=1)]
     return spans
-
-
-def plan_marks(spans: list[tuple[str, int, int, str]]) -> tuple[list[tuple[str, int, int, str]], dict[str, str]]:
-    """Marks that do not overlap (HTML elements cannot cross), and the mark each span's link scrolls to.
-
-    Spans are taken by start, the longer first. A span inside an earlier mark is shown by that mark (its link goes
-    there); one that overlaps an earlier mark is marked from where that one ends.
-    """
-    marks: list[tuple[str, int, int, str]] = []
-    targets: dict[str, str] = {}
-    covered = 0  # end of the last mark
-    for ident, start, end, title in sorted(spans, key=lambda span: (span[1], -span[2])):
-        if marks and start < covered:
-            if end <= covered:
-                targets[ident] = marks[-1][0]
-                continue
-            start = covered
-        marks.append((ident, start, end, title))
-        targets[ident] = ident
-        covered = end
-    return marks, targets
-
-
-def contract_html(document: Any, spans: list[tuple[str, int, int, str]]) -> str:
-    """The contract for the contract view: every character escaped, an anchor at each section start, the spans
-    marked (``<mark id="cite-1" class="cite">``). The scroll box is the view's own, so a link scrolls it alone."""
-    box = f"<div class='contract-text' tabindex='0' style='height: {CONTRACT_VIEW_HEIGHT_PX}px; overflow-y: auto'>"
-    if document is None:
-        return f"{box}<em>{inert(NO_CONTRACT_VIEW)}</em></div>"
-    marks, _ = plan_marks(spans)
-    # (offset, order, tag): at one offset a mark closes before an anchor, and both before a mark opens
-    tags = [(offset, 1, f"<a id='section-{n}' class='section-start' title='{inert(label)}'></a>")
-            for n, (offset, label) in enumerate(document.sections, start=1)]
-    for ident, start, end, title in marks:
-        tags += [(start, 2, f"<mark id='{inert(ident)}' class='cite' title='{inert(title)}'>"), (end, 0, "</mark>")]
-    tags.sort(key=lambda tag: (tag[0], tag[1]))
-    text = document.text
-    parts = [f"<div class='contract-name'>{inert(document.name)}</div>", box]
-    position = 0
-    for offset, _, tag in tags:
-        parts += [inert(text[position:offset]), tag]
-        position = offset
-    parts += [inert(text[position:]), "</div>"]
-    return "".join(parts)
 
 
 def contract_view(session: ChatSession | None) -> str:
@@ -848,7 +772,7 @@ class ChatApp:
                     time.monotonic() - started)
         table = [[r.clause, r.status, shorten_quote(r.quote), r.location, r.risk_note] for r in rows]
         quotes = [{"clause": r.clause, **{k: c[k] for k in ("where", "label", "start", "end")}}
-                  for r in rows for c in r.citations if _located(c)]
+                  for r in rows for c in r.citations if located(c)]
         session.review = ClauseReview(document.sha256, model, summary_line(rows), table, quotes)
         self.save(session)
         return review_markdown(session), table, str(docx_path), str(markdown), session
