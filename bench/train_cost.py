@@ -6,8 +6,8 @@
 Each stage runs as lexalign runs it (``train_sft``, ``train_reward``, ``train_dpo`` with the SmolLM2 recipes of
 ``configs/smollm2/``: LoRA r=16 on the upper 10 of 30 layers, fp32; ``sft-qlora`` = the same on the NF4 base)
 for ``--steps`` optimizer steps, each in its own process. Its throughput is the non-padding tokens of the
-batches its trainer trained on from the second step to the end of ``train()`` / that time (the first step of either
-side pays for allocations and kernel choices). Then, in the same process, a bare loop
+batches its trainer trained on from the second step to the end of the last optimizer step / that time (the first
+step of either side pays for allocations and kernel choices). Then, in the same process, a bare loop
 runs over the very same batches (captured from the trainer) on the very same model: forward, the stage's
 loss written out in a few lines (cross-entropy; Bradley-Terry on the reward head; DPO's sigmoid loss with the
 reference pass through the frozen SFT adapter), backward, AdamW step. Ratio = stage / bare (goal >= 0.95).
@@ -71,18 +71,21 @@ class Capture:
         self.trainer: Any = None
         self.batches: list[dict[str, Any]] = []
         self.step_starts: list[float] = []
-        self.train_end: float | None = None
+        self.step_ends: list[float] = []   # after each optimizer step (a callback's on_step_end)
 
     def install(self) -> None:
-        from transformers import Trainer
+        from transformers import Trainer, TrainerCallback
 
         capture, train, training_step = self, Trainer.train, Trainer.training_step
 
+        class StepEnds(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                capture.step_ends.append(time.perf_counter())
+
         def train_and_keep(trainer, *args, **kwargs):
             capture.trainer = trainer
-            output = train(trainer, *args, **kwargs)
-            capture.train_end = time.perf_counter()
-            return output
+            trainer.add_callback(StepEnds())
+            return train(trainer, *args, **kwargs)
 
         def step_and_keep(trainer, model, inputs, *args, **kwargs):
             capture.step_starts.append(time.perf_counter())
@@ -133,12 +136,12 @@ def child(args: argparse.Namespace) -> None:
     config_path, overrides = stage_overrides(args.stage, Path(args.model), Path(args.work), args.steps)
     run_stage(args.stage, config_path, overrides)
     trainer, batches = capture.trainer, capture.batches
-    # Steady state on both sides: from the second step to the end (the first step of each pays for allocations and
-    # kernel choices; in the stage it also follows data loading and the evaluation before training).
+    # Steady state on both sides: from the second step to the end of the last optimizer step (the first step of
+    # each pays for allocations and kernel choices; what a stage does after training is not training).
     timed = batches[1:]
     tokens = sum(int(b["attention_mask"].sum()) for b in timed)
     sequences = sum(int(b["input_ids"].shape[0]) for b in timed)
-    stage_s = capture.train_end - capture.step_starts[1]
+    stage_s = capture.step_ends[-1] - capture.step_starts[1]
     net = trainer.model
     net.train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
@@ -156,7 +159,10 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"stage": args.stage, "steps": len(batches), "timed_steps": len(timed), "tokens": tokens,
                       "mean_sequence_tokens": tokens / sequences, "stage_seconds": stage_s,
                       "bare_seconds": bare_s, "stage_tokens_per_s": tokens / stage_s,
-                      "bare_tokens_per_s": tokens / bare_s, "peak_rss_mib": high_water_kib / 1024}))
+                      "bare_tokens_per_s": tokens / bare_s, "peak_rss_mib": high_water_kib / 1024,
+                      "trainer_mixed_precision": str(trainer.accelerator.mixed_precision),
+                      "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+                      "activation_offloading": bool(getattr(trainer.args, "activation_offloading", False))}))
 
 
 def model_flops_per_token(stage: str, shape: ModelShape, context: float, backward_layers: int) -> float:
@@ -188,7 +194,8 @@ def main() -> int:
     peaks = measure_peaks(THREADS)
     print(f"{model}: {shape.parameters / 1e6:.1f}M parameters; peaks {peaks.describe()}; load {load_before}", flush=True)
     stages = args.stages
-    if any(s in ("reward", "dpo") for s in stages) and "sft-lora" not in stages:
+    needs_sft = not (args.work / "sft-lora" / "sft" / "COMPLETE").is_file()
+    if any(s in ("reward", "dpo") for s in stages) and "sft-lora" not in stages and needs_sft:
         stages = ["sft-lora", *stages]  # the reward model and DPO start from its SFT run
     results: dict[str, Any] = {}
     for stage in sorted(stages, key=STAGES.index):

@@ -149,7 +149,8 @@ def _prefs_export(args: argparse.Namespace) -> None:
                                      none_acceptable=args.none_acceptable,
                                      system_prompt=None if args.no_system_prompt else _default_system_prompt(),
                                      kinds=args.kinds, weights=weights, mix_kinds=args.mix_kinds,
-                                     sources=args.source)
+                                     sources=args.source, annotator_names=args.annotator,
+                                     submitted_from=args.submitted_from, submitted_to=args.submitted_to)
     origins = ", ".join(f"{origin} {n}" for origin, n in summary.pairs_by_origin.items()) or "none"
     print(f"{summary.pairs} preference pairs from {summary.tasks} tasks ({summary.rankings} rankings; "
           f"{summary.pairs_dropped_no_majority} pairs without a majority dropped; by origin: {origins}; "
@@ -356,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     prefs_export.add_argument("--source", nargs="+", default=None, metavar="NAME",
                               help="only tasks of these store sources (e.g. candidates: the model's own answers; "
                                    "acord: the imported lawyer ratings); default: every task")
+    prefs_export.add_argument("--annotator", nargs="+", default=None, metavar="NAME",
+                              help="only these annotators' rankings (e.g. alice gold:cuad); default: everyone's")
+    prefs_export.add_argument("--submitted-from", default=None, metavar="YYYY-MM-DD",
+                              help="only rankings submitted on or after this day (UTC)")
+    prefs_export.add_argument("--submitted-to", default=None, metavar="YYYY-MM-DD",
+                              help="only rankings submitted on or before this day (UTC)")
     prefs_export.add_argument("--mix-kinds", action="store_true",
                               help="derived rankings vote beside human ones on the same task (default: a task's "
                                    "human rankings replace its derived ones)")

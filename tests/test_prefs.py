@@ -131,6 +131,17 @@ def test_chat_prompts_and_app_submissions_export_end_to_end(tmp_path: Path, caps
         ("New York law.", "Delaware law.", 1.5), ("New York law.", "Not present.", 1.5)}  # (b, c): 1:1, dropped
     assert [m.model_dump() for m in pairs[0].prompt] == messages  # chat prompts are kept as they were
 
+    # by annotator: only y's ranking (one annotator: below --min-annotators 2, so no pairs; with 1, y's two pairs)
+    assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "by-y"), "--annotator", "y"]) == 0
+    assert "2 preference pairs from 1 tasks (1 rankings" in capsys.readouterr().out
+    exported = [json.loads(line) for line in (tmp_path / "by-y" / "rankings.jsonl").read_text().splitlines()]
+    assert {r["annotator"] for r in exported} == {"y"}
+    # a day range that holds nothing today, and a malformed day: a clear error, nothing written
+    assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "old"), "--submitted-to", "2000-01-01"]) == 0
+    assert "0 preference pairs from 0 tasks" in capsys.readouterr().out
+    assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "bad"), "--submitted-from", "1/2/2025"]) != 0
+    assert "YYYY-MM-DD" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
 
 def test_add_tasks_file(tmp_path: Path, capsys) -> None:
     from lexalign.cli import main
