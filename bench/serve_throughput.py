@@ -12,9 +12,10 @@ request (``min_new_tokens`` / ``ignore_eos`` + ``min_tokens``), so they do the s
 Two workloads:
 - ``fixed``: 32 chat prompts of the shipped validation records (user turn cut to 400 characters), all at
   once, 128 new tokens each: the best case for a static batch.
-- ``realistic``: 48 validation records with their whole prompts (mixed tasks, 100-600 tokens), each asking for
-  as many tokens as its reference answer has (clipped to 4-256: mixed lengths), arriving as a Poisson process
-  (``--rate`` requests/s, default 4: faster than either side serves them, so throughput is capacity; seeded). This is where continuous batching should pay off.
+- ``realistic``: 48 validation records with their whole prompts (mixed tasks, 100-450 tokens), each asking for
+  as many tokens as its reference answer has (clipped to 4-256: mixed lengths), arriving as a seeded Poisson
+  process (``--rate`` requests/s, default 4: faster than either side serves them, so throughput is capacity).
+  This is where continuous batching should pay off.
 
 Baselines (all run before the server starts, so nothing competes for the cores): batched ``model.generate``
 with the KV cache, for each intra-op thread count of ``--hf-threads``; on the realistic workload a batch

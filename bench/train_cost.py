@@ -8,7 +8,8 @@ Each stage runs as lexalign runs it (``train_sft``, ``train_reward``, ``train_dp
 for ``--steps`` optimizer steps, each in its own process. Its throughput is the non-padding tokens of the
 batches its trainer trained on from the second step to the end of the last optimizer step / that time (the first
 step of either side pays for allocations and kernel choices). Then, in the same process, a bare loop
-runs over the very same batches (captured from the trainer) on the very same model: forward, the stage's
+runs over the very same batches (captured from the trainer) on the very same trained model, right after the
+trainer's ``train()`` returns (before the stage saves or merges anything): forward, the stage's
 loss written out in a few lines (cross-entropy; Bradley-Terry on the reward head; DPO's sigmoid loss with the
 reference pass through the frozen SFT adapter), backward, AdamW step. Ratio = stage / bare (goal >= 0.95).
 
@@ -65,13 +66,17 @@ def run_stage(stage: str, config_path: str, overrides: list[str]) -> None:
 
 
 class Capture:
-    """Wraps ``transformers.Trainer`` so the stage's trainer, its batches and its train time can be read after."""
+    """Wraps ``transformers.Trainer``: keeps the stage's batches and step times, and runs ``bare`` on the trained
+    model the moment ``train()`` returns — before the stage goes on (the reward stage merges its LoRA into the
+    model in place when it saves, which would leave the bare loop a different, cheaper network)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bare: Any) -> None:
+        self.bare = bare
         self.trainer: Any = None
         self.batches: list[dict[str, Any]] = []
         self.step_starts: list[float] = []
         self.step_ends: list[float] = []   # after each optimizer step (a callback's on_step_end)
+        self.bare_seconds: float | None = None
 
     def install(self) -> None:
         from transformers import Trainer, TrainerCallback
@@ -85,7 +90,9 @@ class Capture:
         def train_and_keep(trainer, *args, **kwargs):
             capture.trainer = trainer
             trainer.add_callback(StepEnds())
-            return train(trainer, *args, **kwargs)
+            output = train(trainer, *args, **kwargs)
+            capture.bare_seconds = capture.bare(trainer, capture.batches)
+            return output
 
         def step_and_keep(trainer, model, inputs, *args, **kwargs):
             capture.step_starts.append(time.perf_counter())
@@ -125,13 +132,32 @@ def bare_loss(stage: str, net: Any, batch: dict[str, Any], beta: float) -> Any:
     return -F.logsigmoid(beta * (chosen - rejected)).mean()
 
 
+def bare_loop(stage: str, trainer: Any, batches: list[dict[str, Any]]) -> float:
+    """The stage's batches on the stage's trained model in plain PyTorch; seconds from the second batch on."""
+    import torch
+
+    net = trainer.model
+    net.train()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    beta = float(getattr(trainer.args, "beta", 0.1))
+    started = time.perf_counter()
+    for i, batch in enumerate(batches):
+        if i == 1:
+            started = time.perf_counter()
+        loss = bare_loss(stage, net, batch, beta)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
 def child(args: argparse.Namespace) -> None:
     """One stage and its bare loop in this process; prints one JSON line."""
     import torch
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
-    capture = Capture()
+    capture = Capture(lambda trainer, batches: bare_loop(args.stage, trainer, batches))
     capture.install()
     config_path, overrides = stage_overrides(args.stage, Path(args.model), Path(args.work), args.steps)
     run_stage(args.stage, config_path, overrides)
@@ -142,19 +168,7 @@ def child(args: argparse.Namespace) -> None:
     tokens = sum(int(b["attention_mask"].sum()) for b in timed)
     sequences = sum(int(b["input_ids"].shape[0]) for b in timed)
     stage_s = capture.step_ends[-1] - capture.step_starts[1]
-    net = trainer.model
-    net.train()
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
-    beta = float(getattr(trainer.args, "beta", 0.1))
-    started = time.perf_counter()
-    for i, batch in enumerate(batches):
-        if i == 1:
-            started = time.perf_counter()
-        loss = bare_loss(args.stage, net, batch, beta)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    bare_s = time.perf_counter() - started
+    bare_s = capture.bare_seconds
     high_water_kib = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
     print(json.dumps({"stage": args.stage, "steps": len(batches), "timed_steps": len(timed), "tokens": tokens,
                       "mean_sequence_tokens": tokens / sequences, "stage_seconds": stage_s,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert, select, update
+from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from lexalign.data.store import Store
@@ -65,6 +65,8 @@ class ChatSessionStore:
 
         def create() -> None:
             with store._write() as conn:
+                if store.dialect == "postgresql":  # two processes opening a new store at once: one creates the table
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727275)"))
                 metadata.create_all(conn)  # checkfirst: an existing table is kept
 
         store._retrying("creating the chat_sessions table", create)

@@ -63,7 +63,7 @@ from lexalign.serve.contract_view import (
     cite_link,
     contract_html,
     inert,
-    located,
+    is_located,
     plan_marks,
 )
 from lexalign.serve.documents import where_of
@@ -360,7 +360,7 @@ def sources_markdown(session: ChatSession | None) -> str:
         lines.append("\n**Quotes in the answer** (a link shows the passage in the contract)")
         located = 0
         for c in turn.citations:
-            if located(c):
+            if is_located(c):
                 located += 1
                 where = cite_link(targets.get(f"cite-{located}"), where_of(c), c.get("label"))
             else:
@@ -400,7 +400,7 @@ def view_spans(session: ChatSession | None) -> list[tuple[str, int, int, str]]:
     spans: list[tuple[str, int, int, str]] = []
     turn = session.turns[-1] if session.turns else None
     if turn is not None and turn.document == sha:
-        located = [c for c in turn.citations if located(c)]
+        located = [c for c in turn.citations if is_located(c)]
         spans += [(f"cite-{n}", int(c["start"]), int(c["end"]), f"{where_of(c)} {c.get('label', '')}".strip())
                   for n, c in enumerate(located, start=1)]
     if session.review is not None and session.review.document == sha:
@@ -772,7 +772,7 @@ class ChatApp:
                     time.monotonic() - started)
         table = [[r.clause, r.status, shorten_quote(r.quote), r.location, r.risk_note] for r in rows]
         quotes = [{"clause": r.clause, **{k: c[k] for k in ("where", "label", "start", "end")}}
-                  for r in rows for c in r.citations if located(c)]
+                  for r in rows for c in r.citations if is_located(c)]
         session.review = ClauseReview(document.sha256, model, summary_line(rows), table, quotes)
         self.save(session)
         return review_markdown(session), table, str(docx_path), str(markdown), session

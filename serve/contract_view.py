@@ -41,7 +41,7 @@ def inert(text: str | None) -> str:
     return html.escape(text or "", quote=True)
 
 
-def located(citation: dict[str, Any]) -> bool:
+def is_located(citation: dict[str, Any]) -> bool:
     return bool(citation.get("found")) and citation.get("start") is not None and citation.get("end") is not None
 
 

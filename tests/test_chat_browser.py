@@ -20,6 +20,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -236,20 +238,41 @@ def test_pdf_and_docx_uploads_other_tasks_and_a_bad_file(browser, chat_app, tmp_
     page.context.close()
 
 
-@pytest.fixture(scope="module")
-def offline_chat(tmp_path_factory):
-    """`lexalign chat` against an endpoint that is not there (port 9): what needs no model, checked without one."""
-    root = tmp_path_factory.mktemp("chat-offline")
+@contextmanager
+def chat_app_on(root: Path, endpoint: str, users: tuple[str, ...] = ("alice",), *settings: str) -> Iterator[Any]:
+    """`lexalign chat` on its own store in ``root`` with ``users``, against ``endpoint``, stopped on exit."""
     url = f"sqlite:///{root / 'prefs.db'}"
     with open_store(url) as store:
-        store.add_annotator("alice", PASSWORD)
+        for user in users:
+            store.add_annotator(user, PASSWORD)
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
     proc = start_app(
         [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
-         "--endpoint", "http://127.0.0.1:9/v1", f"store={url}", f"port={port}"], root / "chat.log", port, env)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
-    stop_app(proc)
+         "--endpoint", endpoint, f"store={url}", f"port={port}", *settings], root / "chat.log", port, env)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
+    finally:
+        stop_app(proc)
+
+
+@contextmanager
+def stand_in_model() -> Iterator[str]:
+    """The stand-in model's OpenAI endpoint, served from a thread."""
+    model = ThreadingHTTPServer(("127.0.0.1", 0), StandInModel)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{model.server_address[1]}/v1"
+    finally:
+        model.shutdown()
+        model.server_close()
+
+
+@pytest.fixture(scope="module")
+def offline_chat(tmp_path_factory):
+    """`lexalign chat` against an endpoint that is not there (port 9): what needs no model, checked without one."""
+    with chat_app_on(tmp_path_factory.mktemp("chat-offline"), "http://127.0.0.1:9/v1") as app:
+        yield app
 
 
 def wait_until(check, what: str, timeout: float = 30.0) -> None:
@@ -355,25 +378,12 @@ class StandInModel(BaseHTTPRequestHandler):
 def review_chat(tmp_path_factory):
     """`lexalign chat` with a three-clause playbook in its config, against the stand-in model."""
     root = tmp_path_factory.mktemp("chat-review")
-    url = f"sqlite:///{root / 'prefs.db'}"
-    with open_store(url) as store:
-        store.add_annotator("alice", PASSWORD)
     book = root / "book.yaml"
     book.write_text("- clause: Governing Law\n  risk_if_missing: medium\n- Audit Rights\n"
                     "- clause: Non-Compete\n  risk_if_missing: high\n  position: None binding the client.\n",
                     encoding="utf-8")
-    model = ThreadingHTTPServer(("127.0.0.1", 0), StandInModel)
-    threading.Thread(target=model.serve_forever, daemon=True).start()
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
-    proc = start_app(
-        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
-         "--endpoint", f"http://127.0.0.1:{model.server_address[1]}/v1", f"store={url}", f"port={port}",
-         f"playbook={book}"], root / "chat.log", port, env)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
-    stop_app(proc)
-    model.shutdown()
-    model.server_close()
+    with stand_in_model() as endpoint, chat_app_on(root, endpoint, ("alice",), f"playbook={book}") as app:
+        yield app
 
 
 def test_review_all_clauses_table_and_memo_downloads(browser, review_chat, tmp_path: Path) -> None:
@@ -439,7 +449,8 @@ LONG_CONTRACT = "\n".join(
        f"{n + 5} business days after each written request, in a professional and workmanlike manner."
        for n in range(1, 40)]
     + [f"40. Governing Law. {GOVERNING}",
-       '41. Notices. <script>window.__xss = 7</script> Notices are given in writing. <img src=x onerror="window.__xss = 8">'])
+       '41. Notices. <script>window.__xss = 7</script> Notices are given in writing. '
+       '<img src=x onerror="window.__xss = 8">'])
 
 IN_VIEW_JS = """(mark) => {
   const box = mark.closest('.contract-text').getBoundingClientRect();
@@ -452,22 +463,8 @@ IN_VIEW_JS = """(mark) => {
 def cite_chat(tmp_path_factory):
     """`lexalign chat` against the stand-in model (it quotes the Governing Law clause), with two accounts."""
     root = tmp_path_factory.mktemp("chat-cite")
-    url = f"sqlite:///{root / 'prefs.db'}"
-    with open_store(url) as store:
-        store.add_annotator("alice", PASSWORD)
-        store.add_annotator("bob", PASSWORD)
-    model = ThreadingHTTPServer(("127.0.0.1", 0), StandInModel)
-    threading.Thread(target=model.serve_forever, daemon=True).start()
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost", LEXALIGN_API_KEY="key")
-    proc = start_app(
-        [sys.executable, "-m", "lexalign.cli", "chat", "--config", str(REPO / "configs" / "chat.yaml"),
-         "--endpoint", f"http://127.0.0.1:{model.server_address[1]}/v1", f"store={url}", f"port={port}"],
-        root / "chat.log", port, env)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", store_url=url, root=root)
-    stop_app(proc)
-    model.shutdown()
-    model.server_close()
+    with stand_in_model() as endpoint, chat_app_on(root, endpoint, ("alice", "bob")) as app:
+        yield app
 
 
 def test_a_citation_link_scrolls_the_contract_view_to_the_marked_passage(browser, cite_chat, tmp_path: Path) -> None:

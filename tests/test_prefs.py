@@ -131,9 +131,9 @@ def test_chat_prompts_and_app_submissions_export_end_to_end(tmp_path: Path, caps
         ("New York law.", "Delaware law.", 1.5), ("New York law.", "Not present.", 1.5)}  # (b, c): 1:1, dropped
     assert [m.model_dump() for m in pairs[0].prompt] == messages  # chat prompts are kept as they were
 
-    # by annotator: only y's ranking (one annotator: below --min-annotators 2, so no pairs; with 1, y's two pairs)
+    # by annotator: only y's ranking (1 > 3 > 2 over three answers: three pairs)
     assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "by-y"), "--annotator", "y"]) == 0
-    assert "2 preference pairs from 1 tasks (1 rankings" in capsys.readouterr().out
+    assert "3 preference pairs from 1 tasks (1 rankings" in capsys.readouterr().out
     exported = [json.loads(line) for line in (tmp_path / "by-y" / "rankings.jsonl").read_text().splitlines()]
     assert {r["annotator"] for r in exported} == {"y"}
     # a day range that holds nothing today, and a malformed day: a clear error, nothing written
