@@ -398,7 +398,9 @@ def train_reward(config: RewardStageConfig) -> Path:
     initial: dict[str, Any] = {}
     if not checkpoint:  # the same measure as after training: pairwise accuracy over every held-out pair
         trainer.model.eval()
+        logger.info("scoring %d held-out pairs before training", len(valid_pairs))
         before = score_pairs(trainer.model, tokenizer, valid_pairs, max_length)
+        logger.info("held-out pairs scored before training")
         initial = {"accuracy": pairwise_accuracy(*before),
                    "loss": bradley_terry_loss([c - r for c, r in zip(*before)]),
                    "by_source": accuracy_by_source(valid_pairs, *before)}
@@ -415,6 +417,7 @@ def train_reward(config: RewardStageConfig) -> Path:
 
     # Everything reported comes from the saved folder, reloaded the way every consumer loads it.
     saved, saved_tokenizer = load_reward_model(out, config.model.device)
+    logger.info("scoring %d held-out pairs with the saved reward model", len(valid_pairs))
     chosen, rejected = score_pairs(saved, saved_tokenizer, valid_pairs, max_length)
     n = len(probe)
     reload_diff = max((abs(a - b) for a, b in zip(memory_chosen + memory_rejected, chosen[:n] + rejected[:n])),

@@ -1,0 +1,89 @@
+"""bench/pipeline_time.py: a pipeline run's wall time split into server starts, generation, training, the stages'
+own evaluations and the rest, from what the run left behind (pipeline.json, step logs, metrics.jsonl)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "bench" / "pipeline_time.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pipeline_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pipeline_time"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(root: Path) -> Path:
+    """A run as `lexalign pipeline` leaves it: a training step, a generation step, the reward step, a step past
+    midnight, and a skipped one."""
+    run = root / "runs" / "demo"
+    (run / "logs").mkdir(parents=True)
+    (run / "sft").mkdir()
+    (run / "sft" / "metrics.jsonl").write_text(
+        json.dumps({"step": 8, "loss": 1.0}) + "\n" + json.dumps({"step": 8, "train_runtime": 100.5}) + "\n"
+        + json.dumps({"step": 8, "eval_runtime": 10.0}) + "\n" + json.dumps({"step": 0, "eval_runtime": 9.5}) + "\n")
+    (run / "logs" / "sft.log").write_text("10:00:00 INFO lexalign.runs: run directory\n 50%|#####| 4/8\r 100%|\n")
+    (run / "logs" / "candidates.log").write_text(
+        "10:03:00 INFO lexalign.serve.launch: waiting for vLLM to load m: 10 s\n"
+        "10:03:30 INFO lexalign.serve.launch: vLLM ready in 30.5 s at http://127.0.0.1:1/v1, models: m\n"
+        "10:04:20 INFO lexalign.serve.candidates: 9 ranking tasks added (600 tokens in 48.0 s = 12 tokens/s)\n")
+    (run / "reward").mkdir()
+    (run / "reward" / "metrics.jsonl").write_text(json.dumps({"step": 4, "train_runtime": 40.0}) + "\n")
+    (run / "logs" / "reward.log").write_text(
+        "23:59:50 INFO lexalign.reward.train: scoring 20 held-out pairs before training\n"
+        "00:00:10 INFO lexalign.reward.train: held-out pairs scored before training\n"
+        "00:01:00 INFO lexalign.reward.train: scoring 20 held-out pairs with the saved reward model\n"
+        "00:01:25 INFO lexalign.reward.train: held-out acord pairs: pairwise accuracy 0.5 [0.3, 0.7]\n")
+    steps = {
+        "sft": {"seconds": 130.0, "output": str(run / "sft"), "log": str(run / "logs" / "sft.log")},
+        "candidates": {"seconds": 90.0, "output": str(run / "candidates" / "tasks.jsonl"),
+                       "log": str(run / "logs" / "candidates.log")},
+        "reward": {"seconds": 120.0, "output": str(run / "reward"), "log": str(run / "logs" / "reward.log")},
+        "data": {"seconds": 0.0, "skipped": True, "output": str(run / "data"), "log": str(run / "logs" / "x.log")},
+    }
+    (run / "pipeline.json").write_text(json.dumps({"steps": steps, "wall_time_s": 340.0}))
+    return run
+
+
+def test_each_step_is_split_by_what_its_log_and_metrics_say(tmp_path: Path) -> None:
+    module = load_script()
+    run = fake_run(tmp_path)
+    state = json.loads((run / "pipeline.json").read_text())
+    sft = module.step_time(run, "sft", state["steps"]["sft"])
+    assert sft.parts["training"] == 100.5 and sft.parts["stage evaluation"] == 19.5
+    assert abs(sft.parts["other"] - 10.0) < 1e-9
+    candidates = module.step_time(run, "candidates", state["steps"]["candidates"])
+    assert candidates.parts["server start"] == 30.5 and candidates.parts["generation"] == 48.0
+    assert abs(candidates.parts["other"] - 11.5) < 1e-9
+    reward = module.step_time(run, "reward", state["steps"]["reward"])
+    # 20 s before training (across midnight) + 25 s with the saved model
+    assert reward.parts["stage evaluation"] == 45.0 and reward.parts["training"] == 40.0
+    assert reward.parts["other"] == 35.0
+
+
+def test_the_table_sums_the_steps_that_ran_and_reports_the_load(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    load_log = tmp_path / "load.log"
+    load_log.write_text("10:00:00 0.10 0.2 0.3\n10:01:00 2.05 1.0 0.5\n")
+    result = subprocess.run([sys.executable, str(SCRIPT), str(run), "--markdown", "--load-log", str(load_log)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["sft", "candidates", "reward", "**all**"]
+    assert "**340**" in rows[-1]  # the skipped step counts nothing
+    assert "1-min load average 0.10-2.05 over 2 samples" in result.stdout
+
+
+def test_a_folder_without_a_pipeline_run_is_named(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"{tmp_path / 'pipeline.json'}: no pipeline state" in result.stderr
