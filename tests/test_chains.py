@@ -40,6 +40,7 @@ SMOLLM2_SHORT = [
     "sft:data.max_valid_records=8",
     "candidates:max_prompts=4", "candidates:sampling.max_tokens=96",
     "dpo:training.max_steps=2", "dpo:training.save_steps=2", "dpo:training.per_device_train_batch_size=2",
+    "dpo:training.gradient_accumulation_steps=1",
     "dpo:training.warmup_steps=0", "dpo:eval.reward_run=",      # no reward model in the short form
     "dpo:data.valid=[shipped:acord_pairs_valid.jsonl]", "dpo:data.max_valid_pairs=4",
 ]
