@@ -3,9 +3,10 @@ own evaluations and the rest (loading, saving, merging, scoring).
 
     python bench/pipeline_time.py [runs/smollm2] [--load-log FILE] [--markdown]
 
-Reads what the run left behind, nothing is re-run: ``pipeline.json`` (each step's wall seconds), the steps' logs
-(``logs/<step>.log``: "vLLM ready in X s", "N tokens in X s", "weights reloaded in X s", and the timestamps of the
-lines that open and close a stage's evaluation phases) and the run directories' ``metrics.jsonl`` (the trainers'
+Reads what the run left behind, nothing is re-run: ``pipeline.json`` (each step's wall seconds and command), the
+steps' logs (``logs/<step>.log``: "vLLM ready in X s", "N tokens in X s", "weights reloaded in X s", and the timestamps of the
+lines that open and close a stage's phases, chosen by the step's stage: its ``lexalign`` subcommand, so a GRPO
+step run by ``lexalign ppo`` is read as PPO) and the run directories' ``metrics.jsonl`` (the trainers'
 ``train_runtime`` and ``eval_runtime``). ``--load-log`` takes lines of ``HH:MM:SS load1 load5 load15`` sampled
 during the run and reports their range, so an idle run can be told from a loaded one.
 """
@@ -20,13 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from lexalign.runs import read_metrics
+
 CATEGORIES = ("server start", "generation", "training", "stage evaluation", "other")
 STAMP = re.compile(r"^(\d\d:\d\d:\d\d) ")
 SERVER_READY = re.compile(r"vLLM ready in ([\d.]+) s")
 GENERATED = re.compile(r"(\d+) tokens in ([\d.]+) s")
 RELOADED = re.compile(r"weights reloaded in ([\d.]+) s")
-# A phase runs from the first line matching its opening pattern to the next timestamped line matching its closing
-# pattern; the stage's log says when each phase starts and ends.
+# Per stage (the step's lexalign subcommand): a phase runs from a line matching its opening pattern to the next
+# line matching its closing pattern; the stage's log says when each phase starts and ends.
 PHASES: dict[str, list[tuple[str, re.Pattern[str], re.Pattern[str]]]] = {
     "reward": [("stage evaluation", re.compile(r"scoring \d+ held-out pairs before"),
                 re.compile(r"held-out pairs scored before training")),
@@ -34,6 +37,8 @@ PHASES: dict[str, list[tuple[str, re.Pattern[str], re.Pattern[str]]]] = {
                 re.compile(r"pairwise accuracy"))],
     # the reward model's win rate of the trained policy against the SFT policy: greedy answers, then scores
     "dpo": [("stage evaluation", re.compile(r"win rate: \d+ held-out prompts"), re.compile(r"stage dpo complete"))],
+    # TRL's PPO trainer logs no train_runtime: its training runs from the policy's set-up to the win rate (or the
+    # end); a GRPO run (same subcommand) has a train_runtime, which wins
     "ppo": [("training", re.compile(r"rlhf.policy: policy: "), re.compile(r"win rate: |stage \w+ complete")),
             ("stage evaluation", re.compile(r"win rate: \d+ held-out prompts"), re.compile(r"stage \w+ complete"))],
     # one server for every model: generation from "ready" to "stopping" (weight swaps in between are counted as
@@ -76,21 +81,21 @@ def stamped_lines(log: Path) -> list[tuple[datetime, str]]:
     return lines
 
 
-def trainer_seconds(run_dir: Path) -> tuple[float, float]:
-    """(train_runtime, sum of eval_runtime) from a stage's metrics.jsonl; zeros where there is none."""
-    metrics = run_dir / "metrics.jsonl"
-    train = evaluation = 0.0
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            train += float(row.get("train_runtime", 0.0))
-            evaluation += float(row.get("eval_runtime", 0.0))
-    return train, evaluation
+def stage_of(entry: dict) -> str:
+    """The lexalign subcommand a step ran ("lexalign ppo --config ..." -> "ppo")."""
+    words = str(entry.get("command", "")).split()
+    return words[1] if len(words) > 1 else ""
 
 
 def step_time(run: Path, step: str, entry: dict) -> StepTime:
     result = StepTime(step, float(entry.get("seconds", 0.0)))
-    lines = stamped_lines(Path(entry.get("log", run / "logs" / f"{step}.log")))
+    stage = stage_of(entry)
+    lines = stamped_lines(run / "logs" / f"{step}.log")  # where `lexalign pipeline` writes every step's log
+    output = Path(entry.get("output", ""))
+    metrics = [] if stage == "eval" else read_metrics(output if output.is_dir() else output.parent)
+    train_runtime = sum(float(row.get("train_runtime", 0.0)) for row in metrics)
+    result.add("training", train_runtime)
+    result.add("stage evaluation", sum(float(row.get("eval_runtime", 0.0)) for row in metrics))
     reloads = 0.0
     for _, text in lines:
         if match := SERVER_READY.search(text):
@@ -98,9 +103,11 @@ def step_time(run: Path, step: str, entry: dict) -> StepTime:
         if match := RELOADED.search(text):
             result.add("server start", float(match.group(1)))
             reloads += float(match.group(1))
-        if step != "eval" and (match := GENERATED.search(text)):
+        if stage != "eval" and (match := GENERATED.search(text)):  # eval: its generation window below
             result.add("generation", float(match.group(2)))
-    for category, opening, closing in PHASES.get(step, []):
+    for category, opening, closing in PHASES.get(stage, []):
+        if category == "training" and train_runtime:
+            continue
         start = None
         for stamp, text in lines:
             if start is None and opening.search(text):
@@ -108,14 +115,8 @@ def step_time(run: Path, step: str, entry: dict) -> StepTime:
             elif start is not None and closing.search(text):
                 result.add(category, (stamp - start).total_seconds())
                 start = None
-    if step == "eval" and reloads:
+    if stage == "eval" and reloads:
         result.add("generation", -reloads)  # the weight swaps happened inside the generation window
-    output = Path(entry.get("output", ""))
-    stage_dir = output if output.is_dir() else output.parent
-    if (stage_dir / "metrics.jsonl").is_file() and step not in ("eval",):
-        train, evaluation = trainer_seconds(stage_dir)
-        result.add("training", train)
-        result.add("stage evaluation", evaluation)
     result.finish()
     return result
 
@@ -123,7 +124,15 @@ def step_time(run: Path, step: str, entry: dict) -> StepTime:
 def load_range(load_log: Path | None) -> str:
     if load_log is None or not load_log.is_file():
         return "not recorded"
-    values = [float(line.split()[1]) for line in load_log.read_text().splitlines() if len(line.split()) >= 2]
+    values = []
+    for number, line in enumerate(load_log.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values.append(float(fields[1]))
+        except (IndexError, ValueError):
+            raise SystemExit(f"{load_log}:{number}: expected 'HH:MM:SS load1 load5 load15', got {line!r}") from None
     return f"1-min load average {min(values):.2f}-{max(values):.2f} over {len(values)} samples" if values else "empty"
 
 

@@ -181,7 +181,7 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"stage": args.stage, "steps": args.steps, "micro_batches": len(batches),
                       "timed_micro_batches": len(timed), "tokens": tokens,
                       "mean_sequence_tokens": tokens / sequences, "padding_share": 1 - tokens / positions,
-                      "micro_batch": int(timed[0]["input_ids"].shape[0]),
+                      "sequences_per_forward": int(timed[0]["input_ids"].shape[0]),  # DPO/reward: 2 per pair
                       "gradient_accumulation_steps": int(trainer.args.gradient_accumulation_steps),
                       "stage_seconds": stage_s,
                       "bare_seconds": bare_s, "stage_tokens_per_s": tokens / stage_s,
@@ -250,7 +250,8 @@ def main() -> int:
         results[stage] = row
         print(f"  {row['stage_tokens_per_s']:.0f} tok/s (bare {row['bare_tokens_per_s']:.0f}, ratio {row['ratio']:.2f}); "
               f"MFU {row['stage_mfu']:.1%}; padding {row['padding_share']:.0%} of positions "
-              f"(micro-batch {row['micro_batch']} x {row['gradient_accumulation_steps']}); "
+              f"({row['sequences_per_forward']} sequences per forward pass, {row['gradient_accumulation_steps']} "
+              f"accumulated); "
               f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
     load_after = load_average()
     report = {"command": " ".join(["python", "bench/train_cost.py", *sys.argv[1:]]), "model": str(model),

@@ -23,8 +23,8 @@ def load_script() -> ModuleType:
 
 
 def fake_run(root: Path) -> Path:
-    """A run as `lexalign pipeline` leaves it: a training step, a generation step, the reward step, a step past
-    midnight, and a skipped one."""
+    """A run as `lexalign pipeline` leaves it: a training step, a generation step, the reward step past midnight,
+    PPO (no train_runtime) and GRPO (the same subcommand, with one), and a skipped step."""
     run = root / "runs" / "demo"
     (run / "logs").mkdir(parents=True)
     (run / "sft").mkdir()
@@ -43,14 +43,24 @@ def fake_run(root: Path) -> Path:
         "00:00:10 INFO lexalign.reward.train: held-out pairs scored before training\n"
         "00:01:00 INFO lexalign.reward.train: scoring 20 held-out pairs with the saved reward model\n"
         "00:01:25 INFO lexalign.reward.train: held-out acord pairs: pairwise accuracy 0.5 [0.3, 0.7]\n")
+    online = ("12:00:00 INFO lexalign.rlhf.policy: policy: SFT adapter trained further\n"
+              "12:04:00 INFO lexalign.rlhf.winrate: win rate: 12 held-out prompts from test.jsonl, greedy\n"
+              "12:04:50 INFO lexalign.runs: stage ppo complete in 300.0 s: runs/demo/ppo\n")
+    for name in ("ppo", "grpo"):
+        (run / name).mkdir()
+        (run / "logs" / f"{name}.log").write_text(online)
+    (run / "ppo" / "metrics.jsonl").write_text(json.dumps({"step": 3, "objective/kl": 0.1}) + "\n")
+    (run / "grpo" / "metrics.jsonl").write_text(json.dumps({"step": 24, "train_runtime": 200.0}) + "\n")
     steps = {
-        "sft": {"seconds": 130.0, "output": str(run / "sft"), "log": str(run / "logs" / "sft.log")},
+        "sft": {"seconds": 130.0, "output": str(run / "sft"), "command": "lexalign sft --config c.yaml"},
         "candidates": {"seconds": 90.0, "output": str(run / "candidates" / "tasks.jsonl"),
-                       "log": str(run / "logs" / "candidates.log")},
-        "reward": {"seconds": 120.0, "output": str(run / "reward"), "log": str(run / "logs" / "reward.log")},
-        "data": {"seconds": 0.0, "skipped": True, "output": str(run / "data"), "log": str(run / "logs" / "x.log")},
+                       "command": "lexalign candidates --run m"},
+        "reward": {"seconds": 120.0, "output": str(run / "reward"), "command": "lexalign reward --config r.yaml"},
+        "ppo": {"seconds": 300.0, "output": str(run / "ppo"), "command": "lexalign ppo --config ppo.yaml"},
+        "grpo": {"seconds": 300.0, "output": str(run / "grpo"), "command": "lexalign ppo --config grpo.yaml"},
+        "data": {"seconds": 0.0, "skipped": True, "output": str(run / "data"), "command": "lexalign data stats"},
     }
-    (run / "pipeline.json").write_text(json.dumps({"steps": steps, "wall_time_s": 340.0}))
+    (run / "pipeline.json").write_text(json.dumps({"steps": steps, "wall_time_s": 940.0}))
     return run
 
 
@@ -68,6 +78,12 @@ def test_each_step_is_split_by_what_its_log_and_metrics_say(tmp_path: Path) -> N
     # 20 s before training (across midnight) + 25 s with the saved model
     assert reward.parts["stage evaluation"] == 45.0 and reward.parts["training"] == 40.0
     assert reward.parts["other"] == 35.0
+    # PPO: training from the policy's set-up to the win rate (240 s), then the win rate (50 s)
+    ppo = module.step_time(run, "ppo", state["steps"]["ppo"])
+    assert ppo.parts["training"] == 240.0 and ppo.parts["stage evaluation"] == 50.0
+    # GRPO runs `lexalign ppo` too: its trainer's train_runtime counts, the log's window is not added to it
+    grpo = module.step_time(run, "grpo", state["steps"]["grpo"])
+    assert grpo.parts["training"] == 200.0 and grpo.parts["stage evaluation"] == 50.0
 
 
 def test_the_table_sums_the_steps_that_ran_and_reports_the_load(tmp_path: Path) -> None:
@@ -78,9 +94,19 @@ def test_the_table_sums_the_steps_that_ran_and_reports_the_load(tmp_path: Path) 
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == ["sft", "candidates", "reward", "**all**"]
-    assert "**340**" in rows[-1]  # the skipped step counts nothing
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["sft", "candidates", "reward", "ppo", "grpo", "**all**"]
+    assert "**940**" in rows[-1]  # the skipped step counts nothing
     assert "1-min load average 0.10-2.05 over 2 samples" in result.stdout
+
+
+def test_a_malformed_load_log_is_named_by_file_and_line(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    load_log = tmp_path / "load.log"
+    load_log.write_text("10:00:00 0.10 0.2 0.3\n10:01:00 high\n")
+    result = subprocess.run([sys.executable, str(SCRIPT), str(run), "--load-log", str(load_log)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{load_log}:2: expected 'HH:MM:SS load1 load5 load15'" in result.stderr
 
 
 def test_a_folder_without_a_pipeline_run_is_named(tmp_path: Path) -> None:
