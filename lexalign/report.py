@@ -280,7 +280,7 @@ GOLD_JUDGED_TASKS = ("extract", "presence", "normalize", "unfair")
 def gold_outcomes(rows: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
     """task -> per held-out item 1 (this stage's answer agrees better with the lawyers' label than the baseline's),
     0.5 (as well) or 0 (worse), scored by the task's own per-item metric (``evaluation.gold.answer_scores``; an
-    unparseable answer below any parsed one)."""
+    unparseable answer below any parsed one, an extraction misquote at half its span F1)."""
     from lexalign.evaluation.gold import answer_scores
 
     found: dict[str, list[float]] = {}
@@ -362,8 +362,8 @@ def build_report(run_root: str | Path) -> Path:
         "## Win rate against SFT, judged by the lawyers' labels",
         "",
         "Per held-out item, the later stage's answer and the SFT answer are scored with the task's own metric "
-        "against the gold label (span F1 or 'Not present.', Yes/No, token F1, fair/unfair and categories; an "
-        "unparseable answer loses to any parsed one); win 1, tie ½, loss 0. Chance (no difference) is 0.5; "
+        "against the gold label (span F1 or 'Not present.', a misquote at half its span F1, Yes/No, token F1, "
+        "fair/unfair and categories; an unparseable answer loses to any parsed one); win 1, tie ½, loss 0. Chance (no difference) is 0.5; "
         "**\\*** marks a 95 % bootstrap interval that excludes it. This judge is not the reward model the "
         "policies were trained against.",
         "",

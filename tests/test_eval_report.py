@@ -108,14 +108,18 @@ def test_gold_judged_win_rate_scores_each_pair_of_answers_by_the_label() -> None
     def rows(*answers: str) -> dict:
         gold = [{"present": True, "category": "Audit Rights"}, {"present": True, "category": "Audit Rights"},
                 {"present": False, "category": "Audit Rights"},
+                {"answers": ["The Licensee shall keep books."], "present": True, "category": "Audit Rights"},
+                {"answers": ["The Licensee shall keep books."], "present": True, "category": "Audit Rights"},
                 {"answers": ["The Licensee shall keep books."], "present": True, "category": "Audit Rights"}]
-        tasks = ["presence", "presence", "presence", "extract"]
+        tasks = ["presence", "presence", "presence", "extract", "extract", "extract"]
         prompt = "Find the Audit Rights clause.\n\nExcerpt:\nThe Licensee shall keep books. Payment is due monthly."
         return {f"item{i}": {"task": t, "gold": g, "prompt": prompt, "answer": a}
                 for i, (t, g, a) in enumerate(zip(tasks, gold, answers))}
 
-    later = rows("Yes", "Yes", "Perhaps", '"The Licensee shall keep books."')
-    sft = rows("No", "Yes", "Yes", "Not present.")
+    misquote = '"The Licensee shall keep ledgers."'   # 4 of 5 words, not in the excerpt
+    later = rows("Yes", "Yes", "Perhaps", '"The Licensee shall keep books."', misquote, misquote)
+    sft = rows("No", "Yes", "Yes", "Not present.", "Not present.", '"The Licensee shall keep books."')
     found = gold_outcomes(later, sft)
-    # right vs wrong: win; both right: tie; unparseable vs a wrong parsed answer: loss; exact quote vs absent: win
-    assert found == {"presence": [1.0, 0.5, 0.0], "extract": [1.0]}
+    # right vs wrong: win; both right: tie; unparseable vs a wrong parsed answer: loss; exact quote vs absent: win;
+    # a misquote of a present clause beats "Not present." and loses to the exact quote
+    assert found == {"presence": [1.0, 0.5, 0.0], "extract": [1.0, 1.0, 0.0]}

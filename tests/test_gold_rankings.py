@@ -53,28 +53,31 @@ def url(tmp_path: Path) -> str:
 # --------------------------------------------------------------------------- ranking hand-made candidates
 
 
-def test_extract_candidates_perfect_partial_wrong_unparseable_and_tied() -> None:
+def test_extract_candidates_perfect_partial_misquoted_wrong_and_tied() -> None:
     half = " ".join(GOVERNING.split()[:9])  # the first 9 of 18 words: a verbatim quote, half the span
+    misquote = GOVERNING.replace("New York", "New Jersey")  # 17 of 18 words right, but not in the excerpt
     answers = [
         "Not present.",                                    # wrong: the clause is there
         half,                                              # partly right
-        "The contract picks a law somewhere, I believe.",  # neither a quote nor "Not present.": unparseable
+        "The contract picks a law somewhere, I believe.",  # neither a quote nor "Not present.", no word of the clause
         GOVERNING,                                         # perfect
         f'"{GOVERNING}"',                                  # perfect too, in quotes: ties with it
+        f'"{misquote}"',                                   # a misquote: half its span F1, still above "Not present."
     ]
     gold = ranked(EXTRACT_META, EXTRACT_USER, answers)
     assert gold.annotator == "gold:cuad" and gold.task == "extract"
-    assert gold.scores[0] == 0.0 and gold.scores[2] is None and gold.scores[3] == gold.scores[4] == 1.0
+    assert gold.scores[0] == gold.scores[2] == 0.0 and gold.scores[3] == gold.scores[4] == 1.0
     assert 0.6 < gold.scores[1] < 0.7  # token F1 of 9 of 18 words: 2 * 1 * 0.5 / 1.5
-    assert gold.ranks == (3, 2, 4, 1, 1) and not gold.none_acceptable
-    assert "answer 3: unparseable" in gold.rationale() and "answer 4: 1.00" in gold.rationale()
+    assert 0.45 < gold.scores[5] < 0.5  # F1 17/18 ~ 0.94, halved
+    assert gold.ranks == (4, 2, 4, 1, 1, 3) and not gold.none_acceptable
+    assert "answer 6: 0.47" in gold.rationale() and "answer 4: 1.00" in gold.rationale()
 
 
 @pytest.mark.parametrize("meta, user, answers, ranks, none_acceptable", [
     # the clause is absent: "Not present." is right, any quote is wrong
     ({**EXTRACT_META, "present": False, "answers": []}, EXTRACT_USER,
      ["Not present.", "Not present. The excerpt has no such clause.", GOVERNING, "Hmm, hard to say."],
-     (1, 1, 2, 3), False),
+     (1, 1, 2, 2), False),
     ({"task": "presence", "source": "cuad", "present": False}, PRESENCE_USER,
      ["No", "No.", "Yes", "Maybe, it depends."], (1, 1, 2, 3), False),
     ({"task": "normalize", "source": "cuad", "normalized": "1/21/2005", "answers": ["January 21, 2005"]},
@@ -264,7 +267,7 @@ def test_candidates_with_rank_gold_rank_the_new_labelled_tasks(tmp_path: Path, u
         (task,) = store.task_rankings()
         assert task.meta["present"] is True and task.meta["answers"] == [GOVERNING]  # the labels travel with the task
         assert task.meta["prompts_file"] == str(prompts) and task.meta["prompts_line"] == 1
-        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 3)
+        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 2)  # no word of the clause: as wrong as "Not present."
 
 
 def test_candidates_check_labels_before_generating_and_refuse_the_test_split(tmp_path: Path) -> None:
@@ -302,28 +305,29 @@ def pairs_of(folder: Path) -> set[tuple[str, str, str, str]]:
             for p in read_jsonl(folder / "preferences.jsonl", PreferencePair)}
 
 
-ANSWERS = ["Not present.", GOVERNING, "Some law applies."]  # gold: 2, 1, 3
+PRESENCE_META = {"task": "presence", "source": "cuad", "present": True, "doc_id": "train-doc-1"}
+ANSWERS = ["No", "Yes", "Maybe, it depends."]  # the clause is there; the last gives no verdict: gold 2, 1, 3
 
 
 def test_a_human_ranking_replaces_the_derived_one_at_export(tmp_path: Path, url: str) -> None:
     with open_store(url) as store:
-        add_task(store, "both", EXTRACT_USER, ANSWERS, EXTRACT_META, k=1)
-        add_task(store, "gold-only", EXTRACT_USER, ANSWERS, {**EXTRACT_META, "doc_id": "train-doc-2"}, k=0)
+        add_task(store, "both", PRESENCE_USER, ANSWERS, PRESENCE_META, k=1)
+        add_task(store, "gold-only", PRESENCE_USER, ANSWERS, {**PRESENCE_META, "doc_id": "train-doc-2"}, k=0)
         rank_tasks_by_gold(store)
-        rank_by_human(store, "lawyer", [1, 3, 2])  # gold: 2, 1, 3; they agree only that "Not present." > "Some law"
+        rank_by_human(store, "lawyer", [1, 3, 2])  # gold: 2, 1, 3; they agree only that "No" > "Maybe"
         summary = export_preferences(store, tmp_path / "default", feedback=False, save_dataset=False)
         assert summary.rankings_replaced == 1 and summary.rankings == 2
         assert summary.pairs_by_origin == {"derived:gold:cuad": 3, "human": 3}
         assert pairs_of(tmp_path / "default") == {
-            ("both", "Not present.", GOVERNING, "human"), ("both", "Not present.", "Some law applies.", "human"),
-            ("both", "Some law applies.", GOVERNING, "human"),
-            ("gold-only", GOVERNING, "Not present.", "derived:gold:cuad"),
-            ("gold-only", GOVERNING, "Some law applies.", "derived:gold:cuad"),
-            ("gold-only", "Not present.", "Some law applies.", "derived:gold:cuad")}
+            ("both", "No", "Yes", "human"), ("both", "No", "Maybe, it depends.", "human"),
+            ("both", "Maybe, it depends.", "Yes", "human"),
+            ("gold-only", "Yes", "No", "derived:gold:cuad"),
+            ("gold-only", "Yes", "Maybe, it depends.", "derived:gold:cuad"),
+            ("gold-only", "No", "Maybe, it depends.", "derived:gold:cuad")}
         # only the derived kind: the gold ranking of "both" is exported, since no human ranking is selected
         export_preferences(store, tmp_path / "derived", kinds=["derived"], feedback=False, save_dataset=False)
         assert {(c, r) for pid, c, r, o in pairs_of(tmp_path / "derived") if pid == "both"} == {
-            (GOVERNING, "Not present."), (GOVERNING, "Some law applies."), ("Not present.", "Some law applies.")}
+            ("Yes", "No"), ("Yes", "Maybe, it depends."), ("No", "Maybe, it depends.")}
         export_preferences(store, tmp_path / "human", kinds=["human"], feedback=False, save_dataset=False)
         assert {pid for pid, *_ in pairs_of(tmp_path / "human")} == {"both"}
         # mixed on purpose: gold votes at weight 0.5 lose every disagreement with the lawyer's vote at 1, and a
@@ -335,13 +339,13 @@ def test_a_human_ranking_replaces_the_derived_one_at_export(tmp_path: Path, url:
                 if p.meta["prompt_id"] == "both"]
         assert {(p.chosen[0].content, p.rejected[0].content, p.meta["origin"], p.meta["weight"],
                  p.meta["votes_for"], p.meta["votes_against"]) for p in rows} == {
-            ("Not present.", GOVERNING, "human", 1.0, 1, 1), ("Some law applies.", GOVERNING, "human", 1.0, 1, 1),
-            ("Not present.", "Some law applies.", "human+derived:gold:cuad", 0.75, 2, 0)}
+            ("No", "Yes", "human", 1.0, 1, 1), ("Maybe, it depends.", "Yes", "human", 1.0, 1, 1),
+            ("No", "Maybe, it depends.", "human+derived:gold:cuad", 0.75, 2, 0)}
         # equal weights and a 1:1 split: no majority, no pair (the rule is unchanged)
         even = export_preferences(store, tmp_path / "even", mix_kinds=True, feedback=False, save_dataset=False)
         assert even.pairs_dropped_no_majority == 2
         assert {(c, r) for pid, c, r, o in pairs_of(tmp_path / "even") if pid == "both"} == {
-            ("Not present.", "Some law applies.")}
+            ("No", "Maybe, it depends.")}
         for bad, words in (({"kinds": ["robot"]}, "kind 'robot'"), ({"weights": {"derived": 0}}, "expected a number > 0"),
                            ({"weights": {"people": 1.0}}, "weight for 'people'")):
             with pytest.raises(StoreError, match=words):
@@ -354,7 +358,7 @@ def test_export_cli_selects_kinds_and_weights(tmp_path: Path, url: str, capsys) 
     from lexalign.cli import main
 
     with open_store(url) as store:
-        add_task(store, "t", EXTRACT_USER, ANSWERS, EXTRACT_META)
+        add_task(store, "t", PRESENCE_USER, ANSWERS, PRESENCE_META)
         rank_tasks_by_gold(store)
     assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "d"), "--kinds", "derived",
                  "--weight", "derived=0.25"]) == 0
@@ -370,7 +374,7 @@ def test_kinds_survive_export_and_import_into_another_store(tmp_path: Path, url:
     from lexalign.cli import main
 
     with open_store(url) as store:
-        add_task(store, "both", EXTRACT_USER, ANSWERS, EXTRACT_META, k=1)
+        add_task(store, "both", PRESENCE_USER, ANSWERS, PRESENCE_META, k=1)
         add_task(store, "app-only", "Which law governs?", ["New York.", "Delaware."], None, source="app", k=1)
         rank_tasks_by_gold(store)
         rank_by_human(store, "lawyer", [1, 3, 2])

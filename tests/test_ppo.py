@@ -250,11 +250,15 @@ def test_gold_reward_scores_answers_with_the_task_metric() -> None:
     gold = json.dumps({"answers": [clause_of("Ohio")], "present": True, "category": "Governing Law"})
     absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
     prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
-    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', "I think Ohio maybe", "Not present."]
-    rewards = GoldRewardFunction()([prompt] * 5, [[{"role": "assistant", "content": a}] for a in answers],
-                                   task=["extract"] * 5, gold=[gold] * 4 + [absent])
+    yes = json.dumps({"present": True, "category": "Governing Law"})
+    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', "I think Ohio maybe", "Not present.",
+               "Perhaps"]
+    rewards = GoldRewardFunction()([prompt] * 6, [[{"role": "assistant", "content": a}] for a in answers],
+                                   task=["extract"] * 5 + ["presence"], gold=[gold] * 4 + [absent, yes])
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == 0.0 and 0.0 <= rewards[2] < 0.5
-    assert rewards[3] == -1.0 and rewards[4] == 1.0       # no answer format: below wrong; "Not present." when absent
+    assert rewards[4] == 1.0                              # "Not present." when the clause is absent
+    assert 0.0 < rewards[3] < 0.25                        # a misquote keeps half of its small overlap
+    assert rewards[5] == -1.0                             # no answer format: below any wrong answer
 
 
 def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:

@@ -9,15 +9,20 @@ candidates`` keeps with every ranking task. The N candidate answers of such a ta
 agrees with the label, with the task's own metric exactly as ``lexalign eval`` computes it per item (the same
 parsers and per-item scores of ``evaluation.scoring``; nothing is re-implemented here):
 
-    extract    clause absent: "Not present." 1, anything quoted 0; clause present: span F1 of the quoted lines
-               against the gold spans (0..1; "Not present." scores 0)
+    extract    clause absent: "Not present." 1, anything else 0; clause present: span F1 of the quoted lines
+               against the gold spans (0..1; "Not present." scores 0), halved when no line is a verbatim quote
+               of the excerpt (a misquote: the clause's words count, as in eval's span F1, but the quote
+               cannot be found in the contract, so eval counts its verdict wrong)
     presence   Yes/No right 1, wrong 0
     normalize  token F1 against the normalised answer (an exact match is 1)
     unfair     verdict wrong 0; "Fair" for a fair clause 1; "Potentially unfair" for an unfair one
                0.5 + 0.5 x F1 of the named categories against the gold categories
 
 An answer in none of the task's answer formats (unparseable) ranks below every parsed answer, a wrong one
-included: the format is the first thing the model must learn. Higher score = better rank, equal scores share
+included: the format is the first thing the model must learn. An extraction answer is never unparseable: eval
+scores the words of any answer against the clause, so a misquote of a present clause ranks above "Not present."
+when it overlaps the clause (ranking it below, as an unparseable answer, taught the policy to answer "Not present."
+to clauses it quotes imperfectly). Higher score = better rank, equal scores share
 a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
 marked "none acceptable". The ranking is stored as annotator ``gold:<corpus>`` (the label's ``meta.source``,
 e.g. ``gold:cuad``) of kind ``derived``, with every answer's score in its rationale. The tasks stay offered to
@@ -54,6 +59,9 @@ GOLD_PREFIX = f"{GOLD_METHOD}:"
 # The meta fields that hold a label (chat_gold reads them per task). A task with none of them has no label.
 LABEL_KEYS = ("answers", "present", "normalized", "labels", "unfair")
 HELD_OUT_FILE = "shipped:sft_test.jsonl"
+# The share of its span F1 a misquote of a present clause keeps (no line verbatim in the excerpt): below a verbatim
+# quote of the same overlap, above "Not present." (0) when it overlaps the clause at all.
+MISQUOTE_CREDIT = 0.5
 METRIC_NAMES = {"extract": "span F1 / Not present.", "presence": "Yes/No correct", "normalize": "token F1",
                 "unfair": "fair/unfair verdict and categories F1"}
 
@@ -107,7 +115,7 @@ def answer_scores(task: str, gold: dict[str, Any], messages: Messages, answers: 
     if task == "extract":
         cols = scoring.score_extract(items, generated)["_items"].columns
         # span_f1 is NaN when the clause is absent (no gold spans): then the verdict ("Not present.") is the metric
-        return [None if u else float(c if math.isnan(f) else f)
+        return [float(c) if math.isnan(f) else float(f) * (MISQUOTE_CREDIT if u else 1.0)
                 for u, f, c in zip(cols["unparsed"], cols["span_f1"], cols["correct"])]
     if task == "presence":
         cols = scoring.score_presence(items, generated)["_items"].columns
