@@ -180,6 +180,10 @@ class PreferenceDataSection:
     split_seed: int = 0
     max_train_pairs: int = 0  # 0 = all; else a seeded draw (split_seed), kept in file order
     max_valid_pairs: int = 0
+    # Training pairs only: every answer text that recurs across prompts ("Not present.", "Fair: ...", "No") is kept
+    # as often chosen as rejected (a seeded draw drops the surplus). When one fixed answer mostly wins — because the
+    # label's prior favours it, not because the policy told the cases apart — DPO learns to give it everywhere.
+    balance_fixed_answers: bool = False
 
     def problems(self) -> list[Problem]:
         found = problem_if(not self.train, "train", self.train, "list at least one preference-pair JSONL file")
@@ -199,9 +203,58 @@ class PreferenceDataSection:
             train, valid = split_by_prompt(train, self.valid_fraction, self.split_seed)
         else:
             valid = load_pairs(self.valid)
+        if self.balance_fixed_answers:
+            balanced = balance_fixed_answers(train, self.split_seed)
+            if train and not balanced:
+                from lexalign.errors import LexalignError
+
+                raise LexalignError(f"data.balance_fixed_answers: balancing left none of the {len(train)} training "
+                                    "pairs (every pair pits a fixed answer against its own prior); add rankings or "
+                                    "set data.balance_fixed_answers=false")
+            train = balanced
         # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
         return (sample_in_order(train, self.max_train_pairs, self.split_seed),
                 sample_in_order(valid, self.max_valid_pairs, self.split_seed), split)
+
+
+def answer_text(answer: Any) -> str:
+    """A pair side as one string (a string, or the contents of its assistant messages), stripped."""
+    return (answer if isinstance(answer, str) else "\n\n".join(m.content for m in answer)).strip()
+
+
+def balance_fixed_answers(pairs: list[Any], seed: int) -> list[Any]:
+    """The pairs (in file order) with every *fixed* answer — a text that is a side of pairs of at least two
+    prompts — as often chosen as rejected: the side it occurs on more often loses a seeded draw of its surplus,
+    the fixed answer with the largest surplus first, counts updated after each. Quotes and free answers, unique
+    to their prompt, are never dropped for balance."""
+    import random
+    from collections import Counter
+
+    sides = [(answer_text(p.chosen), answer_text(p.rejected)) for p in pairs]
+    prompts: dict[str, set[str]] = {}
+    for pair, texts in zip(pairs, sides):
+        for text in texts:
+            prompts.setdefault(text, set()).add(prompt_key(pair))
+    fixed = {text for text, keys in prompts.items() if len(keys) >= 2}
+    rng = random.Random(seed)
+    kept = set(range(len(pairs)))
+    dropped: Counter[str] = Counter()
+    while True:
+        chosen = Counter(sides[i][0] for i in kept if sides[i][0] in fixed)
+        rejected = Counter(sides[i][1] for i in kept if sides[i][1] in fixed)
+        surplus = {text: chosen[text] - rejected[text] for text in fixed if chosen[text] != rejected[text]}
+        if not surplus:
+            break
+        text = max(sorted(surplus), key=lambda t: abs(surplus[t]))
+        side = 0 if surplus[text] > 0 else 1
+        candidates = sorted(i for i in kept if sides[i][side] == text)
+        for i in rng.sample(candidates, abs(surplus[text])):
+            kept.discard(i)
+        dropped[text] += abs(surplus[text])
+    if dropped:
+        logger.info("balance_fixed_answers: %d of %d training pairs dropped (%s)", sum(dropped.values()), len(pairs),
+                    ", ".join(f"{text[:40]!r} {n}" for text, n in dropped.most_common()))
+    return [pairs[i] for i in sorted(kept)]
 
 
 def sample_in_order(items: list[Any], limit: int, seed: int) -> list[Any]:

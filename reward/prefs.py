@@ -41,7 +41,8 @@ Each line of ``preferences.jsonl`` is TRL's conversational preference format (th
 SFT data): ``prompt`` = chat messages ending with the user turn (a string prompt becomes [system, user]
 with the SFT system prompt, as in ``data/pairs.py``), ``chosen`` / ``rejected`` = [assistant message],
 ``margin``, and ``meta`` = {task_id, prompt_id, source, chosen_index, rejected_index, votes_for,
-votes_against, ties, rankings, none_acceptable_votes, origin, weight} — ``prompt_id`` lets a trainer split
+votes_against, ties, rankings, none_acceptable_votes, origin, weight} (+ ``task``, e.g. extract, when the task's
+meta names it) — ``prompt_id`` lets a trainer split
 by prompt so no prompt lands in both train and eval. The same rows are saved as a Hugging Face ``datasets``
 folder (``DIR/dataset``, ``datasets.load_from_disk``), and ``DIR/export.json`` records the counts, the rule and
 the scope (``sources``, ``kinds``, ``annotators`` and the submission days ``submitted_from`` / ``submitted_to``,
@@ -227,6 +228,7 @@ def preference_rows(task_rankings: Sequence[TaskRankings], none_acceptable: None
                     "none_acceptable_votes": pair.none_acceptable_votes,
                     "origin": pair.origin,
                     "weight": pair.weight,
+                    **({"task": task.meta["task"]} if isinstance((task.meta or {}).get("task"), str) else {}),
                 },
             }
             PreferencePair.model_validate(row)  # the shared schema: what the reward/DPO stages will read

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from lexalign.config import ConfigError, load_config
+from lexalign.errors import LexalignError
 from lexalign.rlhf.dpo import DPOStageConfig, train_dpo
 from lexalign.runs import is_complete, read_manifest, read_metrics
 
@@ -188,3 +191,48 @@ def test_a_reward_run_is_not_a_policy(align_reward_run: Path, align_pairs, tmp_p
 
     with pytest.raises(ModelLoadError, match="a reward run \\(a scorer, not a policy\\)"):
         train_dpo(dpo_config(align_reward_run, align_pairs, tmp_path))
+
+
+def test_balance_fixed_answers_keeps_each_fixed_answer_as_often_chosen_as_rejected(tmp_path: Path) -> None:
+    from lexalign.training import PreferenceDataSection
+
+    def pair(prompt: str, chosen: str, rejected: str) -> dict:
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}], "meta": {"prompt_id": prompt}}
+
+    rows = ([pair(f"absent {i}", "Not present.", f'"made-up clause {i}"') for i in range(5)]      # the prior's winner
+            + [pair("present 0", '"Clause 0."', "Not present.")]                                   # the one reverse
+            + [pair(f"present {i}", f'"Clause {i}."', f'"Clause {i}, misquoted."') for i in range(1, 4)]
+            + [pair("p", "Yes", "No"), pair("q", "No", "Yes")])                                    # balanced already
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def load(balance: bool, seed: int = 0) -> list[tuple[str, str]]:
+        section = PreferenceDataSection(train=[str(path)], valid=[str(path)], balance_fixed_answers=balance,
+                                        split_seed=seed)
+        train, valid, _ = section.load()
+        assert len(valid) == len(rows)  # held-out pairs are never balanced
+        return [(p.chosen[0].content, p.rejected[0].content) for p in train]
+
+    assert len(load(False)) == len(rows)
+    kept = load(True)
+    assert sum(c == "Not present." for c, _ in kept) == sum(r == "Not present." for _, r in kept) == 1
+    assert len(kept) == len(rows) - 4          # 4 of the 5 "Not present." wins dropped, nothing else
+    assert [c for c, _ in kept if c.startswith('"Clause')] == ['"Clause 0."', '"Clause 1."', '"Clause 2."',
+                                                               '"Clause 3."']   # quotes kept, in file order
+    assert ("Yes", "No") in kept and ("No", "Yes") in kept
+    assert load(True) == kept and len({tuple(load(True, seed)) for seed in range(6)}) > 1   # a seeded draw
+
+    # bench/pair_mix.py counts the same mix by task and answer kind, before and after balancing
+    for row in rows:
+        row["meta"]["task"] = "presence" if row["chosen"][0]["content"] in ("Yes", "No") else "extract"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for flags, wanted in (([], "extract NP > Q 5, extract Q > NP 1, extract Q > Q 3, presence No > Yes 1"),
+                          (["--balance-fixed-answers"], "extract NP > Q 1, extract Q > NP 1, extract Q > Q 3")):
+        result = subprocess.run([sys.executable, str(REPO / "bench" / "pair_mix.py"), str(path), *flags],
+                                capture_output=True, text=True, check=True)
+        assert wanted in result.stdout, result.stdout
+
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(LexalignError, match="balancing left none of the 2 training pairs"):
+        load(True)   # "Not present." wins both: nothing left to train on is an error, not an empty run

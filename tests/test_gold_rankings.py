@@ -363,7 +363,9 @@ def test_export_cli_selects_kinds_and_weights(tmp_path: Path, url: str, capsys) 
     assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "d"), "--kinds", "derived",
                  "--weight", "derived=0.25"]) == 0
     assert "by origin: derived:gold:cuad 3" in capsys.readouterr().out
-    assert {p.meta["weight"] for p in read_jsonl(tmp_path / "d" / "preferences.jsonl", PreferencePair)} == {0.25}
+    exported = read_jsonl(tmp_path / "d" / "preferences.jsonl", PreferencePair)
+    assert {p.meta["weight"] for p in exported} == {0.25}
+    assert {p.meta["task"] for p in exported} == {"presence"}   # the task's meta.task travels with its pairs
     assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "h"), "--kinds", "human"]) == 0
     assert "0 preference pairs" in capsys.readouterr().out
     assert main(["prefs", "export", "--store", url, "--out", str(tmp_path / "x"), "--weight", "derived"]) == 2
