@@ -363,7 +363,8 @@ def build_report(run_root: str | Path) -> Path:
         "",
         "Per held-out item, the later stage's answer and the SFT answer are scored with the task's own metric "
         "against the gold label (span F1 or 'Not present.', a misquote at half its span F1, Yes/No, token F1, "
-        "fair/unfair and categories; an unparseable answer loses to any parsed one); win 1, tie ½, loss 0. Chance (no difference) is 0.5; "
+        "fair/unfair and categories; an unparseable answer loses to any parsed one); win 1, tie ½, loss 0. "
+        "Chance (no difference) is 0.5; "
         "**\\*** marks a 95 % bootstrap interval that excludes it. This judge is not the reward model the "
         "policies were trained against.",
         "",

@@ -22,8 +22,7 @@ An answer in none of the task's answer formats (unparseable) ranks below every p
 included: the format is the first thing the model must learn. An extraction answer is never unparseable: eval
 scores the words of any answer against the clause, so a misquote of a present clause ranks above "Not present."
 when it overlaps the clause (ranking it below, as an unparseable answer, taught the policy to answer "Not present."
-to clauses it quotes imperfectly). Higher score = better rank, equal scores share
-a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
+to clauses it quotes imperfectly). Higher score = better rank, equal scores share a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
 marked "none acceptable". The ranking is stored as annotator ``gold:<corpus>`` (the label's ``meta.source``,
 e.g. ``gold:cuad``) of kind ``derived``, with every answer's score in its rationale. The tasks stay offered to
 lawyers in the ranking app; at export a human ranking of a task replaces the derived one (``reward/prefs.py``).
