@@ -271,6 +271,27 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"cannot append metrics to {self.path}: {err.strerror or err}") from None
 
+    def changed_since_last_start(self, sections: tuple[str, ...] = ("model", "data")) -> list[str]:
+        """What differs from the run last started in this directory (its manifest.json and config.yaml): the
+        content of an input (its role, e.g. train_data_0) or one of these config sections ("config data"). [] when
+        nothing did, or no run was started here. Training settings (steps, learning rate) are not compared: a run
+        may be resumed to train longer."""
+        try:
+            old = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+            old_config = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError, yaml.YAMLError):
+            return []
+        old_inputs = old.get("inputs") if isinstance(old.get("inputs"), dict) else {}
+        changed = []
+        for role in sorted(set(old_inputs) | set(self.inputs)):
+            path = Path(self.inputs[role]) if role in self.inputs else None
+            now = hash_path(path) if path is not None and path.exists() else None
+            if (old_inputs.get(role) or {}).get("sha256") != now:
+                changed.append(role)
+        # through the same YAML round trip as config.yaml, so that an unchanged section compares equal
+        new_config = yaml.safe_load(yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False)) or {}
+        return changed + [f"config {name}" for name in sections if old_config.get(name) != new_config.get(name)]
+
     def complete(self, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> None:
         """Write the final manifest, then the COMPLETE marker (last, atomically)."""
         if not is_main_process():

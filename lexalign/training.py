@@ -75,16 +75,26 @@ def checkpoint_is_whole(path: Path) -> bool:
     return isinstance(state, dict) and state.get("global_step") == checkpoint_step(str(path))
 
 
-def find_resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
-    """The newest whole checkpoint in the run directory when resuming, else None. Checkpoints left half-written
-    by an interrupted save are removed (by the main process): they cannot be resumed from."""
+def find_resume_checkpoint(run: RunDir, resume: bool) -> str | None:
+    """The newest whole checkpoint in the run directory when resuming, else None (call before ``run.start()``).
+    Checkpoints left half-written by an interrupted save are removed (by the main process): they cannot be resumed
+    from. So are all of them when the run last started there had other inputs or another model/data config (a
+    pipeline re-running a stage on new preference pairs): resuming would finish the old run, not train on the new
+    data."""
     import re
     import shutil
 
     from lexalign.runs import is_main_process
 
-    folder = run_dir / CHECKPOINTS
+    folder = run.path / CHECKPOINTS
     if not resume or not folder.is_dir():
+        return None
+    changed = run.changed_since_last_start()
+    if changed:
+        logger.warning("%s: its checkpoints were trained on other inputs (%s changed); starting over%s", run.path,
+                       ", ".join(changed), " (removing them)" if is_main_process() else "")
+        if is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     found = sorted((p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
                    key=lambda p: checkpoint_step(str(p)), reverse=True)

@@ -345,7 +345,7 @@ def train_reward(config: RewardStageConfig) -> Path:
     inputs.update({f"train_data_{i}": resolve_data_path(v) for i, v in enumerate(config.data.train)})
     inputs.update({f"valid_data_{i}": resolve_data_path(v) for i, v in enumerate(config.data.valid)})
     run = RunDir(config.run_dir, STAGE, config, inputs=inputs, parent=Path(config.sft_run) if config.sft_run else None)
-    checkpoint = find_resume_checkpoint(run.path, config.resume)
+    checkpoint = find_resume_checkpoint(run, config.resume)
     run.start()
     if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
         if checkpoint:

@@ -160,7 +160,7 @@ def train_dpo(config: DPOStageConfig) -> Path:
     if reward_dir is not None:
         inputs["reward_model"] = reward_dir
     run = RunDir(config.run_dir, STAGE, config, inputs=inputs, parent=sft.run)
-    checkpoint = find_resume_checkpoint(run.path, config.resume)
+    checkpoint = find_resume_checkpoint(run, config.resume)
     device = choose_device(config.model.device)
     args = make_trl_args(DPOConfig, config.training, run, **mixed_precision(
         config.training, choose_compute_dtype(device, config.model.quantization.compute_dtype)))

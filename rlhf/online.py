@@ -293,7 +293,7 @@ def train_online(config: OnlineStageConfig) -> Path:
               **({"reward_model": reward_dir} if reward_dir is not None else {})}
     inputs.update({f"prompts_{i}": resolve_data_path(v) for i, v in enumerate(config.data.prompts)})
     run = RunDir(config.run_dir, algorithm, config, inputs=inputs, parent=sft.run)
-    checkpoint = find_resume_checkpoint(run.path, config.resume)
+    checkpoint = find_resume_checkpoint(run, config.resume)
     if checkpoint and algorithm == "ppo":
         logger.warning("TRL's experimental PPOTrainer cannot resume; %s is ignored and PPO starts over", checkpoint)
         checkpoint = None

@@ -162,7 +162,7 @@ def train_sft(config: SFTStageConfig) -> Path:
         "train_data": resolve_data_path(config.data.train),
         "valid_data": resolve_data_path(config.data.valid),
     }, parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
-    checkpoint = find_resume_checkpoint(run.path, config.resume)
+    checkpoint = find_resume_checkpoint(run, config.resume)
     run.start()
     if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
         if checkpoint:

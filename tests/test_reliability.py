@@ -22,6 +22,7 @@ import resource
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -192,9 +193,44 @@ def test_half_written_checkpoints_are_never_resumed_from(tmp_path) -> None:
     cut = _fake_checkpoint(folder, 40, '{"global_step": 40, "log_hist')   # cut mid-write
     missing = _fake_checkpoint(folder, 60, None)                          # killed before the state file
     wrong = _fake_checkpoint(folder, 80, json.dumps({"global_step": 70}))  # not this checkpoint's state
-    assert find_resume_checkpoint(tmp_path / "run", resume=True) == str(whole)
+    run = RunDir(tmp_path / "run", "dpo", StageConfig())
+    assert find_resume_checkpoint(run, resume=True) == str(whole)
     assert whole.exists() and not cut.exists() and not missing.exists() and not wrong.exists()
-    assert find_resume_checkpoint(tmp_path / "run", resume=False) is None
+    assert find_resume_checkpoint(run, resume=False) is None
+
+
+@dataclass
+class StageConfig:
+    data: dict = field(default_factory=lambda: {"train": ["pairs.jsonl"], "max_train_pairs": 0})
+    model: dict = field(default_factory=lambda: {"tuning": "lora"})
+    training: dict = field(default_factory=lambda: {"max_steps": 4})
+
+
+def test_checkpoints_trained_on_other_inputs_are_never_resumed_from(tmp_path) -> None:
+    """A stage run again on new data (a pipeline step whose preference pairs changed) starts over: resuming would
+    finish the old run and leave a model that never saw the new data. More steps on the same data still resume."""
+    from lexalign.training import find_resume_checkpoint
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"pair": 1}\n', encoding="utf-8")
+
+    def rerun(config: StageConfig) -> str | None:
+        run = RunDir(tmp_path / "run", "dpo", config, inputs={"train_data_0": pairs})
+        found = find_resume_checkpoint(run, resume=True)
+        run.start()
+        return found
+
+    rerun(StageConfig())
+    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
+    assert rerun(StageConfig()) == str(whole)                                    # killed, run again: resumes
+    assert rerun(StageConfig(training={"max_steps": 8})) == str(whole)           # trained longer: resumes
+    pairs.write_text('{"pair": 2}\n', encoding="utf-8")
+    assert rerun(StageConfig()) is None and not whole.parent.exists()            # other pairs: starts over
+    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
+    assert rerun(StageConfig()) == str(whole)
+    assert rerun(StageConfig(data={"train": ["pairs.jsonl"], "max_train_pairs": 32})) is None   # other draw
+    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
+    assert rerun(StageConfig(model={"tuning": "qlora"})) is None                 # another model
 
 
 def test_a_stage_interrupted_before_complete_is_never_taken_as_complete(tmp_path, monkeypatch) -> None:
