@@ -1,7 +1,9 @@
 """What a set of preference pairs teaches beyond the prompt: pairs per task and per kind of answer on each side.
 
     python bench/pair_mix.py runs/smollm2/preferences-own/preferences.jsonl [more files] [--markdown]
-                             [--balance-fixed-answers]   (the pairs DPO trains on with data.balance_fixed_answers)
+                             [--balance-fixed-answers]   (what data.balance_fixed_answers keeps of the whole file,
+                                                          seed 0: DPO's training pairs when its valid files are
+                                                          given and max_train_pairs is 0, as in the pipeline)
 
 An extraction answer is NP ("Not present."), Q (quoted lines) or other; an unfair-clause answer is Fair or Unfair
 (by its verdict); a Yes/No answer is itself. ``NP > Q 38, Q > NP 7`` says that 38 pairs prefer "Not present." over

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import yaml
 
 from lexalign.config import to_dict
+from lexalign.data.jsonl import write_text_atomic
 from lexalign.errors import LexalignError
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,11 @@ def hash_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Config keys of the model/data sections that do not change what a checkpoint was trained on (see
+# RunDir.changed_since_last_start): where it runs, and the held-out data.
+NOT_TRAINING_KEYS = frozenset({"device", "threads", "valid", "max_valid_pairs", "max_valid_records"})
+
+
 def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()
 
@@ -237,8 +243,8 @@ class RunDir:
         if marker.exists():
             marker.unlink()  # re-running a stage makes it incomplete until it finishes again
         try:
-            (self.path / "config.yaml").write_text(
-                yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False), encoding="utf-8")
+            write_text_atomic(self.path / "config.yaml",  # other processes may be reading the previous one
+                              yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False))
             write_json_atomic(self.path / "manifest.json", self.manifest(status="running"))
         except OSError as err:
             raise RunDirError(f"cannot write to {self.path}: {err.strerror or err}") from None
@@ -271,26 +277,40 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"cannot append metrics to {self.path}: {err.strerror or err}") from None
 
-    def changed_since_last_start(self, sections: tuple[str, ...] = ("model", "data")) -> list[str]:
-        """What differs from the run last started in this directory (its manifest.json and config.yaml): the
-        content of an input (its role, e.g. train_data_0) or one of these config sections ("config data"). [] when
-        nothing did, or no run was started here. Training settings (steps, learning rate) are not compared: a run
-        may be resumed to train longer."""
+    def changed_since_last_start(self) -> list[str]:
+        """What the run last started in this directory (its manifest.json and config.yaml) trained on differently:
+        the content of a training input (its role, e.g. train_data_0; held-out ``valid*`` files only evaluate) or a
+        key of the ``model``/``data`` config sections that decides the weights or the training pairs. [] when
+        nothing did, or nothing readable was started here. Not compared: training settings (a run may be resumed to
+        train longer), where it runs (device, threads), held-out data, and keys the earlier run did not have yet (a
+        newer version's option at its default)."""
         try:
             old = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-            old_config = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")) or {}
+            old_config = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError):
+            return []
+        if not isinstance(old, dict) or not isinstance(old_config, dict):
             return []
         old_inputs = old.get("inputs") if isinstance(old.get("inputs"), dict) else {}
         changed = []
         for role in sorted(set(old_inputs) | set(self.inputs)):
+            if role.startswith("valid"):
+                continue
             path = Path(self.inputs[role]) if role in self.inputs else None
             now = hash_path(path) if path is not None and path.exists() else None
             if (old_inputs.get(role) or {}).get("sha256") != now:
                 changed.append(role)
-        # through the same YAML round trip as config.yaml, so that an unchanged section compares equal
+        # through the same YAML round trip as config.yaml, so that an unchanged value compares equal
         new_config = yaml.safe_load(yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False)) or {}
-        return changed + [f"config {name}" for name in sections if old_config.get(name) != new_config.get(name)]
+        for name in ("model", "data"):
+            before, now = old_config.get(name), new_config.get(name)
+            if not isinstance(before, dict) or not isinstance(now, dict):
+                if before != now:
+                    changed.append(f"config {name}")
+                continue
+            changed += [f"{name}.{key}" for key in sorted(set(before) & set(now))
+                        if key not in NOT_TRAINING_KEYS and before[key] != now[key]]
+        return changed
 
     def complete(self, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> None:
         """Write the final manifest, then the COMPLETE marker (last, atomically)."""

@@ -87,7 +87,11 @@ def find_resume_checkpoint(run: RunDir, resume: bool) -> str | None:
     from lexalign.runs import is_main_process
 
     folder = run.path / CHECKPOINTS
-    if not resume or not folder.is_dir():
+    if not folder.is_dir():
+        return None
+    if not resume:  # starting over: an old run's later checkpoints would outlive this run's and be resumed next time
+        if is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     changed = run.changed_since_last_start()
     if changed:
@@ -213,7 +217,9 @@ class PreferenceDataSection:
             train, valid = split_by_prompt(train, self.valid_fraction, self.split_seed)
         else:
             valid = load_pairs(self.valid)
-        if self.balance_fixed_answers:
+        # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
+        train = sample_in_order(train, self.max_train_pairs, self.split_seed)
+        if self.balance_fixed_answers:  # after the draw, so that what is trained on is balanced
             balanced = balance_fixed_answers(train, self.split_seed)
             if train and not balanced:
                 from lexalign.errors import LexalignError
@@ -222,9 +228,7 @@ class PreferenceDataSection:
                                     "pairs (every pair pits a fixed answer against its own prior); add rankings or "
                                     "set data.balance_fixed_answers=false")
             train = balanced
-        # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
-        return (sample_in_order(train, self.max_train_pairs, self.split_seed),
-                sample_in_order(valid, self.max_valid_pairs, self.split_seed), split)
+        return train, sample_in_order(valid, self.max_valid_pairs, self.split_seed), split
 
 
 def answer_text(answer: Any) -> str:

@@ -59,17 +59,18 @@ def test_extract_candidates_perfect_partial_misquoted_wrong_and_tied() -> None:
     answers = [
         "Not present.",                                    # wrong: the clause is there
         half,                                              # partly right
-        "The contract picks a law somewhere, I believe.",  # neither a quote nor "Not present.", no word of the clause
+        "The contract picks a law somewhere, I believe.",  # neither a quote nor "Not present.": unparseable
         GOVERNING,                                         # perfect
         f'"{GOVERNING}"',                                  # perfect too, in quotes: ties with it
         f'"{misquote}"',                                   # a misquote: half its span F1, still above "Not present."
     ]
     gold = ranked(EXTRACT_META, EXTRACT_USER, answers)
     assert gold.annotator == "gold:cuad" and gold.task == "extract"
-    assert gold.scores[0] == gold.scores[2] == 0.0 and gold.scores[3] == gold.scores[4] == 1.0
+    assert gold.scores[0] == 0.0 and gold.scores[2] is None and gold.scores[3] == gold.scores[4] == 1.0
     assert 0.6 < gold.scores[1] < 0.7  # token F1 of 9 of 18 words: 2 * 1 * 0.5 / 1.5
     assert 0.45 < gold.scores[5] < 0.5  # F1 17/18 ~ 0.94, halved
-    assert gold.ranks == (4, 2, 4, 1, 1, 3) and not gold.none_acceptable
+    assert gold.ranks == (4, 2, 5, 1, 1, 3) and not gold.none_acceptable
+    assert "answer 3: unparseable" in gold.rationale()
     assert "answer 6: 0.47" in gold.rationale() and "answer 4: 1.00" in gold.rationale()
 
 
@@ -77,7 +78,7 @@ def test_extract_candidates_perfect_partial_misquoted_wrong_and_tied() -> None:
     # the clause is absent: "Not present." is right, any quote is wrong
     ({**EXTRACT_META, "present": False, "answers": []}, EXTRACT_USER,
      ["Not present.", "Not present. The excerpt has no such clause.", GOVERNING, "Hmm, hard to say."],
-     (1, 1, 2, 2), False),
+     (1, 1, 2, 3), False),
     ({"task": "presence", "source": "cuad", "present": False}, PRESENCE_USER,
      ["No", "No.", "Yes", "Maybe, it depends."], (1, 1, 2, 3), False),
     ({"task": "normalize", "source": "cuad", "normalized": "1/21/2005", "answers": ["January 21, 2005"]},
@@ -267,8 +268,7 @@ def test_candidates_with_rank_gold_rank_the_new_labelled_tasks(tmp_path: Path, u
         (task,) = store.task_rankings()
         assert task.meta["present"] is True and task.meta["answers"] == [GOVERNING]  # the labels travel with the task
         assert task.meta["prompts_file"] == str(prompts) and task.meta["prompts_line"] == 1
-        # "Some law applies." shares no word with the clause: as wrong as "Not present."
-        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 2)
+        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 3)
 
 
 def test_candidates_check_labels_before_generating_and_refuse_the_test_split(tmp_path: Path) -> None:

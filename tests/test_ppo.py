@@ -250,15 +250,14 @@ def test_gold_reward_scores_answers_with_the_task_metric() -> None:
     gold = json.dumps({"answers": [clause_of("Ohio")], "present": True, "category": "Governing Law"})
     absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
     prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
-    yes = json.dumps({"present": True, "category": "Governing Law"})
-    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', "I think Ohio maybe", "Not present.",
-               "Perhaps"]
+    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', '"I think Ohio maybe"', "Not present.",
+               "I think Ohio maybe"]
     rewards = GoldRewardFunction()([prompt] * 6, [[{"role": "assistant", "content": a}] for a in answers],
-                                   task=["extract"] * 5 + ["presence"], gold=[gold] * 4 + [absent, yes])
+                                   task=["extract"] * 6, gold=[gold] * 4 + [absent, gold])
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == 0.0 and 0.0 <= rewards[2] < 0.5
     assert rewards[4] == 1.0                              # "Not present." when the clause is absent
     assert 0.0 < rewards[3] < 0.25                        # a misquote keeps half of its small overlap
-    assert rewards[5] == -1.0                             # no answer format: below any wrong answer
+    assert rewards[5] == -1.0                             # unquoted, not "Not present.": no answer format
 
 
 def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:

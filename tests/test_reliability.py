@@ -202,35 +202,51 @@ def test_half_written_checkpoints_are_never_resumed_from(tmp_path) -> None:
 @dataclass
 class StageConfig:
     data: dict = field(default_factory=lambda: {"train": ["pairs.jsonl"], "max_train_pairs": 0})
-    model: dict = field(default_factory=lambda: {"tuning": "lora"})
+    model: dict = field(default_factory=lambda: {"tuning": "lora", "threads": 2})
     training: dict = field(default_factory=lambda: {"max_steps": 4})
 
 
 def test_checkpoints_trained_on_other_inputs_are_never_resumed_from(tmp_path) -> None:
     """A stage run again on new data (a pipeline step whose preference pairs changed) starts over: resuming would
-    finish the old run and leave a model that never saw the new data. More steps on the same data still resume."""
+    finish the old run and leave a model that never saw the new data. More steps, other threads, other held-out
+    data, or an option the earlier run did not know yet still resume; resume: false clears the old checkpoints."""
     from lexalign.training import find_resume_checkpoint
 
-    pairs = tmp_path / "pairs.jsonl"
+    pairs, held_out = tmp_path / "pairs.jsonl", tmp_path / "valid.jsonl"
     pairs.write_text('{"pair": 1}\n', encoding="utf-8")
+    held_out.write_text('{"pair": 9}\n', encoding="utf-8")
+    folder = tmp_path / "run" / "checkpoints"
 
-    def rerun(config: StageConfig) -> str | None:
-        run = RunDir(tmp_path / "run", "dpo", config, inputs={"train_data_0": pairs})
-        found = find_resume_checkpoint(run, resume=True)
+    def rerun(config: StageConfig, resume: bool = True) -> tuple[str | None, list[str]]:
+        run = RunDir(tmp_path / "run", "dpo", config, inputs={"train_data_0": pairs, "valid_data_0": held_out})
+        changed = run.changed_since_last_start()
+        found = find_resume_checkpoint(run, resume=resume)
         run.start()
-        return found
+        return found, changed
+
+    def checkpoint() -> str:
+        return str(_fake_checkpoint(folder, 4, json.dumps({"global_step": 4})))
 
     rerun(StageConfig())
-    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
-    assert rerun(StageConfig()) == str(whole)                                    # killed, run again: resumes
-    assert rerun(StageConfig(training={"max_steps": 8})) == str(whole)           # trained longer: resumes
+    whole = checkpoint()
+    assert rerun(StageConfig()) == (whole, [])                                    # killed, run again: resumes
+    assert rerun(StageConfig(training={"max_steps": 8})) == (whole, [])           # trained longer: resumes
+    assert rerun(StageConfig(model={"tuning": "lora", "threads": 8})) == (whole, [])   # another machine
+    held_out.write_text('{"pair": 10}\n', encoding="utf-8")
+    assert rerun(StageConfig()) == (whole, [])                                    # held-out pairs only evaluate
     pairs.write_text('{"pair": 2}\n', encoding="utf-8")
-    assert rerun(StageConfig()) is None and not whole.parent.exists()            # other pairs: starts over
-    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
-    assert rerun(StageConfig()) == str(whole)
-    assert rerun(StageConfig(data={"train": ["pairs.jsonl"], "max_train_pairs": 32})) is None   # other draw
-    whole = _fake_checkpoint(tmp_path / "run" / "checkpoints", 4, json.dumps({"global_step": 4}))
-    assert rerun(StageConfig(model={"tuning": "qlora"})) is None                 # another model
+    assert rerun(StageConfig()) == (None, ["train_data_0"]) and not folder.exists()   # other pairs: starts over
+    whole = checkpoint()
+    assert rerun(StageConfig(data={"train": ["pairs.jsonl"], "max_train_pairs": 32})) == (
+        None, ["data.max_train_pairs"]) and not folder.exists()                   # another draw of the pairs
+    whole = checkpoint()
+    assert rerun(StageConfig(data={"train": ["pairs.jsonl"], "max_train_pairs": 32},
+                             model={"tuning": "qlora", "threads": 2})) == (None, ["model.tuning"])
+    whole = checkpoint()
+    newer = StageConfig(data={"train": ["pairs.jsonl"], "max_train_pairs": 32, "balance_fixed_answers": False},
+                        model={"tuning": "qlora", "threads": 2})
+    assert rerun(newer) == (whole, [])                 # an option added since, at its default: still resumes
+    assert rerun(newer, resume=False)[0] is None and not folder.exists()   # starting over clears the old ones
 
 
 def test_a_stage_interrupted_before_complete_is_never_taken_as_complete(tmp_path, monkeypatch) -> None:

@@ -9,7 +9,7 @@ candidates`` keeps with every ranking task. The N candidate answers of such a ta
 agrees with the label, with the task's own metric exactly as ``lexalign eval`` computes it per item (the same
 parsers and per-item scores of ``evaluation.scoring``; nothing is re-implemented here):
 
-    extract    clause absent: "Not present." 1, anything else 0; clause present: span F1 of the quoted lines
+    extract    clause absent: "Not present." 1, any quote 0; clause present: span F1 of the quoted lines
                against the gold spans (0..1; "Not present." scores 0), halved when no line is a verbatim quote
                of the excerpt (a misquote: the clause's words count, as in eval's span F1, but the quote
                cannot be found in the contract, so eval counts its verdict wrong)
@@ -19,10 +19,10 @@ parsers and per-item scores of ``evaluation.scoring``; nothing is re-implemented
                0.5 + 0.5 x F1 of the named categories against the gold categories
 
 An answer in none of the task's answer formats (unparseable) ranks below every parsed answer, a wrong one
-included: the format is the first thing the model must learn. An extraction answer is never unparseable: eval
-scores the words of any answer against the clause, so a misquote of a present clause ranks above "Not present."
-when it overlaps the clause (ranking it below, as an unparseable answer, taught the policy to answer "Not present."
-to clauses it quotes imperfectly). Higher score = better rank, equal scores share a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
+included: the format is the first thing the model must learn. For extraction the format is "Not present." or
+lines in quotation marks: a *misquote* (quoted, but not verbatim in the excerpt) is in the format, and since eval
+scores its words against the clause it ranks above "Not present." when it overlaps a present clause (ranking it
+below, as unparseable, taught the policy to answer "Not present." to clauses it quotes imperfectly). Higher score = better rank, equal scores share a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
 marked "none acceptable". The ranking is stored as annotator ``gold:<corpus>`` (the label's ``meta.source``,
 e.g. ``gold:cuad``) of kind ``derived``, with every answer's score in its rationale. The tasks stay offered to
 lawyers in the ranking app; at export a human ranking of a task replaces the derived one (``reward/prefs.py``).
@@ -102,6 +102,11 @@ def read_label(meta: Mapping[str, Any]) -> tuple[str, str, dict[str, Any], list[
 # --------------------------------------------------------------------------- scoring
 
 
+def is_quoted(answer: str) -> bool:
+    """The answer opens with a quotation mark: the extraction answer format (a quoted span may hold line breaks)."""
+    return answer.strip()[:1] in ('"', "“")
+
+
 def answer_scores(task: str, gold: dict[str, Any], messages: Messages, answers: Sequence[str]) -> list[float | None]:
     """Each answer's agreement with the label, 0..1 (None: not in the task's answer format), from the per-item
     scores that ``lexalign eval`` computes for the task (each answer is scored as one item of that task)."""
@@ -114,8 +119,15 @@ def answer_scores(task: str, gold: dict[str, Any], messages: Messages, answers: 
     if task == "extract":
         cols = scoring.score_extract(items, generated)["_items"].columns
         # span_f1 is NaN when the clause is absent (no gold spans): then the verdict ("Not present.") is the metric
-        return [float(c) if math.isnan(f) else float(f) * (MISQUOTE_CREDIT if u else 1.0)
-                for u, f, c in zip(cols["unparsed"], cols["span_f1"], cols["correct"])]
+        scores: list[float | None] = []
+        for text, unparsed, f1, correct in zip(answers, cols["unparsed"], cols["span_f1"], cols["correct"]):
+            if unparsed and not is_quoted(text):
+                scores.append(None)    # neither "Not present." nor quoted lines: no answer format
+            elif math.isnan(f1):
+                scores.append(float(correct))
+            else:
+                scores.append(float(f1) * (MISQUOTE_CREDIT if unparsed else 1.0))
+        return scores
     if task == "presence":
         cols = scoring.score_presence(items, generated)["_items"].columns
         return [None if u else float(c) for u, c in zip(cols["unparsed"], cols["correct"])]
