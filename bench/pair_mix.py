@@ -21,13 +21,14 @@ from pathlib import Path
 from lexalign.data.jsonl import DataError, read_jsonl
 from lexalign.data.prompts import parse_unfair_answer
 from lexalign.data.schemas import PreferencePair
+from lexalign.evaluation.gold import is_quoted
 from lexalign.evaluation.metrics import is_not_present
 from lexalign.training import answer_text, balance_fixed_answers
 
 
 def answer_kind(task: str, text: str) -> str:
     if task == "extract":
-        return "NP" if is_not_present(text) else "Q" if text.lstrip().startswith(('"', "“")) else "other"
+        return "NP" if is_not_present(text) else "Q" if is_quoted(text) else "other"
     if task == "unfair":
         verdict, _ = parse_unfair_answer(text)
         return {True: "Unfair", False: "Fair", None: "other"}[verdict]

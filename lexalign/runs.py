@@ -243,8 +243,7 @@ class RunDir:
         if marker.exists():
             marker.unlink()  # re-running a stage makes it incomplete until it finishes again
         try:
-            write_text_atomic(self.path / "config.yaml",  # other processes may be reading the previous one
-                              yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False))
+            write_text_atomic(self.path / "config.yaml", self.config_yaml())  # other processes may be reading it
             write_json_atomic(self.path / "manifest.json", self.manifest(status="running"))
         except OSError as err:
             raise RunDirError(f"cannot write to {self.path}: {err.strerror or err}") from None
@@ -277,6 +276,10 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"cannot append metrics to {self.path}: {err.strerror or err}") from None
 
+    def config_yaml(self) -> str:
+        """The resolved config as written to config.yaml (secrets masked)."""
+        return yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False)
+
     def changed_since_last_start(self) -> list[str]:
         """What the run last started in this directory (its manifest.json and config.yaml) trained on differently:
         the content of a training input (its role, e.g. train_data_0; held-out ``valid*`` files only evaluate) or a
@@ -300,8 +303,7 @@ class RunDir:
             now = hash_path(path) if path is not None and path.exists() else None
             if (old_inputs.get(role) or {}).get("sha256") != now:
                 changed.append(role)
-        # through the same YAML round trip as config.yaml, so that an unchanged value compares equal
-        new_config = yaml.safe_load(yaml.safe_dump(mask_secrets(to_dict(self.config)), sort_keys=False)) or {}
+        new_config = yaml.safe_load(self.config_yaml()) or {}  # as config.yaml reads back: unchanged values equal
         for name in ("model", "data"):
             before, now = old_config.get(name), new_config.get(name)
             if not isinstance(before, dict) or not isinstance(now, dict):
