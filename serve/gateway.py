@@ -64,6 +64,11 @@ ADMIN_PATHS = frozenset({
 ADMIN_PREFIXES = ("/adapters/",)      # SageMaker-style adapter loading: POST /adapters, DELETE /adapters/{name}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Per-connection headers (RFC 9110 section 7.6.1) are not relayed; content-length is recomputed for the body sent.
+# vLLM's server closes a kept-alive connection after 5 idle seconds (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), httpx's pool kept
+# one for 5 s too: a request sent on a connection the engine was closing failed with "Server disconnected without
+# sending a response", and an evaluation under load stopped on a 503 from /tokenize. Idle connections are dropped
+# here first.
+KEEPALIVE_EXPIRY_S = 2.0
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "proxy-connection"})
 _DROP_REQUEST = _HOP_BY_HOP | {"authorization", "content-length"}
@@ -176,13 +181,21 @@ class _Front:
         # The checked path, quoted again: what the engine routes is exactly what was checked.
         query = request.scope.get("query_string", b"").decode("latin-1")
         url = str(self.client.base_url).rstrip("/") + quote(path, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
-        upstream_request = self.client.build_request(request.method, url, headers=headers, content=body)
-        try:
-            upstream = await self.client.send(upstream_request, stream=True)
-        except httpx.TransportError as err:
-            logger.debug("engine unreachable for %s %s: %s", request.method, path, err)
-            return _error(503, "the model engine is not reachable (it is starting or has stopped)", "service_unavailable")
-        return _Relay(upstream)
+        for attempt in (1, 2):
+            upstream_request = self.client.build_request(request.method, url, headers=headers, content=body)
+            try:
+                upstream = await self.client.send(upstream_request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ConnectError) as err:
+                # No answer came: the engine closed a kept-alive connection as the request went out on it (see
+                # KEEPALIVE_EXPIRY_S), or its socket is not accepting. Once more on a fresh connection.
+                logger.warning("engine connection failed for %s %s (attempt %d): %s: %s", request.method, path,
+                               attempt, type(err).__name__, err)
+            except httpx.TransportError as err:
+                logger.warning("engine unreachable for %s %s: %s: %s", request.method, path, type(err).__name__, err)
+                break
+            else:
+                return _Relay(upstream)
+        return _error(503, "the model engine is not reachable (it is starting or has stopped)", "service_unavailable")
 
 
 def build_app(api_key: str | None, engine_key: str | None, *, admin_routes: bool = False,
@@ -198,8 +211,9 @@ def build_app(api_key: str | None, engine_key: str | None, *, admin_routes: bool
         # No read timeout: a non-streamed answer on a CPU can take minutes; the client's own timeout governs,
         # and a client that hangs up ends the relay.
         link = transport or httpx.AsyncHTTPTransport(uds=str(engine_socket) if engine_socket else None)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY_S)
         async with httpx.AsyncClient(transport=link, base_url=engine_url, timeout=httpx.Timeout(None, connect=10.0),
-                                     limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64)) as client:
+                                     limits=limits) as client:
             front.client = client
             yield
             front.client = None

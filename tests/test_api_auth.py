@@ -146,6 +146,34 @@ def test_an_unreachable_engine_is_a_503_also_for_health(tmp_path: Path) -> None:
         assert down.status_code == 503 and "not reachable" in down.json()["error"]["message"]
 
 
+class _ClosingOnce(httpx.AsyncBaseTransport):
+    """The engine closing a kept-alive connection as a request goes out on it: the first ``fails`` sends get no
+    answer (httpx.RemoteProtocolError), the rest reach the stand-in engine."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.sends = fails, 0
+        self.engine = httpx.ASGITransport(fake_engine())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sends += 1
+        if self.sends <= self.fails:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return await self.engine.handle_async_request(request)
+
+
+def test_a_request_the_engine_dropped_unanswered_is_sent_once_more() -> None:
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    once = _ClosingOnce(fails=1)
+    with FrontClient(build_app(KEY, ENGINE_KEY, transport=once), base_url="http://front") as client:
+        answer = client.post("/tokenize", content=b'{"prompt": "x"}', headers=keyed)
+        assert answer.status_code == 200 and answer.json()["body"] == '{"prompt": "x"}'
+    assert once.sends == 2
+    always = _ClosingOnce(fails=10)
+    with FrontClient(build_app(KEY, ENGINE_KEY, transport=always), base_url="http://front") as client:
+        assert client.post("/tokenize", headers=keyed).status_code == 503
+    assert always.sends == 2  # one retry, not a loop
+
+
 def test_path_normalization() -> None:
     cases = {"/": "/", "/health": "/health", "//health": "/health", "/./health": "/health", "/a//b/": "/a/b/",
              "/x/../sleep": "/sleep", "/..": "/", "/health/..": "/", "/a/b/..": "/a/", "/v1/models/": "/v1/models/"}
