@@ -188,8 +188,10 @@ class _Front:
             except (httpx.RemoteProtocolError, httpx.ConnectError) as err:
                 # No answer came: the engine closed a kept-alive connection as the request went out on it (see
                 # KEEPALIVE_EXPIRY_S), or its socket is not accepting. Once more on a fresh connection.
-                logger.warning("engine connection failed for %s %s (attempt %d): %s: %s", request.method, path,
-                               attempt, type(err).__name__, err)
+                # refused connections are the normal answer while the engine loads (health polls): not a warning
+                logger.log(logging.DEBUG if isinstance(err, httpx.ConnectError) else logging.WARNING,
+                           "engine connection failed for %s %s (attempt %d): %s: %s", request.method, path, attempt,
+                           type(err).__name__, err)
             except httpx.TransportError as err:
                 logger.warning("engine unreachable for %s %s: %s: %s", request.method, path, type(err).__name__, err)
                 break
