@@ -69,6 +69,23 @@ def test_saved_reward_model_reloads_with_the_same_scores(align_reward_run: Path)
             assert abs(score - row[f"{side}_score"]) < 1e-4, (side, score, row)
 
 
+def test_pairs_cut_to_max_length_are_counted_in_a_warning(align_reward_run: Path, caplog) -> None:
+    from transformers import AutoTokenizer
+
+    from lexalign.reward.train import to_reward_records
+    from lexalign.training import load_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(str(align_reward_run / "model"))
+    pairs = load_pairs(load_config(RewardStageConfig, align_reward_run / "config.yaml").data.valid)[:4]
+    with caplog.at_level("WARNING", logger="lexalign.reward.train"):
+        whole = to_reward_records(pairs, tokenizer, 4096, None)
+    assert "cut" not in caplog.text
+    with caplog.at_level("WARNING", logger="lexalign.reward.train"):
+        cut = to_reward_records(pairs, tokenizer, 40, None)
+    assert "8 of 8 answers are longer than training.max_length=40" in caplog.text
+    assert all(len(r["chosen_ids"]) <= 40 < len(w["chosen_ids"]) for r, w in zip(cut, whole))
+
+
 def test_score_cli_ranks_responses_and_reports_accuracy(align_reward_run: Path,
                                                         align_pairs: tuple[Path, Path, Path]) -> None:
     clause = "This Agreement shall be governed by the laws of the State of Ohio."
