@@ -187,8 +187,8 @@ class _Front:
                 upstream = await self.client.send(upstream_request, stream=True)
             except (httpx.RemoteProtocolError, httpx.ConnectError) as err:
                 # No answer came: the engine closed a kept-alive connection as the request went out on it (see
-                # KEEPALIVE_EXPIRY_S), or its socket is not accepting. Once more on a fresh connection.
-                # refused connections are the normal answer while the engine loads (health polls): not a warning
+                # KEEPALIVE_EXPIRY_S), or its socket is not accepting. Once more on a fresh connection. A refused
+                # connection is the normal answer while the engine loads (health polls): logged, not warned.
                 logger.log(logging.DEBUG if isinstance(err, httpx.ConnectError) else logging.WARNING,
                            "engine connection failed for %s %s (attempt %d): %s: %s", request.method, path, attempt,
                            type(err).__name__, err)
