@@ -151,6 +151,14 @@ def hash_path(path: Path) -> str:
 # Config keys of the model/data sections that do not change what a checkpoint was trained on (see
 # RunDir.changed_since_last_start): where it runs, and the held-out data.
 NOT_TRAINING_KEYS = frozenset({"device", "threads", "valid", "max_valid_pairs", "max_valid_records"})
+# Trainer settings that may change between a run and its resumption: how long it trains (a run is resumed to
+# train longer), how often it saves, logs and evaluates, and how it evaluates. Every other training setting
+# (learning rate, schedule, batch size, max_length, beta, ...) decides the weights, and a change starts over.
+RESUMABLE_TRAINING_KEYS = frozenset({
+    "max_steps", "num_train_epochs", "save_steps", "save_strategy", "save_total_limit", "logging_steps",
+    "logging_strategy", "logging_first_step", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
+    "report_to", "disable_tqdm", "dataloader_num_workers", "output_dir",
+})
 
 
 def config_hash(config: Any) -> str:
@@ -283,10 +291,11 @@ class RunDir:
     def changed_since_last_start(self) -> list[str]:
         """What the run last started in this directory (its manifest.json and config.yaml) trained on differently:
         the content of a training input (its role, e.g. train_data_0; held-out ``valid*`` files only evaluate) or a
-        key of the ``model``/``data`` config sections that decides the weights or the training pairs. [] when
-        nothing did, or nothing readable was started here. Not compared: training settings (a run may be resumed to
-        train longer), where it runs (device, threads), held-out data, and keys the earlier run did not have yet (a
-        newer version's option at its default)."""
+        key of the ``model``/``data``/``training`` config sections that decides the weights or the training pairs.
+        [] when nothing did, or nothing readable was started here. Not compared: how long and how it saves, logs
+        and evaluates (``RESUMABLE_TRAINING_KEYS``: a run may be resumed to train longer), where it runs (device,
+        threads), held-out data, and keys the earlier run did not have yet (a newer version's option at its
+        default)."""
         try:
             old = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
             old_config = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
@@ -304,14 +313,15 @@ class RunDir:
             if (old_inputs.get(role) or {}).get("sha256") != now:
                 changed.append(role)
         new_config = yaml.safe_load(self.config_yaml()) or {}  # as config.yaml reads back: unchanged values equal
-        for name in ("model", "data"):
+        for name in ("model", "data", "training"):
             before, now = old_config.get(name), new_config.get(name)
             if not isinstance(before, dict) or not isinstance(now, dict):
                 if before != now:
                     changed.append(f"config {name}")
                 continue
+            allowed = NOT_TRAINING_KEYS | (RESUMABLE_TRAINING_KEYS if name == "training" else frozenset())
             changed += [f"{name}.{key}" for key in sorted(set(before) & set(now))
-                        if key not in NOT_TRAINING_KEYS and before[key] != now[key]]
+                        if key not in allowed and before[key] != now[key]]
         return changed
 
     def complete(self, outputs: dict[str, Any] | None = None, results: dict[str, Any] | None = None) -> None:

@@ -209,7 +209,8 @@ class StageConfig:
 def test_checkpoints_trained_on_other_inputs_are_never_resumed_from(tmp_path) -> None:
     """A stage run again on new data (a pipeline step whose preference pairs changed) starts over: resuming would
     finish the old run and leave a model that never saw the new data. More steps, other threads, other held-out
-    data, or an option the earlier run did not know yet still resume; resume: false clears the old checkpoints."""
+    data, or an option the earlier run did not know yet still resume; another training setting that decides the
+    weights (max_length) starts over; resume: false clears the old checkpoints."""
     from lexalign.training import find_resume_checkpoint
 
     pairs, held_out = tmp_path / "pairs.jsonl", tmp_path / "valid.jsonl"
@@ -247,6 +248,11 @@ def test_checkpoints_trained_on_other_inputs_are_never_resumed_from(tmp_path) ->
                         model={"tuning": "qlora", "threads": 2})
     assert rerun(newer) == (whole, [])                 # an option added since, at its default: still resumes
     assert rerun(newer, resume=False)[0] is None and not folder.exists()   # starting over clears the old ones
+    rerun(StageConfig(training={"max_length": 256, "max_steps": 8, "logging_steps": 4}))
+    whole = checkpoint()
+    assert rerun(StageConfig(training={"max_length": 256, "max_steps": 16, "logging_steps": 8})) == (whole, [])
+    assert rerun(StageConfig(training={"max_length": 512, "max_steps": 16})) == (
+        None, ["training.max_length"]) and not folder.exists()                  # other sequences: starts over
 
 
 def test_a_stage_interrupted_before_complete_is_never_taken_as_complete(tmp_path, monkeypatch) -> None:
