@@ -151,6 +151,8 @@ def hash_path(path: Path) -> str:
 # Config keys of the model/data sections that do not change what a checkpoint was trained on (see
 # RunDir.changed_since_last_start): where it runs, and the held-out data.
 NOT_TRAINING_KEYS = frozenset({"device", "threads", "valid", "max_valid_pairs", "max_valid_records"})
+# The config sections of a stage that hold a TRL trainer's arguments (the online stage has one per algorithm).
+TRAINER_SECTIONS = ("training", "ppo", "grpo", "rloo")
 # Trainer settings that may change between a run and its resumption: how long it trains (a run is resumed to
 # train longer), how often it saves, logs and evaluates, and how it evaluates. Every other training setting
 # (learning rate, schedule, batch size, max_length, beta, ...) decides the weights, and a change starts over.
@@ -291,7 +293,8 @@ class RunDir:
     def changed_since_last_start(self) -> list[str]:
         """What the run last started in this directory (its manifest.json and config.yaml) trained on differently:
         the content of a training input (its role, e.g. train_data_0; held-out ``valid*`` files only evaluate) or a
-        key of the ``model``/``data``/``training`` config sections that decides the weights or the training pairs.
+        key of the ``model``/``data`` sections, the trainer's arguments (``TRAINER_SECTIONS``) or the online
+        ``algorithm`` that decides the weights or the training pairs.
         [] when nothing did, or nothing readable was started here. Not compared: how long and how it saves, logs
         and evaluates (``RESUMABLE_TRAINING_KEYS``: a run may be resumed to train longer), where it runs (device,
         threads), held-out data, and keys the earlier run did not have yet (a newer version's option at its
@@ -313,13 +316,13 @@ class RunDir:
             if (old_inputs.get(role) or {}).get("sha256") != now:
                 changed.append(role)
         new_config = yaml.safe_load(self.config_yaml()) or {}  # as config.yaml reads back: unchanged values equal
-        for name in ("model", "data", "training"):
+        for name in ("model", "data", "algorithm", *TRAINER_SECTIONS):
             before, now = old_config.get(name), new_config.get(name)
             if not isinstance(before, dict) or not isinstance(now, dict):
                 if before != now:
                     changed.append(f"config {name}")
                 continue
-            allowed = NOT_TRAINING_KEYS | (RESUMABLE_TRAINING_KEYS if name == "training" else frozenset())
+            allowed = NOT_TRAINING_KEYS | (RESUMABLE_TRAINING_KEYS if name in TRAINER_SECTIONS else frozenset())
             changed += [f"{name}.{key}" for key in sorted(set(before) & set(now))
                         if key not in allowed and before[key] != now[key]]
         return changed

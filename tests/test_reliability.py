@@ -255,6 +255,31 @@ def test_checkpoints_trained_on_other_inputs_are_never_resumed_from(tmp_path) ->
         None, ["training.max_length"]) and not folder.exists()                  # other sequences: starts over
 
 
+@dataclass
+class OnlineStageLike:
+    algorithm: str = "grpo"
+    grpo: dict = field(default_factory=lambda: {"max_steps": 4, "learning_rate": 1e-3})
+
+
+def test_online_checkpoints_of_another_algorithm_or_learning_rate_are_never_resumed_from(tmp_path) -> None:
+    from lexalign.training import find_resume_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+
+    def rerun(config: OnlineStageLike) -> str | None:
+        run = RunDir(tmp_path / "run", "ppo", config)
+        found = find_resume_checkpoint(run, resume=True)
+        run.start()
+        return found
+
+    rerun(OnlineStageLike())
+    whole = str(_fake_checkpoint(folder, 4, json.dumps({"global_step": 4})))
+    assert rerun(OnlineStageLike(grpo={"max_steps": 8, "learning_rate": 1e-3})) == whole   # longer: resumes
+    assert rerun(OnlineStageLike(grpo={"max_steps": 8, "learning_rate": 5e-4})) is None and not folder.exists()
+    whole = str(_fake_checkpoint(folder, 4, json.dumps({"global_step": 4})))
+    assert rerun(OnlineStageLike("rloo", {"max_steps": 8, "learning_rate": 5e-4})) is None and not folder.exists()
+
+
 def test_a_stage_interrupted_before_complete_is_never_taken_as_complete(tmp_path, monkeypatch) -> None:
     from dataclasses import dataclass
 
