@@ -18,7 +18,6 @@ The build is deterministic: the same sources and config give byte-identical file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil

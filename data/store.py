@@ -5,7 +5,8 @@ in one SQL database (SQLAlchemy 2.0 Core). Open it by URL with ``open_store(url)
     postgresql+psycopg://user:pw@host/lexalign   a shared server (install a driver, e.g. ``psycopg``)
 
 Tables: ``schema_version``, ``annotators``, ``tasks``, ``candidates``, ``assignments``, ``rankings``,
-``feedback`` (ratings from the lawyers' chat UI) and ``audit_events``. Opening a store written by a newer
+``feedback`` (ratings from the lawyers' chat UI) and ``audit_events`` (``lexalign.data.store_schema``; what
+the store accepts is checked in ``lexalign.data.store_input``). Opening a store written by a newer
 schema version (or by an older one without a migration) fails with a ``StoreError`` instead of guessing; an
 older version with a migration is upgraded in place, in the opening transaction (all or nothing).
 
@@ -75,216 +76,62 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import threading
 import time
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    CheckConstraint,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    exists,
-    func,
-    insert,
-    inspect,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import create_engine, event, exists, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from lexalign.data.schemas import ANNOTATOR_KINDS, check_derived_name
-from lexalign.errors import LexalignError
+from lexalign.data.store_input import (
+    ANSWER_FLAG_SEP,
+    DEFAULT_RATIONALE_MAX,
+    FLAGS,
+    MIN_PASSWORD_CHARS,
+    ROLES,
+    TASK_FLAGS,
+    USERNAME_PATTERN,
+    StoreError,
+    SubmissionError,
+    check_kinds,
+    check_plain_text,
+    check_prompt,
+    check_ranks,
+    check_username,
+    control_chars,
+    day_start,
+    submission_period,
+    unique_names,
+)
+from lexalign.data.store_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    annotators,
+    assignments,
+    audit_events,
+    candidates,
+    feedback,
+    metadata,
+    rankings,
+    schema_version,
+    tasks,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///runs/prefs.db"
-ROLES = ("annotator", "admin")
-# Flags on one answer (what it says), and flags on the task itself (what the annotator was given to judge).
-ANSWER_FLAGS: dict[str, str] = {
-    "invented_clause": "invents a clause or quote not in the contract",
-    "wrong_law": "wrong law or jurisdiction",
-    "risky_advice": "risky or misleading advice",
-    "personal_data": "contains personal data",
-    "other": "other problem (say which in the rationale)",
-}
-TASK_FLAGS: dict[str, str] = {
-    "bad_task": "task is broken (excerpt missing or unreadable)",
-}
-FLAGS: dict[str, str] = {**ANSWER_FLAGS, **TASK_FLAGS}
-DEFAULT_RATIONALE_MAX = 2000
-MIN_PASSWORD_CHARS = 8
-ANSWER_FLAG_SEP = "@"   # "wrong_law@2": the flag on the answer at position 2
-
 BUSY_TIMEOUT_S = 30.0
 MAX_RETRIES = 8
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
-DAY_FORMAT = "YYYY-MM-DD"  # submission-day filters (UTC)
-
-
-def split_flags(flags: Sequence[str]) -> tuple[list[str], dict[int, list[str]]]:
-    """Stored flags -> (flags on the whole task, {answer position: its flags})."""
-    whole: list[str] = []
-    per_answer: dict[int, list[str]] = {}
-    for flag in flags:
-        name, sep, position = flag.partition(ANSWER_FLAG_SEP)
-        if sep and position.isdigit():
-            per_answer.setdefault(int(position), []).append(name)
-        else:
-            whole.append(flag)
-    return whole, per_answer
-
-_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-# Anything that looks like an HTML/XML tag, comment or declaration: "<b>", "</x>", "<!--", "<?xml", "<script".
-# "a < b" (a space after "<") is text to an HTML parser too, so it stays allowed.
-_MARKUP = re.compile(r"</?[A-Za-z!?][^<>]*>|</?(script|iframe|img|svg|style|object|embed|math)\b", re.IGNORECASE)
-_ALLOWED_CONTROLS = {"\n", "\t", "\r"}
-
-
-class StoreError(LexalignError):
-    """The store cannot be opened or used as asked (bad URL, schema version mismatch, unknown user...)."""
-
-
-class SubmissionError(StoreError):
-    """A ranking (or skip) was refused; nothing was stored. The message says what to fix."""
-
-
-# --------------------------------------------------------------------------- schema
-
-metadata = MetaData()
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _ts() -> Column:
-    return Column("created_at", DateTime(timezone=True), nullable=False, default=_now)
-
-
-schema_version = Table(
-    "schema_version", metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
-
-annotators = Table(
-    "annotators", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("username", String(64), nullable=False, unique=True),
-    Column("password_hash", String(255), nullable=True),  # NULL: cannot log in (e.g. imported lawyers)
-    Column("role", String(16), nullable=False, default="annotator"),
-    Column("active", Boolean, nullable=False, default=True),
-    _ts(),
-    # human: a person; derived: rankings computed from labels (gold:<corpus>). Added in schema version 2.
-    Column("kind", String(16), nullable=False, default="human", server_default=text("'human'")),
-    CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),
-    CheckConstraint("kind IN ('human', 'derived')", name="ck_annotators_kind"),
-)
-
-tasks = Table(
-    "tasks", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("prompt_id", String(200), nullable=False, unique=True),
-    Column("prompt", JSON, nullable=False),          # a string or chat messages [{"role", "content"}]
-    Column("meta", JSON, nullable=True),             # excerpt, question, doc ids, generation settings...
-    Column("source", String(100), nullable=False, default="app"),
-    Column("k", Integer, nullable=False, default=3),  # annotations wanted (0: not offered to annotators)
-    Column("assigned", Integer, nullable=False, default=0, server_default=text("0")),  # live (open/done) assignments
-    _ts(),
-    CheckConstraint("k >= 0", name="ck_tasks_k"),
-    CheckConstraint("assigned >= 0 AND assigned <= k", name="ck_tasks_assigned"),
-    # Only tasks that still want annotators are indexed, so picking the next one does not scan finished tasks.
-    Index("ix_tasks_open", "id", sqlite_where=text("assigned < k"), postgresql_where=text("assigned < k")),
-)
-
-candidates = Table(
-    "candidates", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
-    Column("position", Integer, nullable=False),
-    Column("text", Text, nullable=False),
-    Column("model", String(200), nullable=True),     # the model (or source) that wrote it
-    UniqueConstraint("task_id", "position", name="uq_candidates_task_position"),
-)
-
-assignments = Table(
-    "assignments", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
-    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
-    Column("slot", Integer, nullable=True),          # 0..k-1 while live; NULL once skipped
-    Column("status", String(16), nullable=False, default="open"),
-    Column("form_token", String(64), nullable=False, unique=True),
-    Column("assigned_at", DateTime(timezone=True), nullable=False, default=_now),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("task_id", "annotator_id", name="uq_assignments_task_annotator"),
-    UniqueConstraint("task_id", "slot", name="uq_assignments_task_slot"),
-    CheckConstraint("status IN ('open', 'done', 'skipped')", name="ck_assignments_status"),
-    Index("ix_assignments_annotator_status", "annotator_id", "status"),
-)
-
-rankings = Table(
-    "rankings", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
-    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
-    Column("ranks", JSON, nullable=False),           # one rank per candidate, in candidate position order
-    Column("none_acceptable", Boolean, nullable=False, default=False),
-    Column("rationale", Text, nullable=True),
-    Column("flags", JSON, nullable=False),
-    Column("form_token", String(64), nullable=True, unique=True),  # NULL for imported rankings
-    Column("submitted_at", DateTime(timezone=True), nullable=False, default=_now),
-    UniqueConstraint("task_id", "annotator_id", name="uq_rankings_task_annotator"),
-    Index("ix_rankings_annotator", "annotator_id"),
-)
-
-feedback = Table(
-    "feedback", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("user", String(64), nullable=False),
-    Column("prompt", JSON, nullable=False),
-    Column("response", Text, nullable=False),
-    Column("rating", Integer, nullable=False),
-    Column("better_answer", Text, nullable=True),
-    Column("meta", JSON, nullable=True),
-    _ts(),
-    CheckConstraint("rating IN (-1, 1)", name="ck_feedback_rating"),
-)
-
-audit_events = Table(
-    "audit_events", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("at", DateTime(timezone=True), nullable=False, default=_now),
-    Column("actor", String(64), nullable=False),
-    Column("action", String(64), nullable=False),
-    Column("detail", JSON, nullable=True),
-    Index("ix_audit_action", "action"),
-)
 
 
 # --------------------------------------------------------------------------- plain result objects
@@ -410,139 +257,6 @@ class ImportResult:
     rankings_added: int = 0
     duplicates: int = 0
     annotators_created: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _check_username(name: str, kind: str, where: str) -> None:
-    """A human username (letters, digits, ._@-; no ":") or a derived one (``<method>:<name>``)."""
-    if kind == "derived":
-        try:
-            check_derived_name(name)
-        except ValueError as err:
-            raise StoreError(f"{where}: {err}") from None
-    elif kind == "human":
-        if not _USERNAME.match(name):
-            raise StoreError(f"{where}: annotator {name!r} is not a valid username (1-64 letters, digits, '.', '_', "
-                             "'@' or '-', starting with a letter or digit)")
-    else:
-        raise StoreError(f"{where}: annotator kind {kind!r}: expected one of {', '.join(ANNOTATOR_KINDS)}")
-
-
-def _check_kinds(kinds: Iterable[str] | None) -> list[str] | None:
-    if kinds is None:
-        return None
-    kind_list = [kinds] if isinstance(kinds, str) else list(kinds)
-    unknown = [k for k in kind_list if k not in ANNOTATOR_KINDS]
-    if unknown or not kind_list:
-        raise StoreError(f"annotator kinds {kind_list!r}: expected some of {', '.join(ANNOTATOR_KINDS)}")
-    return kind_list
-
-
-def parse_day(value: date | str | None, field_name: str) -> date | None:
-    """A calendar day given as ``YYYY-MM-DD`` (a ``date`` is taken as it is); None when empty. A StoreError naming
-    the field and the expected format otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):  # a datetime is a date too, but a time of day is not a day
-        raise StoreError(f"the {field_name!r} date must be a day in the format {DAY_FORMAT}, not a time ({value})")
-    if isinstance(value, date):
-        return value
-    if not isinstance(value, str):
-        raise StoreError(f"the {field_name!r} date must be text in the format {DAY_FORMAT}; got {type(value).__name__}")
-    stripped = value.strip()
-    if not stripped:
-        return None
-    if _DAY.match(stripped):
-        try:
-            return date.fromisoformat(stripped)
-        except ValueError:
-            pass
-    raise StoreError(f"the {field_name!r} date {stripped[:40]!r} is not a day in the format {DAY_FORMAT} "
-                     "(e.g. 2025-03-31)")
-
-
-def submission_period(submitted_from: date | str | None, submitted_to: date | str | None
-                      ) -> tuple[date | None, date | None]:
-    """The first and last day (both inclusive, UTC) of a submission-time filter; None: no bound on that side.
-    A StoreError for a malformed day or an empty range (``from`` after ``to``)."""
-    first = parse_day(submitted_from, "from")
-    last = parse_day(submitted_to, "to")
-    if first is not None and last is not None and first > last:
-        raise StoreError(f"the 'from' date {first.isoformat()} is after the 'to' date {last.isoformat()}, so no day "
-                         "is in the range; swap them")
-    return first, last
-
-
-def _day_start(day: date) -> datetime:
-    """Midnight UTC at the start of ``day``."""
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-
-
-def _name_list(names: Iterable[str] | None) -> list[str] | None:
-    """Annotator usernames of a filter, each once, in the given order; None: no filter."""
-    if names is None:
-        return None
-    name_list = [names] if isinstance(names, str) else list(names)
-    strangers = [name for name in name_list if not isinstance(name, str)]
-    if strangers:
-        raise StoreError(f"annotator names must be text; got {strangers[0]!r}")
-    return list(dict.fromkeys(name_list))
-
-
-def _control_chars(text: str) -> list[str]:
-    return sorted({f"U+{ord(c):04X}" for c in text
-                   if c not in _ALLOWED_CONTROLS and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")
-                   and c not in ("\u200d", "\u200c")})  # zero-width (non-)joiners occur in real scripts
-
-
-def check_plain_text(value: str | None, what: str, max_chars: int) -> str | None:
-    """Plain text for free-text fields: stripped, None when empty; a ValueError saying what to fix otherwise."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be text, got {type(value).__name__}")
-    stripped = value.strip()
-    if not stripped:
-        return None
-    if len(stripped) > max_chars:
-        raise ValueError(f"{what} is {len(stripped)} characters long; the limit is {max_chars}. Shorten it.")
-    bad = _control_chars(stripped)
-    if bad:
-        raise ValueError(f"{what} contains control characters ({', '.join(bad[:5])}); remove them (paste as plain text)")
-    match = _MARKUP.search(stripped)
-    if match:
-        raise ValueError(f"{what} must be plain text, without HTML or markup such as {match.group(0)[:40]!r}; "
-                         "describe it in words instead")
-    return stripped
-
-
-def check_ranks(ranks: Sequence[int], n: int) -> None:
-    """A complete weak ordering of n items: one rank each, 1 = best, ties share a rank, dense (no gaps)."""
-    from lexalign.data.schemas import check_ranks as _schema_check_ranks
-
-    for r in ranks:
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise ValueError(f"every rank must be a whole number (1 = best); got {r!r}")
-    _schema_check_ranks(list(ranks), n)
-
-
-def _check_prompt(prompt: Any) -> str | list[dict[str, str]]:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise StoreError("prompt must not be empty")
-        return prompt
-    if isinstance(prompt, list):
-        from lexalign.data.schemas import Message, check_turn_order
-
-        try:
-            messages = [m if isinstance(m, Message) else Message.model_validate(m) for m in prompt]
-            check_turn_order(messages, must_end_with="user")
-        except ValueError as err:
-            raise StoreError(f"prompt: not valid chat messages ending with a user turn: {err}") from None
-        return [m.model_dump() for m in messages]
-    raise StoreError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
 
 
 def _candidate_fields(candidate: Any, index: int) -> tuple[str, str | None]:
@@ -771,7 +485,7 @@ class Store:
                     raise StoreError(f"{self.safe_url}: has tables {', '.join(present)} but no schema_version; "
                                      "the schema is unknown, so it is not opened (use a new database)")
                 metadata.create_all(conn)
-                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied_at=_now()))
+                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied_at=utc_now()))
                 logger.info("created preference store %s (schema version %d)", self.safe_url, SCHEMA_VERSION)
 
         try:
@@ -783,14 +497,14 @@ class Store:
         """Upgrade an older store step by step inside the opening transaction: every step or none is applied."""
         start = version
         while version < SCHEMA_VERSION:
-            step = _MIGRATIONS.get(version)
+            step = MIGRATIONS.get(version)
             if step is None:
                 raise StoreError(f"{self.safe_url}: the store has schema version {version}, older than "
                                  f"{SCHEMA_VERSION}, and no migration exists; export its rankings with the "
                                  "lexalign that wrote it and import them into a new store")
             step(conn)
             version += 1
-            conn.execute(insert(schema_version).values(version=version, applied_at=_now()))
+            conn.execute(insert(schema_version).values(version=version, applied_at=utc_now()))
         logger.info("migrated preference store %s from schema version %d to %d", self.safe_url, start, version)
 
     def schema_version(self) -> int:
@@ -802,7 +516,7 @@ class Store:
     @staticmethod
     def _audit(conn: Connection, actor: str, action: str, detail: Mapping[str, Any] | None = None) -> None:
         actor = actor.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL (a login attempt's name)
-        conn.execute(insert(audit_events).values(at=_now(), actor=actor[:64], action=action[:64],
+        conn.execute(insert(audit_events).values(at=utc_now(), actor=actor[:64], action=action[:64],
                                                  detail=dict(detail) if detail else None))
 
     def audit(self, actor: str, action: str, detail: Mapping[str, Any] | None = None, *, durable: bool = True) -> None:
@@ -827,7 +541,7 @@ class Store:
     def add_annotator(self, username: str, password: str | None, role: Literal["annotator", "admin"] = "annotator", *,
                       actor: str = "cli", active: bool = True) -> Annotator:
         """Create an account. ``password=None`` creates one that cannot log in (imported annotators)."""
-        if not isinstance(username, str) or not _USERNAME.match(username):
+        if not isinstance(username, str) or not USERNAME_PATTERN.match(username):
             raise StoreError(f"username {username!r}: use 1-64 letters, digits, '.', '_', '@' or '-', starting with "
                              "a letter or digit")
         if role not in ROLES:
@@ -843,7 +557,7 @@ class Store:
                 try:
                     row_id = conn.execute(insert(annotators).values(
                         username=username, password_hash=password_hash, role=role, active=active,
-                        created_at=_now())).inserted_primary_key[0]
+                        created_at=utc_now())).inserted_primary_key[0]
                 except IntegrityError:
                     raise StoreError(f"annotator {username!r} already exists; choose another username") from None
                 self._audit(conn, actor, "annotator_created", {"username": username, "role": role,
@@ -899,7 +613,7 @@ class Store:
 
         hasher = _hasher()
         row = None
-        if isinstance(username, str) and _USERNAME.match(username or ""):
+        if isinstance(username, str) and USERNAME_PATTERN.match(username or ""):
             with self._read() as conn:
                 row = conn.execute(select(annotators).where(annotators.c.username == username)).first()
         ok = False
@@ -923,7 +637,7 @@ class Store:
         return _annotator(row)
 
     def _active_annotator(self, conn: Connection, username: str, error: type[StoreError] = StoreError) -> Any:
-        if not isinstance(username, str) or not _USERNAME.match(username):  # never a stored name: no query
+        if not isinstance(username, str) or not USERNAME_PATTERN.match(username):  # never a stored name: no query
             raise error(f"no annotator named {username!r}")
         row = conn.execute(select(annotators.c.id, annotators.c.role, annotators.c.active, annotators.c.kind)
                            .where(annotators.c.username == username)).first()
@@ -964,14 +678,14 @@ class Store:
             raise StoreError(f"k={k!r}: expected a whole number >= 0 (annotators wanted per task)")
         if isinstance(candidates, (str, bytes)) or len(candidates) < 2:
             raise StoreError(f"task {prompt_id!r}: needs at least 2 candidate answers to rank")
-        return _check_prompt(prompt), [_candidate_fields(c, i) for i, c in enumerate(candidates)]
+        return check_prompt(prompt), [_candidate_fields(c, i) for i, c in enumerate(candidates)]
 
     @staticmethod
     def _insert_task(conn: Connection, prompt_id: str, prompt: Any, candidate_rows: list[tuple[str, str | None]],
                      meta: Mapping[str, Any] | None, k: int, source: str) -> int:
         task_id = conn.execute(insert(tasks).values(
             prompt_id=prompt_id, prompt=prompt, meta=dict(meta) if meta else None, source=source, k=k, assigned=0,
-            created_at=_now())).inserted_primary_key[0]
+            created_at=utc_now())).inserted_primary_key[0]
         conn.execute(insert(candidates), [
             {"task_id": task_id, "position": i, "text": text_, "model": model}
             for i, (text_, model) in enumerate(candidate_rows)])
@@ -1041,7 +755,7 @@ class Store:
                 token = secrets.token_urlsafe(24)
                 conn.execute(insert(assignments).values(
                     task_id=chosen.id, annotator_id=annotator.id, slot=slot, status="open", form_token=token,
-                    assigned_at=_now()))
+                    assigned_at=utc_now()))
                 return self._task_view(conn, chosen.id, token)
 
         for attempt in range(MAX_RETRIES):
@@ -1111,7 +825,7 @@ class Store:
 
     def _check_assignment(self, conn: Connection, username: str, task_id: int, form_token: str) -> Any:
         """The annotator's (active) assignment of this task, checked against the form token; one query."""
-        if not isinstance(username, str) or not _USERNAME.match(username):  # never a stored name: no query
+        if not isinstance(username, str) or not USERNAME_PATTERN.match(username):  # never a stored name: no query
             raise SubmissionError(f"no annotator named {username!r}")
         row = conn.execute(
             select(annotators.c.id.label("annotator_id"), annotators.c.active, assignments.c.form_token,
@@ -1175,13 +889,13 @@ class Store:
                         task_id=task_id, annotator_id=assignment.annotator_id, ranks=ordered,
                         none_acceptable=none_acceptable,
                         rationale=rationale_text, flags=stored_flags, form_token=form_token,
-                        submitted_at=_now())).inserted_primary_key[0]
+                        submitted_at=utc_now())).inserted_primary_key[0]
                 except IntegrityError:
                     raise SubmissionError(f"task {task_id} was already submitted (a form can be submitted only once)") from None
                 conn.execute(update(assignments)
                              .where(assignments.c.task_id == task_id,
                                     assignments.c.annotator_id == assignment.annotator_id)
-                             .values(status="done", finished_at=_now()))
+                             .values(status="done", finished_at=utc_now()))
                 self._audit(conn, username, "submission", {"task_id": task_id, "ranking_id": int(ranking_id),
                                                            "none_acceptable": none_acceptable, "flags": stored_flags})
             return int(ranking_id)
@@ -1203,7 +917,7 @@ class Store:
                 conn.execute(update(assignments)
                              .where(assignments.c.task_id == task_id,
                                     assignments.c.annotator_id == assignment.annotator_id)
-                             .values(status="skipped", slot=None, finished_at=_now()))
+                             .values(status="skipped", slot=None, finished_at=utc_now()))
                 conn.execute(update(tasks).where(tasks.c.id == task_id).values(assigned=tasks.c.assigned - 1))
                 self._audit(conn, username, "skip", {"task_id": task_id, "reason": reason_text})
 
@@ -1378,9 +1092,9 @@ class Store:
         ``submitted_from`` / ``submitted_to`` only the rankings submitted on those days or between them (UTC days,
         ``YYYY-MM-DD``, both inclusive); ``min_annotators`` counts the kept rankings."""
         source_list = list(sources) if sources is not None else None
-        kind_list = _check_kinds(kinds)
+        kind_list = check_kinds(kinds)
         first_day, last_day = submission_period(submitted_from, submitted_to)
-        name_list = _name_list(annotator_names)
+        name_list = unique_names(annotator_names)
         with self._read() as conn:
             if name_list is not None:
                 self._check_known_annotators(conn, name_list)
@@ -1397,9 +1111,9 @@ class Store:
             if name_list is not None:
                 ranking_query = ranking_query.where(annotators.c.username.in_(name_list))
             if first_day is not None:
-                ranking_query = ranking_query.where(rankings.c.submitted_at >= _day_start(first_day))
+                ranking_query = ranking_query.where(rankings.c.submitted_at >= day_start(first_day))
             if last_day is not None and last_day < date.max:
-                ranking_query = ranking_query.where(rankings.c.submitted_at < _day_start(last_day + timedelta(days=1)))
+                ranking_query = ranking_query.where(rankings.c.submitted_at < day_start(last_day + timedelta(days=1)))
             for row in conn.execute(ranking_query):
                 if row.task_id in task_rows:
                     by_task.setdefault(row.task_id, []).append(StoredRanking(
@@ -1413,7 +1127,7 @@ class Store:
     def check_annotator_names(self, names: Iterable[str] | None) -> list[str] | None:
         """The usernames of an annotator filter, each once (None: no filter); a StoreError naming any that the
         store does not know, so a typo never yields a silently empty export."""
-        name_list = _name_list(names)
+        name_list = unique_names(names)
         if name_list is not None:
             with self._read() as conn:
                 self._check_known_annotators(conn, name_list)
@@ -1521,7 +1235,7 @@ class Store:
             raise StoreError(f"{already} differently ({list(previous.ranks)} stored vs {list(ranks)} now)")
         conn.execute(insert(rankings).values(
             task_id=task_id, annotator_id=annotator_id, ranks=list(ranks), none_acceptable=none_acceptable,
-            rationale=rationale, flags=list(flags), form_token=None, submitted_at=_now()))
+            rationale=rationale, flags=list(flags), form_token=None, submitted_at=utc_now()))
         return True
 
     def _ensure_offline_annotator(self, conn: Connection, name: str, kind: str, actor: str, where: str,
@@ -1534,10 +1248,10 @@ class Store:
                 raise StoreError(f"{where}: annotator {name!r} is of kind {row.kind!r} in the store, not {kind!r}; "
                                  "rankings of one annotator have one kind (rename one of them)")
             return int(row.id), False
-        _check_username(name, kind, where)
+        check_username(name, kind, where)
         row_id = conn.execute(insert(annotators).values(
             username=name, password_hash=None, role="annotator", active=False, kind=kind,
-            created_at=_now())).inserted_primary_key[0]
+            created_at=utc_now())).inserted_primary_key[0]
         self._audit(conn, actor, "annotator_created",
                     {"username": name, "role": "annotator", "kind": kind, "can_login": False, **detail})
         return int(row_id), True
@@ -1557,13 +1271,13 @@ class Store:
         if not isinstance(response, str) or not response.strip():
             raise SubmissionError("the rated response must not be empty")
         try:
-            prompt_value = _check_prompt(prompt)
+            prompt_value = check_prompt(prompt)
         except StoreError as err:
             raise SubmissionError(str(err)) from None
         if better_answer is not None:
             if not isinstance(better_answer, str):
                 raise SubmissionError("better_answer must be text")
-            bad = _control_chars(better_answer)
+            bad = control_chars(better_answer)
             if bad:
                 raise SubmissionError(f"the better answer contains control characters ({', '.join(bad[:5])}); remove them")
             if len(better_answer) > 20_000:
@@ -1575,7 +1289,7 @@ class Store:
                 feedback_id = conn.execute(insert(feedback).values(
                     user=str(user)[:64], prompt=prompt_value, response=response, rating=rating,
                     better_answer=better_answer, meta=dict(meta) if meta else None,
-                    created_at=_now())).inserted_primary_key[0]
+                    created_at=utc_now())).inserted_primary_key[0]
                 self._audit(conn, str(user), "feedback", {"feedback_id": int(feedback_id), "rating": rating})
             return int(feedback_id)
 
@@ -1621,7 +1335,7 @@ class Store:
                 annotator_ids: dict[str, int] = {}
                 for i, record in enumerate(checked, start=1):
                     where = f"record {i} (prompt_id {record.prompt_id!r})"
-                    prompt_value = _check_prompt([m.model_dump() for m in record.prompt]
+                    prompt_value = check_prompt([m.model_dump() for m in record.prompt]
                                                  if isinstance(record.prompt, list) else record.prompt)
                     task = conn.execute(select(tasks.c.id).where(tasks.c.prompt_id == record.prompt_id)).first()
                     if task is None:
@@ -1658,19 +1372,6 @@ class Store:
 
 def _annotator(row: Any) -> Annotator:
     return Annotator(int(row.id), row.username, row.role, bool(row.active), row.created_at, row.kind)
-
-
-def _add_annotator_kind(conn: Connection) -> None:
-    """1 -> 2: annotators get a kind; everyone already in a version-1 store is a person (human).
-
-    The column is declared exactly as ``metadata`` declares it for new stores (the same default and the same
-    named check), so a migrated store and a new one behave alike on SQLite and on PostgreSQL."""
-    conn.execute(text("ALTER TABLE annotators ADD COLUMN kind VARCHAR(16) DEFAULT 'human' NOT NULL "
-                      "CONSTRAINT ck_annotators_kind CHECK (kind IN ('human', 'derived'))"))
-
-
-# version -> the step that upgrades a store of that version to the next one
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_annotator_kind}
 
 
 _HASHER: Any = None

@@ -43,22 +43,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lexalign.config import Problem, load_config, problem_if
-from lexalign.data.store import (
+from lexalign.data.store import DEFAULT_URL, Store, StoreError, SubmissionError, TaskView, WithdrawnRanking
+from lexalign.data.store_input import (
     ANSWER_FLAGS,
     DAY_FORMAT,
     DEFAULT_RATIONALE_MAX,
-    DEFAULT_URL,
     FLAGS,
     MIN_PASSWORD_CHARS,
     ROLES,
     TASK_FLAGS,
-    Store,
-    StoreError,
-    SubmissionError,
-    TaskView,
-    WithdrawnRanking,
-    split_flags,
     check_ranks,
+    split_flags,
 )
 
 if TYPE_CHECKING:  # numpy is imported only when the Admin tab needs agreement

@@ -71,7 +71,8 @@ from lexalign.data import prompts
 from lexalign.data.jsonl import DataError, read_jsonl, write_jsonl, write_text_atomic
 from lexalign.data.paths import resolve_data_path
 from lexalign.data.schemas import ANNOTATOR_KINDS, RankingRecord, Text
-from lexalign.data.store import ImportResult, Store, StoredRanking, StoreError, TaskRankings, submission_period
+from lexalign.data.store import ImportResult, Store, StoredRanking, StoreError, TaskRankings
+from lexalign.data.store_input import submission_period
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 
 from lexalign.config import load_config
 from lexalign.data.store import open_store

@@ -32,9 +32,8 @@ from lexalign.serve.launch import (
     group_members,
     plan_launch,
     resolve_api_key,
-    resolve_target,
-    vllm_lora_rank,
 )
+from lexalign.serve.targets import resolve_target, vllm_lora_rank
 
 pytest_plugins = ["test_serve_support"]
 

@@ -20,17 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lexalign.data.schemas import RankingRecord
-from lexalign.data.store import (
-    ANSWER_FLAGS,
-    FLAGS,
-    SCHEMA_VERSION,
-    TASK_FLAGS,
-    StoreError,
-    SubmissionError,
-    open_store,
-    parse_day,
-    submission_period,
-)
+from lexalign.data.store import SCHEMA_VERSION, StoreError, SubmissionError, open_store
+from lexalign.data.store_input import ANSWER_FLAGS, FLAGS, TASK_FLAGS, parse_day, submission_period
 from lexalign.errors import LexalignError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -343,7 +334,7 @@ def test_plain_text_with_angle_brackets_is_fine_and_stored_verbatim(one_task) ->
 def test_flags_on_single_answers_are_stored_at_their_positions_and_checked(one_task) -> None:
     """answer_flags={candidate id: flags} -> "flag@position" (the order of the stored ranks and of an export's
     responses); a flag on an answer of another task, an unknown flag or a non-list is refused, nothing stored."""
-    from lexalign.data.store import split_flags
+    from lexalign.data.store_input import split_flags
 
     store, view = one_task
     cids = ids(view)

@@ -294,7 +294,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM
 
         from lexalign.modeling import choose_device, configure_threads, load_tokenizer
-        from lexalign.serve.launch import resolve_target
+        from lexalign.serve.targets import resolve_target
 
         target = resolve_target(spec)
         self.source = str(spec)
@@ -401,7 +401,7 @@ def shared_targets(specs: list[str]) -> tuple[dict[str, Any], bool]:
     """spec -> resolved serve target of local models that one engine can serve, and whether it serves them by
     swapping weights (full models of one network on different folders) rather than by name (adapters on one base
     model, one chat template); a LexalignError naming both models otherwise."""
-    from lexalign.serve.launch import check_shared_engine, check_weight_swap, resolve_target
+    from lexalign.serve.targets import check_shared_engine, check_weight_swap, resolve_target
 
     targets = {spec: resolve_target(spec) for spec in specs}
     values = list(targets.values())
