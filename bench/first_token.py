@@ -3,7 +3,9 @@
 A greedy decoder commits to the answer's first token. On CUAD extraction items this script prints, for items
 where the clause is present and items where it is absent, the probability the model gives to the first token of
 "Not present." and to the first token of the gold answer, and how often "Not" is the argmax. A model that
-separates present from absent clauses puts clearly less mass on "Not" for present items.
+separates present from absent clauses puts clearly less mass on "Not" for present items. The AUROC of P("Not")
+says how well that mass ranks absent above present items whatever the threshold (0.5: no separation; the
+share of "Not present." in the training data moves the threshold, not the AUROC).
 
     python bench/first_token.py --base runs/smollm2/base/model --adapter runs/smollm2/sft/adapter
 
@@ -37,6 +39,12 @@ def first_token_probs(model, tokenizer, records: list[dict]) -> list[tuple[float
     return rows
 
 
+def auroc(absent: list[float], present: list[float]) -> float:
+    """P(a random absent item gets more 'Not' mass than a random present one); ties count half (Mann-Whitney U)."""
+    wins = sum((a > p) + 0.5 * (a == p) for a in absent for p in present)
+    return wins / (len(absent) * len(present))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="base model folder")
@@ -61,10 +69,14 @@ def main() -> None:
     print(f"model: {args.base}" + (f" + {args.adapter}" if args.adapter else ""))
     print("| items | n | mean P(first token of 'Not present.') | mean P(gold first token) | 'Not' is the argmax |")
     print("|---|---:|---:|---:|---:|")
+    not_mass = {}
     for name, group in groups.items():
         rows = first_token_probs(model, tokenizer, group)
+        not_mass[name] = [r[0] for r in rows]
         print(f"| {name} | {len(rows)} | {statistics.mean(r[0] for r in rows):.2f} | "
               f"{statistics.mean(r[1] for r in rows):.2f} | {sum(r[2] for r in rows) / len(rows):.2f} |")
+    print(f"AUROC of P('Not') for absent vs present items: {auroc(not_mass['absent'], not_mass['present']):.3f} "
+          "(0.5 = no separation)")
 
 
 if __name__ == "__main__":
