@@ -3,26 +3,12 @@ clauses, whatever threshold the training mix puts on it."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "first_token.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("first_token", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["first_token"] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_support import load_bench_script
 
 
 def test_auroc_is_one_for_perfect_separation_zero_reversed_and_half_for_ties() -> None:
-    auroc = load_script().auroc
+    auroc = load_bench_script("first_token").auroc
     assert auroc(absent=[0.9, 0.8], present=[0.1, 0.2]) == 1.0
     assert auroc(absent=[0.1, 0.2], present=[0.9, 0.8]) == 0.0
     assert auroc(absent=[0.5, 0.5], present=[0.5, 0.5]) == 0.5
@@ -30,7 +16,7 @@ def test_auroc_is_one_for_perfect_separation_zero_reversed_and_half_for_ties() -
 
 def test_auroc_does_not_move_when_every_probability_shifts_by_the_same_amount() -> None:
     """A change of the training mix that only moves the threshold leaves the ranking, and the AUROC, as it was."""
-    auroc = load_script().auroc
+    auroc = load_bench_script("first_token").auroc
     absent, present = [0.30, 0.55, 0.62, 0.20], [0.25, 0.40, 0.10, 0.58]
     shifted = auroc([a + 0.2 for a in absent], [p + 0.2 for p in present])
     assert shifted == pytest.approx(auroc(absent, present))

@@ -4,7 +4,6 @@ working; and the pieces of its offline install and FLOP accounting behave."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -12,20 +11,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from bench_support import load_bench_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "bench" / "gpu_check.sh"
 
 
-def load_gpu_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -67,7 +60,7 @@ def test_cpu_mode_trains_both_stages_and_writes_the_summary(tmp_path: Path) -> N
 
 
 def test_peak_is_chosen_by_gpu_name() -> None:
-    gpu_check = load_gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     assert gpu_check.gpu_peak("NVIDIA H100 80GB HBM3")[0] == 989.0
     assert gpu_check.gpu_peak("NVIDIA H100 PCIe")[0] == 756.0
     assert gpu_check.gpu_peak("NVIDIA H200")[0] == 989.0
@@ -77,14 +70,14 @@ def test_peak_is_chosen_by_gpu_name() -> None:
 
 def test_matmul_parameters_of_the_100m_config() -> None:
     """configs/base-100m.yaml: 12 layers x (4 x 768^2 + 3 x 768 x 2304) + the 768 x 4096 head."""
-    gpu_check = load_gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     config = {"hidden_size": 768, "num_attention_heads": 12, "num_key_value_heads": 12, "intermediate_size": 2304,
               "num_hidden_layers": 12, "vocab_size": 4096}
     assert gpu_check.matmul_parameters(config) == 12 * (4 * 768 * 768 + 3 * 768 * 2304) + 768 * 4096
 
 
 def test_bitsandbytes_wheel_is_trimmed_to_the_kept_kernels(tmp_path: Path) -> None:
-    gpu_check = load_gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     source = tmp_path / "src" / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
     source.parent.mkdir()
     files = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so",

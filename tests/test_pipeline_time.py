@@ -3,23 +3,17 @@ own evaluations and the rest, from what the run left behind (pipeline.json, step
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+
+from bench_support import load_bench_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "bench" / "pipeline_time.py"
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pipeline_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipeline_time"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_run(root: Path) -> Path:
@@ -65,7 +59,7 @@ def fake_run(root: Path) -> Path:
 
 
 def test_each_step_is_split_by_what_its_log_and_metrics_say(tmp_path: Path) -> None:
-    module = load_script()
+    module = load_bench_script("pipeline_time")
     run = fake_run(tmp_path)
     state = json.loads((run / "pipeline.json").read_text())
     sft = module.step_time(run, "sft", state["steps"]["sft"])
