@@ -1,9 +1,10 @@
 """What a set of preference pairs teaches beyond the prompt: pairs per task and per kind of answer on each side.
 
     python bench/pair_mix.py runs/smollm2/preferences-own/preferences.jsonl [more files] [--markdown]
-                             [--balance-fixed-answers]   (what data.balance_fixed_answers keeps of the whole file,
-                                                          seed 0: DPO's training pairs when its valid files are
-                                                          given and max_train_pairs is 0, as in the pipeline)
+                             [--balance-fixed-answers | --drop-fixed-answer-pairs]
+                             (what data.balance_fixed_answers or data.drop_fixed_answer_pairs keeps of the whole
+                              file, seed 0: DPO's training pairs when its valid files are given and max_train_pairs
+                              is 0, as in the pipeline)
 
 An extraction answer is NP ("Not present."), Q (quoted lines) or other; an unfair-clause answer is Fair or Unfair
 (by its verdict); a Yes/No answer is itself. ``NP > Q 38, Q > NP 7`` says that 38 pairs prefer "Not present." over
@@ -23,7 +24,7 @@ from lexalign.data.prompts import parse_unfair_answer
 from lexalign.data.schemas import PreferencePair
 from lexalign.evaluation.gold import is_quoted
 from lexalign.evaluation.metrics import is_not_present
-from lexalign.training import answer_text, balance_fixed_answers
+from lexalign.training import answer_text, balance_fixed_answers, drop_fixed_answer_pairs
 
 
 def answer_kind(task: str, text: str) -> str:
@@ -38,10 +39,14 @@ def answer_kind(task: str, text: str) -> str:
     return "answer"
 
 
-def pair_mix(path: Path, balance: bool = False, seed: int = 0) -> Counter[tuple[str, str]]:
+def pair_mix(path: Path, balance: bool = False, drop_fixed: bool = False, seed: int = 0) -> Counter[tuple[str, str]]:
     pairs = read_jsonl(path, PreferencePair)
+    if balance:
+        pairs = balance_fixed_answers(pairs, seed)
+    if drop_fixed:
+        pairs = drop_fixed_answer_pairs(pairs)
     counts: Counter[tuple[str, str]] = Counter()
-    for pair in balance_fixed_answers(pairs, seed) if balance else pairs:
+    for pair in pairs:
         task = str((pair.meta or {}).get("task") or "?")
         chosen, rejected = answer_kind(task, answer_text(pair.chosen)), answer_kind(task, answer_text(pair.rejected))
         counts[(task, f"{chosen} > {rejected}")] += 1
@@ -52,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="preferences.jsonl files (lexalign prefs export)")
     parser.add_argument("--markdown", action="store_true", help="one table row per file")
-    parser.add_argument("--balance-fixed-answers", action="store_true",
-                        help="count what remains after data.balance_fixed_answers (seed 0, as DPO's split_seed)")
+    kept = parser.add_mutually_exclusive_group()
+    kept.add_argument("--balance-fixed-answers", action="store_true",
+                      help="count what remains after data.balance_fixed_answers (seed 0, as DPO's split_seed)")
+    kept.add_argument("--drop-fixed-answer-pairs", action="store_true",
+                      help="count what remains after data.drop_fixed_answer_pairs")
     args = parser.parse_args(argv)
     try:
-        mixes = {path: pair_mix(path, args.balance_fixed_answers) for path in args.files}
+        mixes = {path: pair_mix(path, args.balance_fixed_answers, args.drop_fixed_answer_pairs) for path in args.files}
     except (DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

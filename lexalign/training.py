@@ -198,12 +198,19 @@ class PreferenceDataSection:
     # as often chosen as rejected (a seeded draw drops the surplus). When one fixed answer mostly wins — because the
     # label's prior favours it, not because the policy told the cases apart — DPO learns to give it everywhere.
     balance_fixed_answers: bool = False
+    # Training pairs only: every pair with a fixed answer on either side is dropped, so what is left compares
+    # answers that are each the policy's own reading of its excerpt (two quotes, two category lists, two
+    # normalizations): how to answer, never how often to give a fixed answer.
+    drop_fixed_answer_pairs: bool = False
 
     def problems(self) -> list[Problem]:
         found = problem_if(not self.train, "train", self.train, "list at least one preference-pair JSONL file")
         found += preference_file_problems(self.train, "train") + preference_file_problems(self.valid, "valid")
         found += problem_if(not 0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction,
                             "a fraction of the prompts in (0, 1), used when valid is []")
+        found += problem_if(self.balance_fixed_answers and self.drop_fixed_answer_pairs, "drop_fixed_answer_pairs",
+                            self.drop_fixed_answer_pairs, "at most one of balance_fixed_answers and "
+                            "drop_fixed_answer_pairs (dropping leaves nothing to balance)")
         for key in ("max_train_pairs", "max_valid_pairs"):
             found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
         return found
@@ -219,21 +226,43 @@ class PreferenceDataSection:
             valid = load_pairs(self.valid)
         # a seeded draw kept in file order: the first N lines of a file may hold only one or two prompts
         train = sample_in_order(train, self.max_train_pairs, self.split_seed)
-        if self.balance_fixed_answers:  # after the draw, so that what is trained on is balanced
-            balanced = balance_fixed_answers(train, self.split_seed)
-            if train and not balanced:
-                from lexalign.errors import LexalignError
+        # after the draw, so that what is trained on is balanced or free of fixed answers
+        for key, select in (("balance_fixed_answers", lambda p: balance_fixed_answers(p, self.split_seed)),
+                            ("drop_fixed_answer_pairs", drop_fixed_answer_pairs)):
+            if getattr(self, key):
+                kept = select(train)
+                if train and not kept:
+                    from lexalign.errors import LexalignError
 
-                raise LexalignError(f"data.balance_fixed_answers: balancing left none of the {len(train)} training "
-                                    "pairs (every pair pits a fixed answer against its own prior); add rankings or "
-                                    "set data.balance_fixed_answers=false")
-            train = balanced
+                    raise LexalignError(f"data.{key}: it left none of the {len(train)} training pairs (every pair "
+                                        f"has a fixed answer on a side); add rankings or set data.{key}=false")
+                train = kept
         return train, sample_in_order(valid, self.max_valid_pairs, self.split_seed), split
 
 
 def answer_text(answer: Any) -> str:
     """A pair side as one string (a string, or the contents of its assistant messages), stripped."""
     return (answer if isinstance(answer, str) else "\n\n".join(m.content for m in answer)).strip()
+
+
+def fixed_answer_texts(pairs: list[Any]) -> set[str]:
+    """The *fixed* answers of a set of pairs: texts that are a side of pairs of at least two prompts ("Not
+    present.", "Fair: ...", "Yes"). A quote or a free answer is unique to its prompt."""
+    prompts: dict[str, set[str]] = {}
+    for pair in pairs:
+        for text in (answer_text(pair.chosen), answer_text(pair.rejected)):
+            prompts.setdefault(text, set()).add(prompt_key(pair))
+    return {text for text, keys in prompts.items() if len(keys) >= 2}
+
+
+def drop_fixed_answer_pairs(pairs: list[Any]) -> list[Any]:
+    """The pairs (in file order) with no fixed answer on either side."""
+    fixed = fixed_answer_texts(pairs)
+    kept = [p for p in pairs if answer_text(p.chosen) not in fixed and answer_text(p.rejected) not in fixed]
+    if len(kept) < len(pairs):
+        logger.info("drop_fixed_answer_pairs: %d of %d training pairs dropped (a side is one of %d fixed answers)",
+                    len(pairs) - len(kept), len(pairs), len(fixed))
+    return kept
 
 
 def balance_fixed_answers(pairs: list[Any], seed: int) -> list[Any]:
@@ -245,11 +274,7 @@ def balance_fixed_answers(pairs: list[Any], seed: int) -> list[Any]:
     from collections import Counter
 
     sides = [(answer_text(p.chosen), answer_text(p.rejected)) for p in pairs]
-    prompts: dict[str, set[str]] = {}
-    for pair, texts in zip(pairs, sides):
-        for text in texts:
-            prompts.setdefault(text, set()).add(prompt_key(pair))
-    fixed = {text for text, keys in prompts.items() if len(keys) >= 2}
+    fixed = fixed_answer_texts(pairs)
     rng = random.Random(seed)
     kept = set(range(len(pairs)))
     dropped: Counter[str] = Counter()

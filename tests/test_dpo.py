@@ -207,9 +207,9 @@ def test_balance_fixed_answers_keeps_each_fixed_answer_as_often_chosen_as_reject
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
-    def load(balance: bool, seed: int = 0) -> list[tuple[str, str]]:
+    def load(balance: bool, seed: int = 0, drop: bool = False) -> list[tuple[str, str]]:
         section = PreferenceDataSection(train=[str(path)], valid=[str(path)], balance_fixed_answers=balance,
-                                        split_seed=seed)
+                                        drop_fixed_answer_pairs=drop, split_seed=seed)
         train, valid, _ = section.load()
         assert len(valid) == len(rows)  # held-out pairs are never balanced
         return [(p.chosen[0].content, p.rejected[0].content) for p in train]
@@ -222,17 +222,24 @@ def test_balance_fixed_answers_keeps_each_fixed_answer_as_often_chosen_as_reject
                                                                '"Clause 3."']   # quotes kept, in file order
     assert ("Yes", "No") in kept and ("No", "Yes") in kept
     assert load(True) == kept and len({tuple(load(True, seed)) for seed in range(6)}) > 1   # a seeded draw
+    # dropping keeps only the pairs of two answers that are each the policy's own reading: the three quote pairs
+    assert load(False, drop=True) == [(f'"Clause {i}."', f'"Clause {i}, misquoted."') for i in range(1, 4)]
 
     # bench/pair_mix.py counts the same mix by task and answer kind, before and after balancing
     for row in rows:
         row["meta"]["task"] = "presence" if row["chosen"][0]["content"] in ("Yes", "No") else "extract"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     for flags, wanted in (([], "extract NP > Q 5, extract Q > NP 1, extract Q > Q 3, presence No > Yes 1"),
-                          (["--balance-fixed-answers"], "extract NP > Q 1, extract Q > NP 1, extract Q > Q 3")):
+                          (["--balance-fixed-answers"], "extract NP > Q 1, extract Q > NP 1, extract Q > Q 3"),
+                          (["--drop-fixed-answer-pairs"], ": 3 pairs: extract Q > Q 3")):
         result = subprocess.run([sys.executable, str(REPO / "bench" / "pair_mix.py"), str(path), *flags],
                                 capture_output=True, text=True, check=True)
         assert wanted in result.stdout, result.stdout
 
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
-    with pytest.raises(LexalignError, match="balancing left none of the 2 training pairs"):
+    with pytest.raises(LexalignError, match="balance_fixed_answers: it left none of the 2 training pairs"):
         load(True)   # "Not present." wins both: nothing left to train on is an error, not an empty run
+    with pytest.raises(LexalignError, match="drop_fixed_answer_pairs: it left none of the 2 training pairs"):
+        load(False, drop=True)
+    both = PreferenceDataSection(train=[str(path)], balance_fixed_answers=True, drop_fixed_answer_pairs=True)
+    assert [p.key for p in both.problems()] == ["drop_fixed_answer_pairs"]   # a config that asks for both is refused
