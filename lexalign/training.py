@@ -234,8 +234,8 @@ class PreferenceDataSection:
                 if train and not kept:
                     from lexalign.errors import LexalignError
 
-                    raise LexalignError(f"data.{key}: it left none of the {len(train)} training pairs (every pair "
-                                        f"has a fixed answer on a side); add rankings or set data.{key}=false")
+                    raise LexalignError(f"data.{key}: it left none of the {len(train)} training pairs; add "
+                                        f"rankings of other answers or set data.{key}=false")
                 train = kept
         return train, sample_in_order(valid, self.max_valid_pairs, self.split_seed), split
 
