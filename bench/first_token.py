@@ -1,13 +1,14 @@
-"""Why a fine-tuned model says "Not present.": its first-token distribution on extraction questions.
+"""Why a fine-tuned model says "Not present." (or "No"): its first-token distribution on presence decisions.
 
 A greedy decoder commits to the answer's first token. On CUAD extraction items this script prints, for items
 where the clause is present and items where it is absent, the probability the model gives to the first token of
 "Not present." and to the first token of the gold answer, and how often "Not" is the argmax. A model that
 separates present from absent clauses puts clearly less mass on "Not" for present items. The AUROC of P("Not")
 says how well that mass ranks absent above present items whatever the threshold (0.5: no separation; the
-share of "Not present." in the training data moves the threshold, not the AUROC).
+share of "Not present." in the training data moves the threshold, not the AUROC). ``--task presence`` asks the
+same of the Yes/No questions, with "No" as the absent answer.
 
-    python bench/first_token.py --base runs/smollm2/base/model --adapter runs/smollm2/sft/adapter
+    python bench/first_token.py --base runs/smollm2/base/model --adapter runs/smollm2/sft/adapter [--task presence]
 
 Runs on CPU in about a minute for 24 + 24 validation items (never the test split).
 """
@@ -22,12 +23,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lexalign.data.paths import shipped_dir
-from lexalign.data.prompts import NOT_PRESENT
+from lexalign.data.prompts import NO, NOT_PRESENT
+
+ABSENT_ANSWER = {"extract": NOT_PRESENT, "presence": NO}
 
 
-def first_token_probs(model, tokenizer, records: list[dict]) -> list[tuple[float, float, bool]]:
-    """(P(first token of 'Not present.'), P(first token of the gold answer), 'Not' is the argmax) per record."""
-    not_id = tokenizer.encode(NOT_PRESENT, add_special_tokens=False)[0]
+def first_token_probs(model, tokenizer, records: list[dict], absent_answer: str = NOT_PRESENT,
+                      ) -> list[tuple[float, float, bool]]:
+    """(P(first token of the absent answer), P(first token of the gold answer), it is the argmax) per record."""
+    not_id = tokenizer.encode(absent_answer, add_special_tokens=False)[0]
     rows = []
     for record in records:
         prompt = tokenizer.apply_chat_template(record["messages"][:-1], tokenize=False, add_generation_prompt=True)
@@ -51,6 +55,8 @@ def main() -> None:
     parser.add_argument("--adapter", help="LoRA adapter folder (none: the base model itself)")
     parser.add_argument("--items", type=int, default=24, help="items per group (present, absent)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task", choices=sorted(ABSENT_ANSWER), default="extract",
+                        help="extraction ('Not present.') or Yes/No presence questions ('No')")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -63,19 +69,21 @@ def main() -> None:
 
     lines = (shipped_dir() / "sft_valid.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
-    extract = [r for r in records if r["meta"]["task"] == "extract"]
-    groups = {"present": [r for r in extract if r["meta"]["present"]][:args.items],
-              "absent": [r for r in extract if not r["meta"]["present"]][:args.items]}
+    asked = [r for r in records if r["meta"]["task"] == args.task]
+    absent_answer = ABSENT_ANSWER[args.task]
+    groups = {"present": [r for r in asked if r["meta"]["present"]][:args.items],
+              "absent": [r for r in asked if not r["meta"]["present"]][:args.items]}
     print(f"model: {args.base}" + (f" + {args.adapter}" if args.adapter else ""))
-    print("| items | n | mean P(first token of 'Not present.') | mean P(gold first token) | 'Not' is the argmax |")
+    print(f"task: {args.task}; absent answer {absent_answer!r}")
+    print(f"| items | n | mean P(first token of {absent_answer!r}) | mean P(gold first token) | it is the argmax |")
     print("|---|---:|---:|---:|---:|")
     not_mass = {}
     for name, group in groups.items():
-        rows = first_token_probs(model, tokenizer, group)
+        rows = first_token_probs(model, tokenizer, group, absent_answer)
         not_mass[name] = [r[0] for r in rows]
         print(f"| {name} | {len(rows)} | {statistics.mean(r[0] for r in rows):.2f} | "
               f"{statistics.mean(r[1] for r in rows):.2f} | {sum(r[2] for r in rows) / len(rows):.2f} |")
-    print(f"AUROC of P('Not') for absent vs present items: {auroc(not_mass['absent'], not_mass['present']):.3f} "
+    print(f"AUROC of P({absent_answer!r}) for absent vs present items: {auroc(not_mass['absent'], not_mass['present']):.3f} "
           "(0.5 = no separation)")
 
 

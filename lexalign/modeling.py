@@ -63,7 +63,8 @@ class QuantizationSection:
     bits: int | None = 4
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU (bf16 compute measured 3x slower there).
+    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU (bf16 only pays on CPUs with bf16
+    # instructions; configs/smollm2 set it: 2x faster training there, bench/RESULTS.md).
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def problems(self) -> list[Problem]:
