@@ -28,6 +28,23 @@ from lexalign.data.prompts import NO, NOT_PRESENT
 ABSENT_ANSWER = {"extract": NOT_PRESENT, "presence": NO}
 
 
+def load_policy(base: str, adapter: str | None, threads: int):
+    """(model, tokenizer): the base model in fp32 on the CPU, with the LoRA adapter on top when given."""
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), tokenizer
+
+
+def shipped_records(split: str, task: str) -> list[dict]:
+    """The shipped chat records of one split (train or valid; never test) asking one task."""
+    lines = (shipped_dir() / f"sft_{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["meta"]["task"] == task]
+
+
 def first_token_probs(model, tokenizer, records: list[dict], absent_answer: str = NOT_PRESENT,
                       ) -> list[tuple[float, float, bool]]:
     """(P(first token of the absent answer), P(first token of the gold answer), it is the argmax) per record."""
@@ -59,17 +76,8 @@ def main() -> None:
                         help="extraction ('Not present.') or Yes/No presence questions ('No')")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.base)
-    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
-    if args.adapter:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, args.adapter)
-    model.eval()
-
-    lines = (shipped_dir() / "sft_valid.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    asked = [r for r in records if r["meta"]["task"] == args.task]
+    model, tokenizer = load_policy(args.base, args.adapter, args.threads)
+    asked = shipped_records("valid", args.task)
     absent_answer = ABSENT_ANSWER[args.task]
     groups = {"present": [r for r in asked if r["meta"]["present"]][:args.items],
               "absent": [r for r in asked if not r["meta"]["present"]][:args.items]}

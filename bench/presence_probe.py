@@ -16,19 +16,12 @@ and the mean over the prompt's tokens at the middle layer. Never reads the test 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
+from first_token import auroc, load_policy, shipped_records  # bench/, beside this script
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lexalign.data.paths import shipped_dir
 from lexalign.data.prompts import NO
-
-
-def presence_records(split: str, task: str) -> list[dict]:
-    lines = (shipped_dir() / f"sft_{split}.jsonl").read_text(encoding="utf-8").splitlines()
-    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["meta"]["task"] == task]
 
 
 def features(model, tokenizer, records: list[dict], desc: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -67,11 +60,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[to
     return w.detach(), b.detach()
 
 
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """P(a random positive scores above a random negative); ties count half (Mann-Whitney U)."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    wins = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
-    return wins.mean().item()
+def absent_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUROC of the scores ranking absent (label 1) above present (label 0) items."""
+    return auroc(scores[labels == 1].tolist(), scores[labels == 0].tolist())
 
 
 def main() -> None:
@@ -82,15 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    if args.adapter:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, args.adapter)
-    model.eval()
-
-    train, valid = presence_records("train", "presence"), presence_records("valid", "presence")
+    model, tokenizer = load_policy(args.model, args.adapter, args.threads)
+    train, valid = shipped_records("train", "presence"), shipped_records("valid", "presence")
     # label 1 = absent ("No"), so every AUROC below ranks absent above present, like first-token P("No")
     y_train = torch.tensor([0.0 if r["meta"]["present"] else 1.0 for r in train])
     y_valid = torch.tensor([0.0 if r["meta"]["present"] else 1.0 for r in valid])
@@ -102,12 +86,12 @@ def main() -> None:
           f"({int(y_valid.sum())} absent); AUROC of absent above present, 0.5 = no separation")
     print("| score | validation AUROC | train AUROC |")
     print("|---|---:|---:|")
-    print(f"| the model's first-token P('No') | {auroc(p_no, y_valid):.3f} | |")
+    print(f"| the model's first-token P('No') | {absent_auroc(p_no, y_valid):.3f} | |")
     for name in x_train:
         mean, std = x_train[name].mean(0), x_train[name].std(0) + 1e-6
         xt, xv = (x_train[name] - mean) / std, (x_valid[name] - mean) / std
         w, b = fit_probe(xt, y_train, args.weight_decay)
-        print(f"| linear probe: {name} | {auroc(xv @ w + b, y_valid):.3f} | {auroc(xt @ w + b, y_train):.3f} |")
+        print(f"| linear probe: {name} | {absent_auroc(xv @ w + b, y_valid):.3f} | {absent_auroc(xt @ w + b, y_train):.3f} |")
 
 
 if __name__ == "__main__":
