@@ -63,8 +63,9 @@ class QuantizationSection:
     bits: int | None = 4
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU (bf16 only pays on CPUs with bf16
-    # instructions; configs/smollm2 set it: 2x faster training there, bench/RESULTS.md).
+    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU. bf16 on a CPU pays only with bf16
+    # instructions (configs/smollm2 set it: 1.3-2.5x faster training there, bench/RESULTS.md); elsewhere it is
+    # emulated, and choose_compute_dtype warns.
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def problems(self) -> list[Problem]:
@@ -124,12 +125,22 @@ def choose_compute_dtype(device: "torch.device", requested: str = "auto") -> "to
 
     if requested != "auto":
         dtype = getattr(torch, requested)
+        if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning("model.quantization.compute_dtype=bfloat16 on a CPU without bf16 instructions: it is "
+                           "emulated there and slower than fp32; set model.quantization.compute_dtype=float32")
     elif device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = torch.float32
     logger.info("compute dtype: %s on %s", str(dtype).removeprefix("torch."), device)
     return dtype
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matrix products natively on this CPU (AVX-512 BF16 or AMX)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def configure_threads(threads: int) -> None:

@@ -21,3 +21,14 @@ def test_auroc_does_not_move_when_every_probability_shifts_by_the_same_amount() 
     shifted = auroc([a + 0.2 for a in absent], [p + 0.2 for p in present])
     assert shifted == pytest.approx(auroc(absent, present))
     assert auroc(absent, present) == pytest.approx(10 / 16)
+
+
+def test_the_presence_probe_ranks_absent_items_above_present_ones() -> None:
+    """bench/presence_probe.py labels absent items 1 and reuses first_token's AUROC in that direction."""
+    import torch
+
+    load_bench_script("first_token")  # the probe imports it from bench/
+    absent_auroc = load_bench_script("presence_probe").absent_auroc
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert absent_auroc(torch.tensor([0.9, 0.8, 0.1, 0.2]), labels) == 1.0
+    assert absent_auroc(torch.tensor([0.1, 0.2, 0.9, 0.8]), labels) == 0.0

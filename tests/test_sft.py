@@ -412,3 +412,22 @@ def test_qlora_on_cpu_with_unpackable_layer_sizes_is_a_clear_error(tiny_corpus_t
     model_dir = make_tiny_model(tmp_path / "odd", tiny_corpus_text[:20000], intermediate_size=200)
     with pytest.raises(ModelLoadError, match="divisible by 32"):
         train_sft(sft_config(model_dir, chat_data, tmp_path / "runs"))
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named_as_slow(monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The SmolLM2 configs train in bf16 (fast on CPUs with AVX-512 BF16 or AMX); elsewhere bf16 is emulated and
+    slower than fp32, and the log names the key that turns it off."""
+    from lexalign import modeling
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="lexalign.modeling"):
+        assert modeling.choose_compute_dtype(cpu, "bfloat16") == torch.bfloat16
+    assert "model.quantization.compute_dtype=float32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="lexalign.modeling"):
+        assert modeling.choose_compute_dtype(cpu, "bfloat16") == torch.bfloat16
+        assert modeling.choose_compute_dtype(cpu, "auto") == torch.float32
+    assert "compute_dtype" not in caplog.text
