@@ -357,8 +357,14 @@ def reward_input_ids(tokenizer: Any, prompt: Any, response: Any, max_length: int
     return prompt_ids + response_ids + [tokenizer.eos_token_id]
 
 
-def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0) -> tuple[Any, Any]:
-    """A reward model folder (``<reward run>/model``: AutoModelForSequenceClassification, one label) + tokenizer."""
+def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0,
+                      trainable: bool = False) -> tuple[Any, Any]:
+    """A reward model folder (``<reward run>/model``: AutoModelForSequenceClassification, one label) + tokenizer.
+
+    A frozen scorer runs in the dtype the model was trained in (``compute_dtype`` of its ``lexalign_reward.json``)
+    where the device computes it natively: a bf16-trained model scores 2.9x faster in bf16 on a CPU with bf16
+    instructions and decides 198 of 199 held-out pairs as in fp32 (bench/RESULTS.md). ``trainable`` (PPO's value
+    model, trained further) keeps full-precision weights on a CPU."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -367,9 +373,18 @@ def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0
     target = choose_device(device)
     tokenizer = load_tokenizer(folder)
     dtype = torch.float32 if target.type == "cpu" else choose_compute_dtype(target)
+    if not trainable and target.type == "cpu" and trained_dtype(folder) == "bfloat16" and cpu_has_native_bf16():
+        dtype = torch.bfloat16
+    logger.info("reward model %s in %s on %s", folder, str(dtype).removeprefix("torch."), target)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(target).eval(), tokenizer
+
+
+def trained_dtype(folder: Path) -> str | None:
+    """The compute dtype a lexalign reward model was trained in (None: not recorded, e.g. an older folder)."""
+    info = folder / "lexalign_reward.json"
+    return json.loads(info.read_text(encoding="utf-8")).get("compute_dtype") if info.is_file() else None
 
 
 def reward_scores(model: Any, tokenizer: Any, prompts: list[Any], responses: list[Any],

@@ -177,8 +177,9 @@ def load_reward_init(config: RewardStageConfig, base: Path, adapter: Path | None
 
 
 def save_merged(trainer: Any, config: RewardStageConfig, run: RunDir, base: Path, sft_adapter: Path | None,
-                tokenizer: Any, out: Path) -> None:
-    """Write the trained reward model as one full-precision sequence-classification folder."""
+                tokenizer: Any, out: Path, compute_dtype: Any) -> None:
+    """Write the trained reward model as one full-precision sequence-classification folder; ``compute_dtype`` (the
+    dtype it was trained in) is recorded so that consumers score it the same way (``load_reward_model``)."""
     import shutil
 
     from peft import PeftModel
@@ -207,6 +208,7 @@ def save_merged(trainer: Any, config: RewardStageConfig, run: RunDir, base: Path
         "format": FORMAT, "max_length": config.training.get("max_length", 1024),
         "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
         "scoring": "lexalign.modeling.reward_input_ids / reward_scores",
+        "compute_dtype": str(compute_dtype).removeprefix("torch."),
     }, indent=2) + "\n", encoding="utf-8")
     if (run.path / "init").is_dir():
         shutil.rmtree(run.path / "init", ignore_errors=True)
@@ -422,7 +424,8 @@ def train_reward(config: RewardStageConfig) -> Path:
     memory_chosen, memory_rejected = score_pairs(trainer.model, tokenizer, probe, max_length)
     global_step = trainer.state.global_step
     out = run.path / "model"
-    save_merged(trainer, config, run, base, sft_adapter, tokenizer, out)
+    trained_in = "bfloat16" if args.bf16 else "float16" if args.fp16 else dtype  # autocast, else the weights'
+    save_merged(trainer, config, run, base, sft_adapter, tokenizer, out, trained_in)
     del trainer, model
 
     # Everything reported comes from the saved folder, reloaded the way every consumer loads it.

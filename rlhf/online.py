@@ -348,7 +348,7 @@ def train_online(config: OnlineStageConfig) -> Path:
         reward_max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
     trainer_class = getattr(module, trainer_name)
     if algorithm == "ppo":
-        value, _ = load_reward_model(reward_dir, config.model.device)
+        value, _ = load_reward_model(reward_dir, config.model.device, trainable=True)
         value.train()
         for parameter in value.parameters():
             parameter.requires_grad_(True)

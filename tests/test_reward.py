@@ -43,6 +43,29 @@ def test_reward_model_learns_the_preference_and_writes_a_complete_run(align_rewa
     assert not (align_reward_run / "init").exists()
 
 
+def test_frozen_reward_model_scores_in_its_training_dtype_where_the_cpu_has_it(
+        align_reward_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage records the dtype it trained in; a frozen scorer loads in bf16 only for a bf16-trained model on a
+    CPU with bf16 instructions, and a trainable copy (PPO's value model) keeps fp32 weights."""
+    import lexalign.modeling as modeling
+
+    recorded = json.loads((align_reward_run / "model" / "lexalign_reward.json").read_text())
+    assert recorded["compute_dtype"] == "float32"  # the tiny config trains in fp32 on a CPU
+    folder = tmp_path / "model"
+    shutil.copytree(align_reward_run / "model", folder)
+    (folder / "lexalign_reward.json").write_text(json.dumps({**recorded, "compute_dtype": "bfloat16"}))
+
+    def dtype_of(model_folder: Path, **kwargs: bool) -> torch.dtype:
+        return next(modeling.load_reward_model(model_folder, "cpu", **kwargs)[0].parameters()).dtype
+
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
+    assert dtype_of(folder) == torch.bfloat16
+    assert dtype_of(folder, trainable=True) == torch.float32
+    assert dtype_of(align_reward_run / "model") == torch.float32
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
+    assert dtype_of(folder) == torch.float32
+
+
 def test_saved_reward_model_reloads_with_the_same_scores(align_reward_run: Path) -> None:
     """The merged folder alone, loaded with plain transformers, gives the scores the trained model gave."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
