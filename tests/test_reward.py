@@ -66,6 +66,20 @@ def test_frozen_reward_model_scores_in_its_training_dtype_where_the_cpu_has_it(
     assert dtype_of(folder) == torch.float32
 
 
+def test_bench_script_scores_the_held_out_pairs_in_both_dtypes(
+        align_reward_run: Path, align_pairs: tuple[Path, Path, Path]) -> None:
+    """bench/reward_dtype.py: fp32 then bf16 on the same pairs, the accuracies of both and the decisions compared."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "reward_dtype.py"), str(align_reward_run),
+                          "--pairs", str(align_pairs[1])], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["float32", "bfloat16"], out.stdout
+    results = read_manifest(align_reward_run)["results"]
+    n = results["valid_pairs"]  # fp32: the stage's own held-out measure
+    assert f"valid.jsonl {results['pairwise_accuracy']:.3f} (n {n})" in lines[1], lines[1]
+    assert "decisions that differ:" in lines[3] and f" of {n};" in lines[3], lines[3]
+
+
 def test_saved_reward_model_reloads_with_the_same_scores(align_reward_run: Path) -> None:
     """The merged folder alone, loaded with plain transformers, gives the scores the trained model gave."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
