@@ -362,9 +362,9 @@ def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0
     """A reward model folder (``<reward run>/model``: AutoModelForSequenceClassification, one label) + tokenizer.
 
     A frozen scorer runs in the dtype the model was trained in (``compute_dtype`` of its ``lexalign_reward.json``)
-    where the device computes it natively: a bf16-trained model scores 2.9x faster in bf16 on a CPU with bf16
-    instructions and decides 198 of 199 held-out pairs as in fp32 (bench/RESULTS.md). ``trainable`` (PPO's value
-    model, trained further) keeps full-precision weights on a CPU."""
+    where the device computes it natively: the bf16-trained SmolLM2 reward model scores 2.5x faster in bf16 on a CPU
+    with bf16 instructions and decides 197 of 199 held-out pairs as in fp32 (``bench/reward_dtype.py``,
+    bench/RESULTS.md). ``trainable`` (PPO's value model, trained further) keeps full-precision weights on a CPU."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
