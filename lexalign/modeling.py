@@ -373,7 +373,8 @@ def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0
     target = choose_device(device)
     tokenizer = load_tokenizer(folder)
     dtype = torch.float32 if target.type == "cpu" else choose_compute_dtype(target)
-    if not trainable and target.type == "cpu" and trained_dtype(folder) == "bfloat16" and cpu_has_native_bf16():
+    trained_in = reward_model_info(folder).get("compute_dtype")
+    if not trainable and target.type == "cpu" and trained_in == "bfloat16" and cpu_has_native_bf16():
         dtype = torch.bfloat16
     logger.info("reward model %s in %s on %s", folder, str(dtype).removeprefix("torch."), target)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=dtype)
@@ -381,10 +382,11 @@ def load_reward_model(folder: str | Path, device: str = "auto", threads: int = 0
     return model.to(target).eval(), tokenizer
 
 
-def trained_dtype(folder: Path) -> str | None:
-    """The compute dtype a lexalign reward model was trained in (None: not recorded, e.g. an older folder)."""
-    info = folder / "lexalign_reward.json"
-    return json.loads(info.read_text(encoding="utf-8")).get("compute_dtype") if info.is_file() else None
+def reward_model_info(folder: str | Path) -> dict[str, Any]:
+    """What the reward stage records beside a reward model (``lexalign_reward.json``: its input format,
+    ``max_length``, the ``compute_dtype`` it trained in); {} for a folder without it (an older or foreign model)."""
+    info = Path(folder) / "lexalign_reward.json"
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
 
 
 def reward_scores(model: Any, tokenizer: Any, prompts: list[Any], responses: list[Any],

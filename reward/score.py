@@ -12,7 +12,6 @@ Texts are scored in the reward model's one format (``lexalign.modeling.reward_in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ def reward_model_dir(path: str | Path) -> Path:
 
 
 def max_length_of(folder: Path) -> int | None:
-    info = folder / "lexalign_reward.json"
-    return json.loads(info.read_text(encoding="utf-8")).get("max_length") if info.is_file() else None
+    from lexalign.modeling import reward_model_info
+
+    return reward_model_info(folder).get("max_length")
 
 
 def score_file(model: Any, tokenizer: Any, file: str | Path, max_length: int | None) -> dict[str, Any]:

@@ -274,7 +274,13 @@ def train_online(config: OnlineStageConfig) -> Path:
     from datasets import Dataset
 
     from lexalign.data.paths import resolve_data_path
-    from lexalign.modeling import choose_compute_dtype, choose_device, load_reward_model, load_tokenizer
+    from lexalign.modeling import (
+        choose_compute_dtype,
+        choose_device,
+        load_reward_model,
+        load_tokenizer,
+        reward_model_info,
+    )
     from lexalign.rlhf.policy import REF_ADAPTER, load_policy, save_policy_adapter
     from lexalign.rlhf.winrate import prompt_ids, sample_prompts, trained_run_winrate
     from lexalign.training import (
@@ -344,8 +350,7 @@ def train_online(config: OnlineStageConfig) -> Path:
     reward: Any = None
     if config.reward == "model":
         reward, _ = load_reward_model(reward_dir, config.model.device)
-        info = reward_dir / "lexalign_reward.json"
-        reward_max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
+        reward_max_length = reward_model_info(reward_dir).get("max_length")
     trainer_class = getattr(module, trainer_name)
     if algorithm == "ppo":
         value, _ = load_reward_model(reward_dir, config.model.device, trainable=True)

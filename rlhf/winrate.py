@@ -159,7 +159,7 @@ def policy_winrate(policy: Any, baseline: Any, reward_dir: Path, section: WinRat
     .tokenizer_dir) on ``section``'s held-out prompts, judged by the reward model in ``reward_dir``."""
     import gc
 
-    from lexalign.modeling import choose_device, load_reward_model, load_tokenizer, reward_scores
+    from lexalign.modeling import choose_device, load_reward_model, load_tokenizer, reward_model_info, reward_scores
 
     target = choose_device(device)
     tokenizer = load_tokenizer(policy.tokenizer_dir)
@@ -175,8 +175,7 @@ def policy_winrate(policy: Any, baseline: Any, reward_dir: Path, section: WinRat
         del model
         gc.collect()
     reward, reward_tokenizer = load_reward_model(reward_dir, device)
-    info = reward_dir / "lexalign_reward.json"
-    max_length = json.loads(info.read_text()).get("max_length") if info.is_file() else None
+    max_length = reward_model_info(reward_dir).get("max_length")
     scores = {label: reward_scores(reward, reward_tokenizer, prompts, [a["text"] or " " for a in answers[label]],
                                    max_length) for label in answers}
     del reward
