@@ -41,7 +41,7 @@ def dpo_run(align_sft_run: Path, align_pairs, align_reward_run: Path,
 def test_dpo_raises_the_held_out_margin(dpo_run: Path, align_sft_run: Path) -> None:
     assert read_manifest(align_sft_run)["results"]["mode"] == "qlora"  # the default path: a QLoRA SFT adapter
     results = read_manifest(dpo_run)["results"]
-    assert results["initial_eval_rewards_margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at start
+    assert results["initial_eval_rewards_margins"] == 0.0  # policy == reference at start
     assert results["eval_rewards_margins"] > 0.5, results
     assert results["eval_rewards_accuracies"] >= 0.9
     assert results["eval_logp_margin"] > results["initial_eval_logp_margin"] + 5.0, results
@@ -50,6 +50,41 @@ def test_dpo_raises_the_held_out_margin(dpo_run: Path, align_sft_run: Path) -> N
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert any(key in m for m in metrics), key
     assert results["global_step"] == 30
+
+
+def test_the_evaluation_before_training_is_the_sft_policys_own(dpo_run: Path, align_sft_run: Path, align_pairs,
+                                                               tmp_path: Path) -> None:
+    """The stage reads the before-training numbers off its final evaluation (the policy starts as the reference);
+    TRL's evaluation of the untrained SFT policy on the same held-out pairs must give the same numbers."""
+    import math
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from lexalign.modeling import load_tokenizer, trained_policy
+    from lexalign.rlhf.dpo import to_dpo_records
+    from lexalign.rlhf.policy import load_policy
+    from lexalign.training import load_pairs
+
+    config = dpo_config(align_sft_run, align_pairs, tmp_path)
+    sft = trained_policy(config.sft_run, "sft_run")
+    model, _, _, peft_config = load_policy(config.model, sft)
+    held_out = Dataset.from_list(to_dpo_records(load_pairs([str(align_pairs[1])])))
+    args = DPOConfig(output_dir=str(tmp_path / "ckpt"), report_to="none", use_cpu=True, bf16=False,
+                     max_length=192, beta=config.training["beta"], save_strategy="no",
+                     per_device_eval_batch_size=config.training["per_device_eval_batch_size"])
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=held_out, eval_dataset=held_out,
+                         processing_class=load_tokenizer(sft.tokenizer_dir), peft_config=peft_config)
+    measured = trainer.evaluate()
+
+    derived = next(m for m in read_metrics(dpo_run) if m["step"] == 0)
+    assert derived["eval_loss"] == pytest.approx(measured["eval_loss"], abs=1e-6) == math.log(2)
+    for key in ("eval_logps/chosen", "eval_logps/rejected", "eval_rewards/margins"):
+        assert derived[key] == pytest.approx(measured[key], rel=1e-4, abs=1e-4), key
+    results = read_manifest(dpo_run)["results"]
+    assert results["initial_eval_logp_margin"] == pytest.approx(
+        measured["eval_logps/chosen"] - measured["eval_logps/rejected"], rel=1e-4)
+    assert abs(results["initial_eval_logp_margin"] - results["eval_logp_margin"]) > 1.0  # not the trained policy's
 
 
 def test_dpo_reference_never_moves_and_starts_equal_to_the_policy(dpo_run: Path) -> None:
