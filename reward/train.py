@@ -71,6 +71,9 @@ class RewardStageConfig:
     # Arguments of trl.RewardConfig (max_length also bounds the scoring format: longer responses are cut).
     training: dict[str, Any] = trl_section("trl.RewardConfig")
     calibration_bins: int = 5
+    # Score every held-out pair once more before training (the SFT backbone with the new, random score head): a
+    # control beside chance (0.5), at the cost of a pass over the held-out pairs in the training dtype.
+    score_before_training: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -408,7 +411,8 @@ def train_reward(config: RewardStageConfig) -> Path:
         trainer.model.print_trainable_parameters()
 
     initial: dict[str, Any] = {}
-    if not checkpoint:  # the same measure as after training: pairwise accuracy over every held-out pair
+    not_scored = "not measured (resumed)" if checkpoint else "not measured (score_before_training: false)"
+    if not checkpoint and config.score_before_training:  # the same measure as after training, every held-out pair
         trainer.model.eval()
         logger.info("scoring %d held-out pairs before training", len(valid_pairs))
         before = score_pairs(trainer.model, tokenizer, valid_pairs, max_length)
@@ -443,7 +447,7 @@ def train_reward(config: RewardStageConfig) -> Path:
         before_row = initial.get("by_source", {}).get(source, {})
         logger.info("held-out %s pairs: pairwise accuracy %.3f [%.3f, %.3f] (n %d, chance 0.5; before training %s)",
                     source, row["accuracy"], row["ci95"][0], row["ci95"][1], row["pairs"],
-                    f"{before_row['accuracy']:.3f}" if before_row else "not measured (resumed)")
+                    f"{before_row['accuracy']:.3f}" if before_row else not_scored)
     with (run.path / "scores_valid.jsonl").open("w", encoding="utf-8") as handle:
         for pair, c, r in zip(valid_pairs, chosen, rejected):
             handle.write(json.dumps({"prompt_id": prompt_key(pair), "source": (pair.meta or {}).get("source"),

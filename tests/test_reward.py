@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,24 @@ def test_bench_script_scores_the_held_out_pairs_in_both_dtypes(
         assert "decisions that differ:" in lines[3] and f" of {n};" in lines[3], lines[3]
     else:  # the frozen scorer stays fp32 on such a CPU: the script says there is nothing to compare
         assert "nothing to compare" in lines[3], out.stdout
+
+
+def test_the_score_before_training_is_measured_by_default_and_skipped_when_switched_off(
+        align_reward_run: Path, align_sft_run: Path, align_pairs, tmp_path: Path, caplog) -> None:
+    measured = read_manifest(align_reward_run)["results"]
+    assert 0 <= measured["initial_pairwise_accuracy"] <= 1 and measured["initial_accuracy_by_source"]
+    assert [m for m in read_metrics(align_reward_run) if m["step"] == 0 and "eval_accuracy" in m]
+
+    config = load_config(RewardStageConfig, REWARD_YAML, reward_overrides(
+        align_sft_run, align_pairs, tmp_path, "training.max_steps=2", "score_before_training=false"))
+    with caplog.at_level(logging.INFO, logger="lexalign.reward.train"):
+        run = train_reward(config)
+    results = read_manifest(run)["results"]
+    assert results["initial_pairwise_accuracy"] is None and results["initial_accuracy_by_source"] is None
+    assert 0 <= results["pairwise_accuracy"] <= 1  # the saved model is still scored on every held-out pair
+    assert not [m for m in read_metrics(run) if m["step"] == 0]
+    assert "scoring 48 held-out pairs before training" not in caplog.text
+    assert "before training not measured (score_before_training: false)" in caplog.text
 
 
 def test_saved_reward_model_reloads_with_the_same_scores(align_reward_run: Path) -> None:
