@@ -134,6 +134,11 @@ class ServeConfig:
     # seed is prefilled in chunks, and one such request kills the engine for every client. Off, each prompt
     # is prefilled in one step (the step's token budget is raised to max_model_len).
     cpu_chunked_prefill: bool = False
+    # CPU engine: the model runs inside vLLM's engine-core process (executor `uni`, VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    # rather than in a worker process of its own: one Python process fewer to start (ready in ~15 s instead of
+    # ~21 s for SmolLM2), the same answers, greedy and seeded (bench/RESULTS.md). false (or an executor given in
+    # extra_args) = vLLM's default.
+    cpu_in_process_worker: bool = True
     gpu_memory_utilization: float = 0.9  # GPU engine: share of GPU memory for weights + KV cache
     tensor_parallel_size: int = 1     # GPU engine: GPUs to shard the model over
     quantization: str | None = None   # GPU engine: e.g. awq, gptq, fp8, bitsandbytes (null = none)
@@ -412,6 +417,10 @@ def plan_launch(config: ServeConfig, engine: Engine | None = None, engine_socket
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
+        chosen = any(arg.split("=")[0] == "--distributed-executor-backend" for arg in config.extra_args)
+        if config.cpu_in_process_worker and not chosen:  # an executor given in extra_args wins
+            command += ["--distributed-executor-backend", "uni"]
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if not config.cpu_chunked_prefill:
             context = config.max_model_len or _max_positions(target.base_model)
             command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(context, 2048))]

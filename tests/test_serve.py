@@ -127,6 +127,13 @@ def test_cpu_command_serves_the_adapter_with_its_rank_template_and_kv_cache(sft_
     assert "--no-enable-chunked-prefill" in command and arg(command, "--max-num-batched-tokens") == "2048"
     chunked = plan_launch(serve_config(f"run={sft_run}", "cpu_chunked_prefill=true"), CPU_ENGINE)
     assert "--no-enable-chunked-prefill" not in chunked.command
+    # the model runs in the engine-core process (no worker process), unless switched off or another executor is given
+    assert arg(command, "--distributed-executor-backend") == "uni" and plan.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    separate = plan_launch(serve_config(f"run={sft_run}", "cpu_in_process_worker=false"), CPU_ENGINE)
+    assert "--distributed-executor-backend" not in separate.command
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in separate.env
+    given = plan_launch(serve_config(f"run={sft_run}", 'extra_args=["--distributed-executor-backend", "mp"]'), CPU_ENGINE)
+    assert given.command.count("--distributed-executor-backend") == 1 and arg(given.command, "--distributed-executor-backend") == "mp"
     with pytest.raises(ServeError, match="below the adapter's rank"):
         plan_launch(serve_config(f"run={sft_run}", "max_lora_rank=1"), CPU_ENGINE)
 
@@ -379,6 +386,14 @@ def test_greedy_output_equals_transformers_and_peft(served, sft_run: Path, tiny_
             hf_ids = out[0, inputs["input_ids"].shape[1]:].tolist()
             assert served_ids == hf_ids, (name, messages[-1]["content"][:40])
             assert response.choices[0].message.content == tokenizer.decode(hf_ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_the_cpu_engine_runs_the_model_in_its_engine_core_process(served) -> None:
+    """configs/serve.yaml's cpu_in_process_worker: no separate worker process to start (answers: tests above)."""
+    log = served.log_path.read_text(errors="replace")
+    assert "(EngineCore pid=" in log and "Loading weights took" in log
+    assert "(Worker pid=" not in log and "VllmWorker" not in log, "the model was loaded in a worker process"
 
 
 @pytest.mark.slow
