@@ -16,7 +16,9 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {key: [(r[x_key], r[key]) for r in records if key in r and x_key in r] for key in keys}
+    # by x: a stage may log a point after later ones (DPO's before-training row is known only after training)
+    series = {key: sorted(((r[x_key], r[key]) for r in records if key in r and x_key in r), key=lambda p: p[0])
+              for key in keys}
     series = {key: points for key, points in series.items() if points}
     if not series:
         logger.warning("no metrics to plot for %s", path.name)

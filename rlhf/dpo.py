@@ -12,8 +12,9 @@ second model in memory. The stage checks this: before training the policy's and 
 on held-out pairs are equal (``reference_check.initial_max_abs_diff``), and after training the reference
 has not moved (``reference_check.drift_max_abs_diff``); so the held-out numbers before training follow from the
 evaluation after it (``evaluation_before_training``) instead of a second pass. ``beta`` and ``loss_type`` are
-TRL's DPOConfig fields in ``training``. The output adapter sits on the SFT base with the same manifest outputs as SFT (``adapter``,
-``base_model``, ``lora_rank``), so ``lexalign export`` and ``lexalign serve`` take it unchanged.
+TRL's DPOConfig fields in ``training``. The output adapter sits on the SFT base with the same manifest outputs
+as SFT (``adapter``, ``base_model``, ``lora_rank``), so ``lexalign export`` and ``lexalign serve`` take it
+unchanged.
 """
 
 from __future__ import annotations
@@ -201,12 +202,16 @@ def train_dpo(config: DPOStageConfig) -> Path:
     batch = check_batch(trainer)
     reference_before = reference_logps(trainer, batch)
     initial_diff = (completion_logps(trainer.model, batch) - reference_before).abs().max().item()
+    reference_weights = adapter_tensors(trainer.model, "ref" if "ref" in adapters else "default")
+    initial_weight_diff = reference_weight_gap(trainer.model, reference_weights, "ref" in adapters)
     if checkpoint:  # after the reference check above: that compares the policy and the reference before training
         load_trained_adapter(trainer.model, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
     drift = (reference_logps(trainer, batch) - reference_before).abs().max().item()
-    initial_eval = evaluation_before_training(final_eval, args, initial_diff, drift)
+    weight_drift = max(((adapter_tensors(trainer.model, "ref")[k] - w).abs().max().item()
+                        for k, w in reference_weights.items()), default=0.0) if "ref" in adapters else 0.0
+    initial_eval = evaluation_before_training(final_eval, args, initial_weight_diff, weight_drift)
     if initial_eval:
         run.log_metrics({"step": 0, **initial_eval})
 
@@ -232,7 +237,9 @@ def train_dpo(config: DPOStageConfig) -> Path:
         "initial_eval_logp_margin": _logp_margin(initial_eval),
         "reference": "frozen copy of the SFT adapter ('ref')" if "ref" in adapters else "adapter disabled",
         "reference_check": {"initial_max_abs_diff": initial_diff, "drift_max_abs_diff": drift,
-                            "sequences": int(batch["input_ids"].shape[0])},
+                            "sequences": int(batch["input_ids"].shape[0]),
+                            "initial_adapter_max_abs_diff": initial_weight_diff,
+                            "adapter_drift_max_abs_diff": weight_drift},
         "beta": args.beta,
         "loss_type": list(args.loss_type),
         "global_step": global_step,
@@ -251,23 +258,46 @@ def train_dpo(config: DPOStageConfig) -> Path:
     return run.path
 
 
+def adapter_tensors(model: Any, name: str) -> dict[str, Any]:
+    """The LoRA weights of one adapter as fp32 copies, keyed without the adapter's name."""
+    marker = f".{name}."
+    return {key.replace(marker, "."): param.detach().float().clone()
+            for key, param in model.named_parameters() if marker in key and ".lora_" in key}
+
+
+def reference_weight_gap(model: Any, reference: dict[str, Any], has_ref_adapter: bool) -> float:
+    """Largest weight difference between the policy and its reference before training: the trained adapter
+    against the frozen copy ``ref``; without one (a new LoRA on a fully fine-tuned SFT model, reference = adapter
+    disabled) the new adapter's lora_B, whose zeros make the policy the reference."""
+    if not has_ref_adapter:
+        return max((w.abs().max().item() for k, w in reference.items() if ".lora_B." in k), default=0.0)
+    policy = adapter_tensors(model, "default")
+    if policy.keys() != reference.keys():
+        return float("inf")
+    return max(((policy[k] - w).abs().max().item() for k, w in reference.items()), default=0.0)
+
+
 def evaluation_before_training(final_eval: dict[str, Any], args: Any, initial_diff: float,
                                drift: float) -> dict[str, float]:
     """The held-out evaluation of the policy before training, read off the evaluation after it.
 
-    Why not evaluate twice: at the start the policy *is* the reference (``initial_diff``, measured on held-out
-    sequences), and the final evaluation measures the reference's log-probs of every held-out completion beside
-    the policy's (TRL's ``rewards/* = beta * (logps/* - ref logps/*)``, both averaged the same way), so the
-    policy's log-probs before training are ``logps/* - rewards/* / beta``, its implicit rewards 0 and its sigmoid
-    loss ln 2. The same numbers as a second pass over the held-out pairs (identical to 1e-9 on the demo's 32 pairs),
-    ~40 s less on 2 cores. Empty when the premise fails (the reference moved or differed from the policy)."""
+    Why not evaluate twice: at the start the policy *is* the reference (``initial_diff``: the largest difference of
+    their adapter weights; ``drift``: how far the reference's moved in training), and the final evaluation
+    measures the reference's log-probs of every held-out completion beside the policy's (TRL's ``rewards/* = beta *
+    (logps/* - ref logps/*)``, both averaged the same way), so the policy's log-probs before training are
+    ``logps/* - rewards/* / beta``, its implicit rewards 0 and its sigmoid loss ln 2. The same numbers as a second
+    pass over the held-out pairs (identical to 1e-9 on the demo's 32 pairs), ~40 s less on 2 cores. Empty when the
+    premise fails. (Weights, not the log-prob checks of ``reference_check``: in bf16 those differ by the rounding of
+    their own code paths, 0.03 before and 0.2 after training, while TRL's evaluation at step 0 gives exactly 0.)"""
     import math
 
-    tolerance = 1e-4
+    tolerance = 1e-6  # weights, exact copies: the log-prob checks differ by bf16 rounding of their own paths
     beta = float(args.beta)
-    if initial_diff > tolerance or drift > tolerance or "eval_rewards/chosen" not in final_eval:
-        logger.warning("held-out evaluation before training not derived: the policy and the reference differed "
-                       "(max |diff| %.2g at the start, the reference drifted %.2g)", initial_diff, drift)
+    if "eval_rewards/chosen" not in final_eval:
+        return {}
+    if initial_diff > tolerance or drift > tolerance:
+        logger.warning("held-out evaluation before training not derived: the policy's and the reference's adapter "
+                       "weights differed (max |diff| %.2g at the start; the reference moved %.2g)", initial_diff, drift)
         return {}
     before = {f"eval_logps/{side}": final_eval[f"eval_logps/{side}"] - final_eval[f"eval_rewards/{side}"] / beta
               for side in ("chosen", "rejected")}

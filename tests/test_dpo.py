@@ -90,6 +90,7 @@ def test_the_evaluation_before_training_is_the_sft_policys_own(dpo_run: Path, al
 def test_dpo_reference_never_moves_and_starts_equal_to_the_policy(dpo_run: Path) -> None:
     check = read_manifest(dpo_run)["results"]["reference_check"]
     assert check["initial_max_abs_diff"] < 1e-4 and check["drift_max_abs_diff"] < 1e-4 and check["sequences"] > 0
+    assert check["initial_adapter_max_abs_diff"] == 0.0 and check["adapter_drift_max_abs_diff"] == 0.0  # exact copies
     assert read_manifest(dpo_run)["results"]["reference"].startswith("frozen copy of the SFT adapter")
 
 
