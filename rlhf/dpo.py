@@ -355,7 +355,8 @@ def write_model_card(folder: Path, config: DPOStageConfig, results: dict[str, An
         f"- held-out log-prob margin chosen - rejected: {fmt(results['eval_logp_margin'])} "
         f"(before {fmt(results['initial_eval_logp_margin'])})",
         f"- reward-model win rate vs SFT: {win['win_rate']:.3f} over {win['prompts']} held-out prompts"
-        if win else "- reward-model win rate vs SFT: not evaluated (eval.reward_run empty)",
+        if win else "- reward-model win rate vs SFT: not evaluated here (eval.num_prompts 0 or eval.reward_run empty; "
+        "`lexalign eval --reward` judges it)",
         f"- steps: {results['global_step']}, device {results['device']}, compute dtype {results['compute_dtype']}",
         "",
         "Data attribution: ACORD (The Atticus Project, CC BY 4.0) for the shipped pairs.",

@@ -462,7 +462,7 @@ def write_model_card(folder: Path, config: OnlineStageConfig, results: dict[str,
         f"- reward-model score ({results['metric_names']['reward']}): first {fmt(results['reward_first'])}, "
         f"last {fmt(results['reward_last'])}; KL ({results['metric_names']['kl']}) last {fmt(results['kl_last'])}",
         f"- reward-model win rate vs SFT: {win['win_rate']:.3f} over {win['prompts']} held-out prompts"
-        if win else "- reward-model win rate vs SFT: not evaluated",
+        if win else "- reward-model win rate vs SFT: not evaluated here (`lexalign eval --reward` judges it)",
         f"- steps: {results['global_step']}, device {results['device']}, compute dtype {results['compute_dtype']}",
         "",
         "Not legal advice: answers must be checked by a lawyer.",

@@ -154,6 +154,27 @@ def test_tiny_pipeline_evaluates_every_stage_in_one_step() -> None:
                                                                                                   "ppo")]
 
 
+def test_the_demo_judges_every_stage_against_sft_with_the_reward_model_in_its_eval_step() -> None:
+    """configs/pipeline/smollm2.yaml: DPO and PPO leave their reward-model win rate to the eval step, which
+    computes it for every stage from the answers its one vLLM server gave (the SFT answers once)."""
+    from lexalign.evaluation.run import EvalConfig
+    from lexalign.pipeline import step_argv
+    from lexalign.rlhf.dpo import DPOStageConfig
+    from lexalign.rlhf.online import OnlineStageConfig
+
+    config = load_config(PipelineConfig, ROOT / "configs" / "pipeline" / "smollm2.yaml")
+    steps = {step.id: step for step in config.steps}
+    for stage, schema in (("dpo", DPOStageConfig), ("ppo", OnlineStageConfig)):
+        argv = step_argv(steps[stage], config)
+        overrides = [a for a in argv if a.startswith("eval.")]  # (the other inputs exist only in a run)
+        stage_config = load_config(schema, ROOT / steps[stage].config, overrides)
+        assert stage_config.eval.num_prompts == 0, stage
+    argv = step_argv(steps["eval"], config)
+    eval_config = load_config(EvalConfig, ROOT / steps["eval"].config, [a for a in argv if "=" in a])
+    assert "winrate" in eval_config.tasks and argv[argv.index("--reward") + 1] == "runs/smollm2/reward"
+    assert eval_config.winrate.against == "runs/smollm2/merged/sft" and "runs/smollm2/merged/sft" in eval_config.models()
+
+
 @pytest.mark.slow
 def test_steps_and_set_run_a_short_form_that_is_never_taken_for_the_full_run(tmp_path: Path,
                                                                            inputs: tuple[Path, Path]) -> None:
