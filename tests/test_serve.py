@@ -459,3 +459,20 @@ def test_cli_serve_shuts_down_cleanly_on_sigterm(sft_run: Path, engine, tmp_path
         if engine_pid and group_members(engine_pid):
             os.killpg(engine_pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.mark.slow
+def test_bench_script_starts_both_engine_layouts_and_compares_their_answers(sft_run: Path) -> None:
+    """bench/vllm_start.py: the model in a worker process (vLLM's default) and in the engine core, each started and
+    asked the same prompts; the answers, greedy and seeded, are the same in both layouts."""
+    prompts = sft_run.parents[2] / "valid.jsonl"
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "vllm_start.py"), str(sft_run), "--prompts",
+                          str(prompts), "--count", "4", "--tokens", "8", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[1:3]] == [
+        "round 1, worker process (vLLM default)", "round 1, in engine core"], out.stdout
+    assert "faster to start" in lines[3], out.stdout
+    same = [line for line in lines[4:] if "greedy answers 4 of 4 and seeded samples 4 of 4" in line]
+    assert len(same) == 2, out.stdout  # the default's own start, and the in-engine-core start: identical answers
