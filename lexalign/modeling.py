@@ -386,7 +386,16 @@ def reward_model_info(folder: str | Path) -> dict[str, Any]:
     """What the reward stage records beside a reward model (``lexalign_reward.json``: its input format,
     ``max_length``, the ``compute_dtype`` it trained in); {} for a folder without it (an older or foreign model)."""
     info = Path(folder) / "lexalign_reward.json"
-    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    if not info.is_file():
+        return {}
+    try:
+        recorded = json.loads(info.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise LexalignError(f"{info}:{err.lineno}: not valid JSON ({err.msg}); restore it from the reward run, or "
+                            "delete it to load the model without the recorded format") from None
+    if not isinstance(recorded, dict):
+        raise LexalignError(f"{info}:1: expected a JSON object (max_length, compute_dtype, ...)")
+    return recorded
 
 
 def reward_scores(model: Any, tokenizer: Any, prompts: list[Any], responses: list[Any],

@@ -67,6 +67,22 @@ def test_frozen_reward_model_scores_in_its_training_dtype_where_the_cpu_has_it(
     assert dtype_of(folder) == torch.float32
 
 
+def test_a_damaged_record_beside_the_reward_model_is_a_clear_error(align_reward_run: Path, tmp_path: Path) -> None:
+    from lexalign.errors import LexalignError
+    from lexalign.modeling import reward_model_info
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert reward_model_info(folder) == {}  # none recorded: an older or foreign model
+    assert reward_model_info(align_reward_run / "model")["max_length"] == 192
+    (folder / "lexalign_reward.json").write_text('{"max_length": 192,\n "compute_dtype": }')
+    with pytest.raises(LexalignError, match=r"lexalign_reward.json:2: not valid JSON"):
+        reward_model_info(folder)
+    (folder / "lexalign_reward.json").write_text("[512]")
+    with pytest.raises(LexalignError, match=r"lexalign_reward.json:1: expected a JSON object"):
+        reward_model_info(folder)
+
+
 def test_bench_script_scores_the_held_out_pairs_in_both_dtypes(
         align_reward_run: Path, align_pairs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """bench/reward_dtype.py: fp32, then the frozen scorer as consumers load it, on the same pairs; the accuracies of
