@@ -234,7 +234,8 @@ class Generated:
     prompt: Prompt
     answers: list[str]
     dropped: int            # empty or duplicate answers
-    finish_reasons: list[str]
+    finish_reasons: list[str]   # of every sampled answer, the dropped ones included
+    answer_finish_reasons: list[str]   # of each kept answer, in the order of ``answers``
     usage_tokens: int
 
 
@@ -245,6 +246,7 @@ def generate_one(client: Any, model: str, prompt: Prompt, sampling: SamplingSect
     answers: list[str] = []
     dropped = 0
     reasons = []
+    kept_reasons = []
     for choice in sorted(response.choices, key=lambda c: c.index):
         text = (choice.message.content or "").strip()
         reasons.append(choice.finish_reason or "")
@@ -252,8 +254,9 @@ def generate_one(client: Any, model: str, prompt: Prompt, sampling: SamplingSect
             dropped += 1
             continue
         answers.append(text)
+        kept_reasons.append(choice.finish_reason or "")
     tokens = response.usage.completion_tokens if response.usage else 0
-    return Generated(prompt, answers, dropped, reasons, tokens)
+    return Generated(prompt, answers, dropped, reasons, kept_reasons, tokens)
 
 
 @dataclass
@@ -342,7 +345,8 @@ def generate_candidates(config: CandidatesConfig, client: Any, store: Any, model
             continue
         question, excerpt = question_and_excerpt(prompt.messages)
         meta = {**prompt.meta, "question": question, "model": model, "sampling": sampling,
-                "finish_reasons": generated.finish_reasons, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "finish_reasons": generated.finish_reasons, "answer_finish_reasons": generated.answer_finish_reasons,
+                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if excerpt is not None:
             meta["excerpt"] = excerpt
         prompt_id = prompt.prompt_id or f"{model}/{prompt_hash(prompt.messages)}"

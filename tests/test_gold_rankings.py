@@ -74,6 +74,21 @@ def test_extract_candidates_perfect_partial_misquoted_wrong_and_tied() -> None:
     assert "answer 6: 0.47" in gold.rationale() and "answer 4: 1.00" in gold.rationale()
 
 
+def test_an_answer_cut_at_the_token_limit_ranks_as_unparseable() -> None:
+    # Two quotes that overlap the clause rank above "Not present." when they ended; cut by the generator (the
+    # model never ended its turn, which eval's stop rate counts against it) they rank as unparseable.
+    answers = [f'"{GOVERNING}"', f'"{EXCERPT}"', "Not present.", f'"{GOVERNING.split(" without")[0]}']
+    ended = ranked(EXTRACT_META, EXTRACT_USER, answers)
+    assert ended.ranks == (1, 3, 4, 2) and ended.cut == ()
+    task, annotator, gold, _ = read_label(EXTRACT_META)
+    cut = rank_by_label(task, annotator, gold, chat(EXTRACT_USER), answers, ["stop", "length", "stop", "length"])
+    assert cut.scores[0] == 1.0 and cut.scores[1] is None and cut.scores[3] is None
+    assert cut.ranks == (1, 3, 2, 3)  # both cut answers below "Not present."
+    assert "answer 2: cut at the token limit" in cut.rationale() and "answer 3: 0.00" in cut.rationale()
+    with pytest.raises(ValueError, match="2 finish reasons for 4 answers"):
+        rank_by_label(task, annotator, gold, chat(EXTRACT_USER), answers, ["stop", "stop"])
+
+
 @pytest.mark.parametrize("meta, user, answers, ranks, none_acceptable", [
     # the clause is absent: "Not present." is right, any quote is wrong
     ({**EXTRACT_META, "present": False, "answers": []}, EXTRACT_USER,
@@ -239,7 +254,9 @@ class FakeClient:
 
     def _create(self, *, messages: list[dict[str, str]], n: int, **_: Any) -> Any:
         texts = next(v for k, v in self.answers.items() if k in messages[-1]["content"])
-        choices = [SimpleNamespace(index=i, message=SimpleNamespace(content=t), finish_reason="stop")
+        # an answer ending in "..." stands for one the server cut at max_tokens
+        choices = [SimpleNamespace(index=i, message=SimpleNamespace(content=t),
+                                   finish_reason="length" if t.endswith("...") else "stop")
                    for i, t in enumerate(texts[:n])]
         return SimpleNamespace(choices=choices, usage=SimpleNamespace(completion_tokens=3 * n))
 
@@ -257,8 +274,10 @@ def test_candidates_with_rank_gold_rank_the_new_labelled_tasks(tmp_path: Path, u
         {"prompt": "What does a Most Favored Nation clause do?", "prompt_id": "mfn"},
     ])
     config = load_config(CandidatesConfig, REPO / "configs" / "candidates.yaml",
-                         [f"prompts={prompts}", f"store={url}", "tasks=[]", "sampling.n=3", "rank_gold=true"])
-    client = FakeClient({"Governing Law": ["Not present.", GOVERNING, "Some law applies."],
+                         [f"prompts={prompts}", f"store={url}", "tasks=[]", "sampling.n=5", "rank_gold=true"])
+    # a duplicate (dropped) and a quote of the whole excerpt cut at the token limit
+    client = FakeClient({"Governing Law": ["Not present.", GOVERNING, "Not present.", f'"{EXCERPT} ...',
+                                           "Some law applies."],
                          "Most Favored": ["It gives the best price.", "It equalises terms.", "No idea."]})
     with open_store(url) as store:
         summary = generate_candidates(config, client, store, model="m")
@@ -268,7 +287,11 @@ def test_candidates_with_rank_gold_rank_the_new_labelled_tasks(tmp_path: Path, u
         (task,) = store.task_rankings()
         assert task.meta["present"] is True and task.meta["answers"] == [GOVERNING]  # the labels travel with the task
         assert task.meta["prompts_file"] == str(prompts) and task.meta["prompts_line"] == 1
-        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 3)
+        assert task.meta["finish_reasons"] == ["stop", "stop", "stop", "length", "stop"]
+        assert task.meta["answer_finish_reasons"] == ["stop", "stop", "length", "stop"]  # one per kept answer
+        # the cut quote overlaps the clause, yet ranks with the unparseable answer, below "Not present."
+        assert task.rankings[0].annotator == "gold:cuad" and task.rankings[0].ranks == (2, 1, 3, 3)
+        assert "answer 3: cut at the token limit" in task.rankings[0].rationale
 
 
 def test_candidates_check_labels_before_generating_and_refuse_the_test_split(tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ parsers and per-item scores of ``evaluation.scoring``; nothing is re-implemented
                0.5 + 0.5 x F1 of the named categories against the gold categories
 
 An answer in none of the task's answer formats (unparseable) ranks below every parsed answer, a wrong one
-included: the format is the first thing the model must learn. For extraction the format is "Not present." or
+included: the format is the first thing the model must learn. So does an answer the generator cut at its token
+limit (``meta.answer_finish_reasons`` "length", kept by ``lexalign candidates``): the model did not end its turn,
+which eval's stop rate counts against it, and a pair preferring such a quote for its overlap teaches longer quotes
+that run past the limit (bench/RESULTS.md, 2026-11-29). For extraction the format is "Not present." or
 lines in quotation marks: a *misquote* (quoted, but not verbatim in the excerpt) is in the format, and since eval
 scores its words against the clause it ranks above "Not present." when it overlaps a present clause (ranking it
 below, as unparseable, taught the policy to answer "Not present." to clauses it quotes imperfectly). Higher score = better rank, equal scores share a rank (dense: 1, 2, 2, 3). When no answer earns any credit (all score 0 or are unparseable) the ranking is
@@ -156,27 +159,37 @@ def answer_scores(task: str, gold: dict[str, Any], messages: Messages, answers: 
 class GoldRanking:
     annotator: str                      # gold:<corpus>
     task: str
-    scores: tuple[float | None, ...]    # None: unparseable
+    scores: tuple[float | None, ...]    # None: unparseable, or cut at the token limit
     ranks: tuple[int, ...]              # 1 = best, ties share a rank, dense
     none_acceptable: bool
+    cut: tuple[bool, ...] = ()          # per answer: cut at the generator's token limit
 
     def rationale(self) -> str:
-        shown = "; ".join(f"answer {i + 1}: {'unparseable' if s is None else f'{s:.2f}'}"
-                          for i, s in enumerate(self.scores))
+        def shown_score(i: int, score: float | None) -> str:
+            if i < len(self.cut) and self.cut[i]:
+                return "cut at the token limit"
+            return "unparseable" if score is None else f"{score:.2f}"
+
+        shown = "; ".join(f"answer {i + 1}: {shown_score(i, s)}" for i, s in enumerate(self.scores))
         return (f"Derived from the lawyers' label ({self.annotator}, task {self.task}, metric: "
                 f"{METRIC_NAMES[self.task]}). {shown}")
 
 
 def rank_by_label(task: str, annotator: str, gold: dict[str, Any], messages: Messages,
-                  answers: Sequence[str]) -> GoldRanking:
-    """Rank ``answers`` by their scores against the label (see the module docstring)."""
+                  answers: Sequence[str], finish_reasons: Sequence[str] | None = None) -> GoldRanking:
+    """Rank ``answers`` by their scores against the label (see the module docstring); ``finish_reasons`` (one per
+    answer, as the generator reported them) ranks every answer cut at the token limit ("length") as unparseable."""
     from lexalign.data.pairs import dense_ranks
 
+    cut = tuple(reason == "length" for reason in finish_reasons) if finish_reasons is not None else ()
+    if cut and len(cut) != len(answers):
+        raise ValueError(f"{len(finish_reasons or [])} finish reasons for {len(answers)} answers")
     # Rounded so that two answers the metric cannot tell apart tie instead of differing in the 15th digit.
-    scores = [None if s is None else round(s, 6) for s in answer_scores(task, gold, messages, answers)]
+    scores = [None if s is None or (cut and cut[i]) else round(s, 6)
+              for i, s in enumerate(answer_scores(task, gold, messages, answers))]
     ranks = dense_ranks([-1.0 if s is None else s for s in scores])  # unparseable below every parsed answer
     none_acceptable = all(s is None or s <= 0 for s in scores)
-    return GoldRanking(annotator, task, tuple(scores), tuple(ranks), none_acceptable)
+    return GoldRanking(annotator, task, tuple(scores), tuple(ranks), none_acceptable, cut)
 
 
 def task_messages(prompt: str | Messages) -> Messages:
@@ -259,8 +272,11 @@ def gold_rankings(task_list: Iterable[TaskRankings], summary: GoldSummary) -> li
             summary.held_out += 1
             logger.warning("%s: from a held-out test document; not ranked by its gold label", where)
             continue
+        reasons = task.meta.get("answer_finish_reasons")
+        if not (isinstance(reasons, list) and len(reasons) == len(task.candidates)):
+            reasons = None   # tasks added before the reasons were kept, or by hand: every answer counts as ended
         ranked.append((task, rank_by_label(name, annotator, gold, task_messages(task.prompt),
-                                           [c.text for c in task.candidates])))
+                                           [c.text for c in task.candidates], reasons)))
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
