@@ -14,7 +14,6 @@ as in the first start of the default variant. Validation prompts only.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,19 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import ROOT, load_average
 from lexalign.config import load_config
-from lexalign.data.paths import resolve_data_path
+from lexalign.data.jsonl import DataError
+from lexalign.serve.candidates import load_prompts
 from lexalign.serve.launch import ServeConfig, start_server
 
 VARIANTS = {"worker process (vLLM default)": "false", "in engine core": "true"}
-
-
-def chat_prompts(file: str, count: int) -> list[list[dict[str, str]]]:
-    """The first ``count`` chat records of a file, without their reference answers."""
-    prompts = []
-    for line in resolve_data_path(file).read_text(encoding="utf-8").splitlines()[:count]:
-        messages = json.loads(line)["messages"]
-        prompts.append([m for m in messages if m["role"] != "assistant"])
-    return prompts
 
 
 def one_start(model: str, in_process: str, prompts: list[list[dict[str, str]]], tokens: int,
@@ -84,7 +75,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    prompts = chat_prompts(args.prompts, args.count)
+    try:  # the chat records without their reference answers, checked line by line
+        prompts = [prompt.messages for prompt in load_prompts(args.prompts, args.count)]
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
     print(f"{args.model}: {len(prompts)} prompts from {args.prompts}, {args.rounds} rounds; "
           f"1-min load before: {load_average()}")
     results: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}

@@ -209,8 +209,8 @@ def train_dpo(config: DPOStageConfig) -> Path:
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
     drift = (reference_logps(trainer, batch) - reference_before).abs().max().item()
-    weight_drift = max(((adapter_tensors(trainer.model, "ref")[k] - w).abs().max().item()
-                        for k, w in reference_weights.items()), default=0.0) if "ref" in adapters else 0.0
+    weight_drift = (largest_difference(adapter_tensors(trainer.model, "ref"), reference_weights)
+                    if "ref" in adapters else 0.0)
     initial_eval = evaluation_before_training(final_eval, args, initial_weight_diff, weight_drift)
     if initial_eval:
         run.log_metrics({"step": 0, **initial_eval})
@@ -271,10 +271,14 @@ def reference_weight_gap(model: Any, reference: dict[str, Any], has_ref_adapter:
     disabled) the new adapter's lora_B, whose zeros make the policy the reference."""
     if not has_ref_adapter:
         return max((w.abs().max().item() for k, w in reference.items() if ".lora_B." in k), default=0.0)
-    policy = adapter_tensors(model, "default")
-    if policy.keys() != reference.keys():
+    return largest_difference(adapter_tensors(model, "default"), reference)
+
+
+def largest_difference(weights: dict[str, Any], other: dict[str, Any]) -> float:
+    """Largest absolute difference between two sets of the same tensors; inf when they hold different tensors."""
+    if weights.keys() != other.keys():
         return float("inf")
-    return max(((policy[k] - w).abs().max().item() for k, w in reference.items()), default=0.0)
+    return max(((weights[k] - w).abs().max().item() for k, w in other.items()), default=0.0)
 
 
 def evaluation_before_training(final_eval: dict[str, Any], args: Any, initial_diff: float,

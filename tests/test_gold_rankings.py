@@ -231,10 +231,14 @@ def test_unreadable_labels_are_named_by_task_prompt_id_and_file_line(url: str) -
                  {**UNFAIR_META, "labels": ["too harsh"]})
         add_task(store, "no-source", PRESENCE_USER, ["Yes", "No"], {"task": "presence", "present": True})
         add_task(store, "no-task", PRESENCE_USER, ["Yes", "No"], {"present": True, "source": "cuad"})
+        add_task(store, "bad-reasons", EXTRACT_USER, ["Not present.", GOVERNING],
+                 {**EXTRACT_META, "answer_finish_reasons": ["stop"]})   # one reason for two answers
         with pytest.raises(DataError) as info:
             rank_tasks_by_gold(store)
         message = str(info.value)
-        assert "labels of 4 tasks that the gold scorer cannot read; nothing was ranked" in message
+        assert "labels of 5 tasks that the gold scorer cannot read; nothing was ranked" in message
+        assert ("prompt_id 'bad-reasons'" in message and "meta.answer_finish_reasons: expected one finish reason"
+                in message and "per candidate answer (2), got ['stop']" in message)
         assert "(prompt_id 'bad-presence', mine.jsonl:7): meta.present: expected true or false" in message
         assert "prompt_id 'bad-category'" in message and "'too harsh'" in message
         assert "prompt_id 'no-source'" in message and "meta.source" in message

@@ -183,7 +183,7 @@ def rank_by_label(task: str, annotator: str, gold: dict[str, Any], messages: Mes
 
     cut = tuple(reason == "length" for reason in finish_reasons) if finish_reasons is not None else ()
     if cut and len(cut) != len(answers):
-        raise ValueError(f"{len(finish_reasons or [])} finish reasons for {len(answers)} answers")
+        raise ValueError(f"{len(cut)} finish reasons for {len(answers)} answers")
     # Rounded so that two answers the metric cannot tell apart tie instead of differing in the 15th digit.
     scores = [None if s is None or (cut and cut[i]) else round(s, 6)
               for i, s in enumerate(answer_scores(task, gold, messages, answers))]
@@ -250,6 +250,16 @@ class GoldSummary:
                 f"human annotators, {self.held_out} from held-out test documents not ranked")
 
 
+def finish_reason_problems(meta: Mapping[str, Any], candidates: int) -> list[str]:
+    """What is wrong with a task's ``meta.answer_finish_reasons`` (absent is fine: every answer counts as ended)."""
+    reasons = meta.get("answer_finish_reasons")
+    if reasons is None or (isinstance(reasons, list) and len(reasons) == candidates
+                           and all(isinstance(r, str) for r in reasons)):
+        return []
+    return [f"meta.answer_finish_reasons: expected one finish reason (a string such as 'stop' or 'length') per "
+            f"candidate answer ({candidates}), got {reasons!r}"[:300]]
+
+
 def gold_rankings(task_list: Iterable[TaskRankings], summary: GoldSummary) -> list[tuple[TaskRankings, GoldRanking]]:
     """The gold ranking of every labelled task; DataError listing every unreadable label (nothing is ranked)."""
     ranked: list[tuple[TaskRankings, GoldRanking]] = []
@@ -263,6 +273,7 @@ def gold_rankings(task_list: Iterable[TaskRankings], summary: GoldSummary) -> li
                 summary.left_for_humans.append(task.prompt_id)
             continue
         name, annotator, gold, found = read_label(task.meta)
+        found += finish_reason_problems(task.meta, len(task.candidates))
         where = describe_task(task.prompt_id, task.meta, task.task_id)
         if found:
             problems.extend(f"{where}: {p}" for p in found)
@@ -272,11 +283,9 @@ def gold_rankings(task_list: Iterable[TaskRankings], summary: GoldSummary) -> li
             summary.held_out += 1
             logger.warning("%s: from a held-out test document; not ranked by its gold label", where)
             continue
-        reasons = task.meta.get("answer_finish_reasons")
-        if not (isinstance(reasons, list) and len(reasons) == len(task.candidates)):
-            reasons = None   # tasks added before the reasons were kept, or by hand: every answer counts as ended
+        # None for tasks added before the reasons were kept, or by hand: every answer counts as ended
         ranked.append((task, rank_by_label(name, annotator, gold, task_messages(task.prompt),
-                                           [c.text for c in task.candidates], reasons)))
+                                           [c.text for c in task.candidates], task.meta.get("answer_finish_reasons"))))
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
