@@ -486,6 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lexalign {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """End a multi-process run's process group before the interpreter exits: gloo's threads left to the exit can
+    abort a rank after its work is done ("terminate called without an active exception")."""
+    torch = sys.modules.get("torch")  # only when the command loaded torch: light commands stay light
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

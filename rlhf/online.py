@@ -65,6 +65,11 @@ class PromptSection:
     prompts: list[str] = field(default_factory=lambda: ["shipped:sft_train.jsonl"])
     max_prompts: int = 512  # a seeded sample; 0 = all
     max_prompt_tokens: int = 384  # longer prompts (chat-formatted, with the generation header) are skipped
+    # reward: gold only: cap on the share of extraction prompts whose clause is absent (a seeded downsample before
+    # the draw; null = the data's mix). Why: a policy that cannot yet tell where a clause is absent earns more on
+    # the absent ones by answering "Not present." everywhere; the group advantage then pushes toward that answer in
+    # proportion to their share (bench/RESULTS.md).
+    max_not_present_share: float | None = None
     seed: int = 0
 
     def problems(self) -> list[Problem]:
@@ -75,6 +80,9 @@ class PromptSection:
                   for i, v in enumerate(self.prompts) if not resolve_data_path(v).is_file()]
         found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
         found += problem_if(self.max_prompt_tokens <= 0, "max_prompt_tokens", self.max_prompt_tokens, "must be positive")
+        share = self.max_not_present_share
+        found += problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
+                            "max_not_present_share", share, "a share in [0, 1), or null to keep the data's mix")
         return found
 
 
@@ -112,6 +120,9 @@ class OnlineStageConfig:
                             "give the reward run directory (e.g. runs/tiny/reward), or reward: gold")
         found += problem_if(self.reward == "gold" and self.algorithm == "ppo", "reward", self.reward,
                             "PPO needs a reward model; the labels score answers with algorithm: grpo or rloo")
+        found += problem_if(self.reward != "gold" and self.data.max_not_present_share is not None,
+                            "data.max_not_present_share", self.data.max_not_present_share,
+                            "only prompts with labels know whether their clause is absent; use it with reward: gold")
         found += problem_if(self.model.tuning != "lora", "model.tuning", self.model.tuning,
                             "online RL trains a LoRA adapter (the reference shares the base); use lora")
         section, key = self.training, self.algorithm
@@ -183,11 +194,12 @@ class GoldRewardFunction:
         return rewards
 
 
-def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = None, max_prompt_tokens: int = 0
-                     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = None, max_prompt_tokens: int = 0,
+                     max_not_present_share: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total`` among those
     that fit ``max_prompt_tokens``; ``too_long`` counts the drawn ones that did not) and the counts of what was
-    left out and why. A label that cannot be read is a
+    left out and why. With ``max_not_present_share``, absent-clause extraction prompts are first thinned to that
+    share of the extraction prompts (``not_present_cap`` counts them). A label that cannot be read is a
     DataError naming file:line; test-split documents are never used."""
     import random
 
@@ -197,7 +209,8 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
     from lexalign.evaluation.gold import has_labels, is_held_out, read_label
     from lexalign.rlhf.winrate import prompt_ids
 
-    rows, skipped, seen = [], {"no_label": 0, "held_out_document": 0, "too_long": 0, "duplicate": 0}, set()
+    rows, seen = [], set()
+    skipped = {"no_label": 0, "held_out_document": 0, "too_long": 0, "duplicate": 0, "not_present_cap": 0}
     problems = []
     for file in files:
         path = resolve_data_path(file)
@@ -224,6 +237,12 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
     if problems:
         raise DataError("labels the scorer cannot read:\n" + "\n".join(f"  {p}" for p in problems[:50]), problems)
     random.Random(seed).shuffle(rows)
+    if max_not_present_share is not None:
+        absent = [i for i, row in enumerate(rows) if row["task"] == "extract" and not json.loads(row["gold"])["present"]]
+        present = sum(row["task"] == "extract" for row in rows) - len(absent)
+        dropped = set(absent[int(max_not_present_share * present / (1 - max_not_present_share)):])
+        skipped["not_present_cap"] = len(dropped)
+        rows = [row for i, row in enumerate(rows) if i not in dropped]
     # Tokenise in the drawn order and stop at ``total``: the draw needs the lengths of its own prompts only.
     chosen = []
     for row in rows:
@@ -329,7 +348,7 @@ def train_online(config: OnlineStageConfig) -> Path:
     left_out: dict[str, int] = {}
     if config.reward == "gold":
         rows, left_out = labelled_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed,
-                                          tokenizer, config.data.max_prompt_tokens)
+                                          tokenizer, config.data.max_prompt_tokens, config.data.max_not_present_share)
         prompts = [row["prompt"] for row in rows]
         logger.info("labelled prompts: %d (left out: %s)", len(rows), left_out)
     else:

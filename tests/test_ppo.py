@@ -212,6 +212,8 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["reward_run="], "reward_run"),
     (["reward=gold"], "reward"),                       # PPO needs a reward model
     (["data.prompts=[/no/prompts.jsonl]"], "data.prompts[0]"),
+    (["data.max_not_present_share=0.3"], "data.max_not_present_share"),   # needs reward: gold (labels)
+    (["algorithm=grpo", "reward=gold", "data.max_not_present_share=1"], "data.max_not_present_share"),
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -273,6 +275,26 @@ def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path,
     assert any(m["rewards/gold_label/std"] > 0 for m in metrics), metrics   # the labels tell answers apart
     assert adapter_changed(run, align_sft_run) >= 1
     assert "reward_model" not in read_manifest(run)["inputs"]
+
+
+def test_not_present_cap_thins_only_absent_extraction_prompts(tmp_path: Path) -> None:
+    from lexalign.rlhf.online import labelled_prompts
+
+    extract = labelled_chat(tmp_path / "extract.jsonl", 40)
+    normalize = labelled_chat(tmp_path / "normalize.jsonl", 10, task="normalize")
+    files = [str(extract), str(normalize)]
+    every, _ = labelled_prompts(files, 10**9, seed=0)
+    capped, left_out = labelled_prompts(files, 10**9, seed=0, max_not_present_share=0.25)
+
+    def absent(rows: list[dict]) -> int:
+        return sum(r["task"] == "extract" and not json.loads(r["gold"])["present"] for r in rows)
+
+    present = sum(r["task"] == "extract" for r in every) - absent(every)
+    assert absent(every) > present / 3                                    # the data's mix is above the cap
+    assert absent(capped) == int(0.25 * present / 0.75)
+    assert left_out["not_present_cap"] == absent(every) - absent(capped)
+    assert [r for r in capped if r["task"] == "normalize"] == [r for r in every if r["task"] == "normalize"]
+    assert len(capped) == len(every) - left_out["not_present_cap"]
 
 
 def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:

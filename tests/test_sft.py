@@ -235,6 +235,9 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
     (["training.packing=true", "training.packing_strategy=wrapped"], "training.packing_strategy"),
     (["training.max_stepz=3"], "training.max_stepz"),
     (["data.max_not_present_share=1.0"], "data.max_not_present_share"),
+    (["data.task_repeats.presense=2"], "data.task_repeats.presense"),   # not a task
+    (["data.task_repeats.presence=0"], "data.task_repeats.presence"),   # a record is seen at least once
+    (["data.task_repeats.presence=1.5"], "data.task_repeats.presence"),
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -262,6 +265,20 @@ def test_not_present_cap_downsamples_only_absent_extraction_records() -> None:
     assert [r for r in capped if r.meta["task"] != "extract"] == records[100:]
     assert cap_not_present(records, 0.25, seed=1) != capped      # a seeded draw
     assert cap_not_present(records, None, seed=0) is records
+
+
+def test_task_repeats_add_copies_of_that_task_only() -> None:
+    from lexalign.data.schemas import ChatRecord
+    from lexalign.sft.train import repeat_tasks
+
+    records = [ChatRecord.model_validate({"messages": [{"role": "user", "content": f"q{i}"},
+                                                       {"role": "assistant", "content": "Yes"}],
+                                          "meta": {"task": task}})
+               for i, task in enumerate(["presence", "extract", "presence", "unfair"])]
+    repeated = repeat_tasks(records, {"presence": 3, "unfair": 1})
+    assert repeated[:4] == records                                   # the file's records first, in order
+    assert [r.messages[0].content for r in repeated[4:]] == ["q0", "q0", "q2", "q2"]
+    assert repeat_tasks(records, {}) is records
 
 
 def test_missing_model_folder_is_a_clear_cli_error(tmp_path: Path, chat_data: tuple[Path, Path]) -> None:
