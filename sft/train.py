@@ -39,7 +39,7 @@ class SFTDataSection:
     # absent) answers "Not present." to every question under greedy decoding (bench/RESULTS.md).
     max_not_present_share: float | None = None
     # How many times each training record of a task is seen per epoch (task -> count; absent tasks once), e.g.
-    # {presence: 2}. Why: the presence decision is the skill the default mix teaches least (600 of 3,492 records).
+    # {presence: 2}. Why: the presence decision is the skill the default mix teaches least (600 of the 3,505 records).
     task_repeats: dict[str, int] = field(default_factory=dict)
     seed: int = 0               # the downsample's draw
 
