@@ -63,6 +63,12 @@ def problem_if(condition: bool, key: str, value: Any, message: str) -> list[Prob
     return [Problem(key, message, value)] if condition else []
 
 
+def share_problems(key: str, share: Any) -> list[Problem]:
+    """A cap on a share of the data: a number in [0, 1), or null to keep the data's mix."""
+    return problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
+                      key, share, "a share in [0, 1), or null to keep the data's mix")
+
+
 # --------------------------------------------------------------------------- YAML with line numbers
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lexalign.config import Problem, load_config, problem_if, trl_section
+from lexalign.config import Problem, load_config, problem_if, share_problems, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
 from lexalign.runs import RunDir, is_main_process, writes_to
@@ -80,9 +80,7 @@ class PromptSection:
                   for i, v in enumerate(self.prompts) if not resolve_data_path(v).is_file()]
         found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
         found += problem_if(self.max_prompt_tokens <= 0, "max_prompt_tokens", self.max_prompt_tokens, "must be positive")
-        share = self.max_not_present_share
-        found += problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
-                            "max_not_present_share", share, "a share in [0, 1), or null to keep the data's mix")
+        found += share_problems("max_not_present_share", self.max_not_present_share)
         return found
 
 

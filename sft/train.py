@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lexalign.config import Problem, load_config, problem_if, trl_section
+from lexalign.config import Problem, load_config, problem_if, share_problems, trl_section
 from lexalign.errors import LexalignError
 from lexalign.modeling import ModelSection
 from lexalign.runs import RunDir, is_main_process, writes_to
@@ -55,9 +55,7 @@ class SFTDataSection:
                 found.append(Problem(key, "file not found; give a chat-records JSONL file or shipped:<name>", value))
         for key in ("max_train_records", "max_valid_records"):
             found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
-        share = self.max_not_present_share
-        found += problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
-                            "max_not_present_share", share, "a share in [0, 1), or null to keep the data's mix")
+        found += share_problems("max_not_present_share", self.max_not_present_share)
         for task, count in (self.task_repeats or {}).items():
             found += problem_if(task not in TASKS, f"task_repeats.{task}", task, f"one of the tasks {', '.join(TASKS)}")
             found += problem_if(not isinstance(count, int) or isinstance(count, bool) or count < 1,
