@@ -94,6 +94,12 @@ class OnlineStageConfig:
     reward_run: str = "runs/tiny/reward"  # scores the answers; its tokenizer must be the policy's
     # model: the reward run scores the answers; gold: the prompts' labels do (grpo / rloo; see the module docstring)
     reward: Literal["model", "gold"] = "model"
+    # reward: gold only: the share of an extraction reward a quoted answer earns for quoting a present clause at all
+    # (the decision, as presence accuracy scores it); the rest is its span F1. With 0 the reward is the span F1
+    # alone, so a quote of a present clause earns less than "Not present." of an absent one and the group advantage
+    # pushes toward "Not present." wherever the policy is unsure (bench/RESULTS.md). 0.5 scores the decision as the
+    # unfair-clause reward scores its verdict.
+    quote_credit: float = 0.0
     # path "" = the SFT run's base model. lora: only used when SFT trained the full model (a new adapter on it).
     model: RunModelSection = field(default_factory=RunModelSection)
     data: PromptSection = field(default_factory=PromptSection)
@@ -121,6 +127,10 @@ class OnlineStageConfig:
         found += problem_if(self.reward != "gold" and self.data.max_not_present_share is not None,
                             "data.max_not_present_share", self.data.max_not_present_share,
                             "only prompts with labels know whether their clause is absent; use it with reward: gold")
+        found += problem_if(not (isinstance(self.quote_credit, (int, float)) and 0 <= self.quote_credit <= 1),
+                            "quote_credit", self.quote_credit, "a share in [0, 1]")
+        found += problem_if(self.reward != "gold" and self.quote_credit, "quote_credit", self.quote_credit,
+                            "the labels' reward only; use it with reward: gold")
         found += problem_if(self.model.tuning != "lora", "model.tuning", self.model.tuning,
                             "online RL trains a LoRA adapter (the reference shares the base); use lora")
         section, key = self.training, self.algorithm
@@ -175,19 +185,26 @@ class RewardModelFunction:
 
 class GoldRewardFunction:
     """The lawyers' label of each prompt as a TRL reward function: the task's own metric of each answer (0..1),
-    -1 for an answer in none of the task's formats. TRL passes the dataset's ``task`` and ``gold`` columns."""
+    -1 for an answer in none of the task's formats. TRL passes the dataset's ``task`` and ``gold`` columns.
+    ``quote_credit``: the part of the reward a quote of a present clause earns for the decision to quote."""
 
     __name__ = "gold_label"
     UNPARSEABLE = -1.0
 
+    def __init__(self, quote_credit: float = 0.0) -> None:
+        self.quote_credit = quote_credit
+
     def __call__(self, prompts: list[Any], completions: list[Any], task: list[str], gold: list[str],
                  **kwargs: Any) -> list[float]:
-        from lexalign.evaluation.gold import answer_scores
+        from lexalign.evaluation.gold import answer_scores, is_quoted
 
         rewards = []
         for messages, completion, name, label in zip(prompts, completions, task, gold):
             text = completion if isinstance(completion, str) else "\n\n".join(m["content"] for m in completion)
-            (score,) = answer_scores(name, json.loads(label), messages, [text])
+            labels = json.loads(label)
+            (score,) = answer_scores(name, labels, messages, [text])
+            if score is not None and name == "extract" and labels["present"] and is_quoted(text):
+                score = self.quote_credit + (1 - self.quote_credit) * score
             rewards.append(self.UNPARSEABLE if score is None else score)
         return rewards
 
@@ -384,7 +401,7 @@ def train_online(config: OnlineStageConfig) -> Path:
         policy_model = trainer.model.policy
     else:
         if config.reward == "gold":  # the task and label columns reach the reward function with each answer
-            dataset, reward_function = Dataset.from_list(rows), GoldRewardFunction()
+            dataset, reward_function = Dataset.from_list(rows), GoldRewardFunction(config.quote_credit)
         else:
             dataset = Dataset.from_list([{"prompt": p} for p in prompts])
             reward_function = RewardModelFunction(reward, tokenizer, reward_max_length)

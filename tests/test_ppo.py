@@ -214,6 +214,8 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["data.prompts=[/no/prompts.jsonl]"], "data.prompts[0]"),
     (["data.max_not_present_share=0.3"], "data.max_not_present_share"),   # needs reward: gold (labels)
     (["algorithm=grpo", "reward=gold", "data.max_not_present_share=1"], "data.max_not_present_share"),
+    (["quote_credit=0.5"], "quote_credit"),                               # needs reward: gold (labels)
+    (["algorithm=grpo", "reward=gold", "quote_credit=1.5"], "quote_credit"),
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -260,6 +262,26 @@ def test_gold_reward_scores_answers_with_the_task_metric() -> None:
     assert rewards[4] == 1.0                              # "Not present." when the clause is absent
     assert 0.0 < rewards[3] < 0.25                        # a misquote keeps half of its small overlap
     assert rewards[5] == -1.0                             # unquoted, not "Not present.": no answer format
+
+
+def test_quote_credit_rewards_the_decision_to_quote_a_present_clause() -> None:
+    from lexalign.rlhf.online import GoldRewardFunction
+    from test_reward_support import clause_of, prompt_messages
+
+    gold = json.dumps({"answers": [clause_of("Ohio")], "present": True, "category": "Governing Law"})
+    absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
+    prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
+    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', '"I think Ohio maybe"', "Not present.",
+               '"Fees are due."']
+    labels = [gold] * 4 + [absent] * 2
+    completions = [[{"role": "assistant", "content": a}] for a in answers]
+    plain = GoldRewardFunction()([prompt] * 6, completions, task=["extract"] * 6, gold=labels)
+    credited = GoldRewardFunction(0.5)([prompt] * 6, completions, task=["extract"] * 6, gold=labels)
+    assert credited[0] == pytest.approx(1.0) and credited[1] == 0.0            # the exact quote; absent by mistake
+    assert credited[2] == pytest.approx(0.5 + 0.5 * plain[2]) and credited[2] >= 0.5   # present: quoted at all
+    assert credited[3] == pytest.approx(0.5 + 0.5 * plain[3])                    # a misquote keeps its credit too
+    assert credited[4] == 1.0 and credited[5] == 0.0 == plain[5]                 # absent clause: no quote credited
+    assert plain[1] == credited[1] and plain[4] == credited[4]
 
 
 def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:
