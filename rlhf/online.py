@@ -35,6 +35,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,8 @@ class PromptSection:
     prompts: list[str] = field(default_factory=lambda: ["shipped:sft_train.jsonl"])
     max_prompts: int = 512  # a seeded sample; 0 = all
     max_prompt_tokens: int = 384  # longer prompts (chat-formatted, with the generation header) are skipped
-    # reward: gold only: cap on the share of extraction prompts whose clause is absent (a seeded downsample before
-    # the draw; null = the data's mix). Why: a policy that cannot yet tell where a clause is absent earns more on
+    # reward: gold only: cap on the share of the drawn extraction prompts whose clause is absent (null = the data's
+    # mix). Why: a policy that cannot yet tell where a clause is absent earns more on
     # the absent ones by answering "Not present." everywhere; the group advantage then pushes toward that answer in
     # proportion to their share (bench/RESULTS.md).
     max_not_present_share: float | None = None
@@ -213,8 +214,8 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
                      max_not_present_share: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total`` among those
     that fit ``max_prompt_tokens``; ``too_long`` counts the drawn ones that did not) and the counts of what was
-    left out and why. With ``max_not_present_share``, absent-clause extraction prompts are first thinned to that
-    share of the extraction prompts (``not_present_cap`` counts them). A label that cannot be read is a
+    left out and why. With ``max_not_present_share``, absent-clause extraction prompts make at most that share of
+    the draw's extraction prompts (``not_present_cap`` counts those passed over). A label that cannot be read is a
     DataError naming file:line; test-split documents are never used."""
     import random
 
@@ -252,21 +253,40 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
     if problems:
         raise DataError("labels the scorer cannot read:\n" + "\n".join(f"  {p}" for p in problems[:50]), problems)
     random.Random(seed).shuffle(rows)
-    if max_not_present_share is not None:
-        absent = [i for i, row in enumerate(rows) if row["task"] == "extract" and not json.loads(row["gold"])["present"]]
-        present = sum(row["task"] == "extract" for row in rows) - len(absent)
-        dropped = set(absent[int(max_not_present_share * present / (1 - max_not_present_share)):])
-        skipped["not_present_cap"] = len(dropped)
-        rows = [row for i, row in enumerate(rows) if i not in dropped]
-    # Tokenise in the drawn order and stop at ``total``: the draw needs the lengths of its own prompts only.
-    chosen = []
+
+    def is_absent_clause(row: dict[str, Any]) -> bool:
+        return row["task"] == "extract" and not json.loads(row["gold"])["present"]
+
+    def absent_quota(present: int) -> float:
+        """How many absent-clause extraction prompts the draw may hold beside ``present`` present ones."""
+        if max_not_present_share is None:
+            return math.inf
+        return int(max_not_present_share * present / (1 - max_not_present_share))
+
+    # Tokenise in the drawn order and stop at ``total``: the draw needs the lengths of its own prompts only. The cap
+    # holds for the draw itself: an absent-clause prompt beyond the quota waits until enough present ones are drawn.
+    chosen: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    present = absent = 0
     for row in rows:
         if len(chosen) >= total:
             break
         if tokenizer is not None and len(prompt_ids(tokenizer, row["prompt"])) > max_prompt_tokens:
             skipped["too_long"] += 1
             continue
+        if is_absent_clause(row):
+            if absent < absent_quota(present):
+                chosen.append(row)
+                absent += 1
+            else:
+                waiting.append(row)
+            continue
         chosen.append(row)
+        present += row["task"] == "extract"
+        while waiting and absent < absent_quota(present) and len(chosen) < total:
+            chosen.append(waiting.pop(0))
+            absent += 1
+    skipped["not_present_cap"] = len(waiting)
     return chosen, skipped
 
 

@@ -318,6 +318,21 @@ def test_not_present_cap_thins_only_absent_extraction_prompts(tmp_path: Path) ->
     assert [r for r in capped if r["task"] == "normalize"] == [r for r in every if r["task"] == "normalize"]
     assert len(capped) == len(every) - left_out["not_present_cap"]
 
+    # A small draw from a large pool holds the cap itself, and is still full: ten distinct copies of every record
+    # (the copy number in the excerpt), so the pool's quota is far above what the draw may hold.
+    records = [json.loads(line) for line in extract.read_text(encoding="utf-8").splitlines()]
+    large = tmp_path / "large.jsonl"
+    with large.open("w", encoding="utf-8") as out:
+        for copy in range(10):
+            for record in records:
+                messages = [dict(m) for m in record["messages"]]
+                messages[1]["content"] += f" (copy {copy})"
+                out.write(json.dumps({**record, "messages": messages}) + "\n")
+    drawn, _ = labelled_prompts([str(large)], 12, seed=0)
+    small, small_left_out = labelled_prompts([str(large)], 12, seed=0, max_not_present_share=0.25)
+    assert absent(drawn) > 0.25 * len(drawn)                                # the uncapped draw is above the cap
+    assert len(small) == 12 and 0 < absent(small) <= 0.25 * 12 and small_left_out["not_present_cap"] > 0
+
 
 def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
     from lexalign.data.jsonl import DataError
