@@ -22,9 +22,9 @@ Output: ``<output_dir>/<name>/<algorithm>/`` (runs/tiny/ppo, runs/tiny/grpo, ...
 * **Reward from the lawyers' labels** (``reward: gold``, GRPO / RLOO): instead of a reward model, each answer is
   scored against the label of its prompt with the task's own metric (``evaluation.gold.answer_scores``: span F1
   or "Not present." for extraction, the right Yes/No, token F1 of the normalised answer, the fair/unfair verdict
-  and categories); an answer in no answer format scores -1. Only labelled chat records are used (the others are
-  counted and left out) and never a document of the held-out test split. ``reward_run`` is then optional: it
-  only judges the win rate against SFT.
+  and categories); an answer in no answer format scores -1 (``quote_credit``: a share of a present clause's reward
+  for quoting it at all). Only labelled chat records are used (the others are counted and left out) and never a
+  document of the held-out test split. ``reward_run`` is then optional: it only judges the win rate against SFT.
 
 Prompts: the user turns of the built datasets (``data.prompts``; chat records lose their last assistant turn,
 preference pairs give their prompt), deduplicated, at most ``data.max_prompt_tokens`` long.
