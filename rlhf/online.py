@@ -67,9 +67,9 @@ class PromptSection:
     max_prompts: int = 512  # a seeded sample; 0 = all
     max_prompt_tokens: int = 384  # longer prompts (chat-formatted, with the generation header) are skipped
     # reward: gold only: cap on the share of the drawn extraction prompts whose clause is absent (null = the data's
-    # mix). Why: a policy that cannot yet tell where a clause is absent earns more on
-    # the absent ones by answering "Not present." everywhere; the group advantage then pushes toward that answer in
-    # proportion to their share (bench/RESULTS.md).
+    # mix). Why: a policy that cannot yet tell where a clause is absent earns more on the absent ones by answering
+    # "Not present." everywhere, and the group advantage pushes toward that answer in proportion to their share.
+    # Measured on the one-epoch SFT model, a balanced draw (0.5) did not stop GRPO's drift (bench/RESULTS.md).
     max_not_present_share: float | None = None
     seed: int = 0
 
@@ -97,9 +97,9 @@ class OnlineStageConfig:
     reward: Literal["model", "gold"] = "model"
     # reward: gold only: the share of an extraction reward a quoted answer earns for quoting a present clause at all
     # (the decision, as presence accuracy scores it); the rest is its span F1. With 0 the reward is the span F1
-    # alone, so a quote of a present clause earns less than "Not present." of an absent one and the group advantage
-    # pushes toward "Not present." wherever the policy is unsure (bench/RESULTS.md). 0.5 scores the decision as the
-    # unfair-clause reward scores its verdict.
+    # alone, so a quote of a present clause earns less than "Not present." of an absent one, and saying "Not
+    # present." pays wherever the policy is unsure. 0.5 scores the decision as the unfair-clause reward scores its
+    # verdict; measured on the one-epoch SFT model, it did not stop GRPO's drift to "Not present." (bench/RESULTS.md).
     quote_credit: float = 0.0
     # path "" = the SFT run's base model. lora: only used when SFT trained the full model (a new adapter on it).
     model: RunModelSection = field(default_factory=RunModelSection)
