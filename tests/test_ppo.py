@@ -255,33 +255,20 @@ def test_gold_reward_scores_answers_with_the_task_metric() -> None:
     absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
     prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
     answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', '"I think Ohio maybe"', "Not present.",
-               "I think Ohio maybe"]
-    rewards = GoldRewardFunction()([prompt] * 6, [[{"role": "assistant", "content": a}] for a in answers],
-                                   task=["extract"] * 6, gold=[gold] * 4 + [absent, gold])
+               "I think Ohio maybe", '"Fees are due."']
+    labels = [gold] * 4 + [absent, gold, absent]
+    completions = [[{"role": "assistant", "content": a}] for a in answers]
+    rewards = GoldRewardFunction()([prompt] * 7, completions, task=["extract"] * 7, gold=labels)
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == 0.0 and 0.0 <= rewards[2] < 0.5
-    assert rewards[4] == 1.0                              # "Not present." when the clause is absent
+    assert rewards[4] == 1.0 and rewards[6] == 0.0        # "Not present." / a quote when the clause is absent
     assert 0.0 < rewards[3] < 0.25                        # a misquote keeps half of its small overlap
     assert rewards[5] == -1.0                             # unquoted, not "Not present.": no answer format
 
-
-def test_quote_credit_rewards_the_decision_to_quote_a_present_clause() -> None:
-    from lexalign.rlhf.online import GoldRewardFunction
-    from test_reward_support import clause_of, prompt_messages
-
-    gold = json.dumps({"answers": [clause_of("Ohio")], "present": True, "category": "Governing Law"})
-    absent = json.dumps({"answers": [], "present": False, "category": "Governing Law"})
-    prompt = prompt_messages(f"Fees are due. {clause_of('Ohio')}")
-    answers = [f'"{clause_of("Ohio")}"', "Not present.", '"Fees are due."', '"I think Ohio maybe"', "Not present.",
-               '"Fees are due."']
-    labels = [gold] * 4 + [absent] * 2
-    completions = [[{"role": "assistant", "content": a}] for a in answers]
-    plain = GoldRewardFunction()([prompt] * 6, completions, task=["extract"] * 6, gold=labels)
-    credited = GoldRewardFunction(0.5)([prompt] * 6, completions, task=["extract"] * 6, gold=labels)
-    assert credited[0] == pytest.approx(1.0) and credited[1] == 0.0            # the exact quote; absent by mistake
-    assert credited[2] == pytest.approx(0.5 + 0.5 * plain[2]) and credited[2] >= 0.5   # present: quoted at all
-    assert credited[3] == pytest.approx(0.5 + 0.5 * plain[3])                    # a misquote keeps its credit too
-    assert credited[4] == 1.0 and credited[5] == 0.0 == plain[5]                 # absent clause: no quote credited
-    assert plain[1] == credited[1] and plain[4] == credited[4]
+    # quote_credit: a quote of a present clause earns that share for quoting at all, the rest for its span F1
+    credited = GoldRewardFunction(0.5)([prompt] * 7, completions, task=["extract"] * 7, gold=labels)
+    assert credited[0] == pytest.approx(1.0) and credited[2] == pytest.approx(0.5 + 0.5 * rewards[2])
+    assert credited[3] == pytest.approx(0.5 + 0.5 * rewards[3])                # a misquote keeps its credit too
+    assert [credited[i] for i in (1, 4, 5, 6)] == [rewards[i] for i in (1, 4, 5, 6)]   # nothing else changes
 
 
 def test_grpo_learns_from_the_labels_without_a_reward_model(align_sft_run: Path, tmp_path: Path) -> None:
