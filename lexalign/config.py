@@ -63,10 +63,17 @@ def problem_if(condition: bool, key: str, value: Any, message: str) -> list[Prob
     return [Problem(key, message, value)] if condition else []
 
 
+def is_share(value: Any, *, one_included: bool = False) -> bool:
+    """A number in [0, 1) ([0, 1] with ``one_included``); a YAML true/false is none, though Python counts it 1/0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return 0 <= value < 1 or (one_included and value == 1)
+
+
 def share_problems(key: str, share: Any) -> list[Problem]:
     """A cap on a share of the data: a number in [0, 1), or null to keep the data's mix."""
-    return problem_if(share is not None and not (isinstance(share, (int, float)) and 0 <= share < 1),
-                      key, share, "a share in [0, 1), or null to keep the data's mix")
+    return problem_if(share is not None and not is_share(share), key, share,
+                      "a share in [0, 1), or null to keep the data's mix")
 
 
 # --------------------------------------------------------------------------- YAML with line numbers

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lexalign.config import Problem, load_config, problem_if, share_problems, trl_section
+from lexalign.config import Problem, is_share, load_config, problem_if, share_problems, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
 from lexalign.runs import RunDir, is_main_process, writes_to
@@ -128,7 +128,7 @@ class OnlineStageConfig:
         found += problem_if(self.reward != "gold" and self.data.max_not_present_share is not None,
                             "data.max_not_present_share", self.data.max_not_present_share,
                             "only prompts with labels know whether their clause is absent; use it with reward: gold")
-        found += problem_if(not (isinstance(self.quote_credit, (int, float)) and 0 <= self.quote_credit <= 1),
+        found += problem_if(not is_share(self.quote_credit, one_included=True),
                             "quote_credit", self.quote_credit, "a share in [0, 1]")
         found += problem_if(self.reward != "gold" and self.quote_credit, "quote_credit", self.quote_credit,
                             "the labels' reward only; use it with reward: gold")

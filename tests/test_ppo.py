@@ -216,6 +216,8 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["algorithm=grpo", "reward=gold", "data.max_not_present_share=1"], "data.max_not_present_share"),
     (["quote_credit=0.5"], "quote_credit"),                               # needs reward: gold (labels)
     (["algorithm=grpo", "reward=gold", "quote_credit=1.5"], "quote_credit"),
+    (["algorithm=grpo", "reward=gold", "quote_credit=true"], "quote_credit"),        # a boolean is no share
+    (["algorithm=grpo", "reward=gold", "data.max_not_present_share=true"], "data.max_not_present_share"),
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
