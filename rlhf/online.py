@@ -39,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from lexalign.config import Problem, is_share, load_config, problem_if, share_problems, trl_section
@@ -71,10 +72,16 @@ class PromptSection:
     # "Not present." everywhere, and the group advantage pushes toward that answer in proportion to their share.
     # Measured on the one-epoch SFT model, a balanced draw (0.5) did not stop GRPO's drift (bench/RESULTS.md).
     max_not_present_share: float | None = None
+    # reward: gold only: the tasks whose prompts are drawn ([] = every labelled task). Why: on the one-epoch SFT model
+    # the extraction and Yes/No prompts moved the threshold of the clause-presence decision that both tasks share (to
+    # "Not present." and "No" with both, to "Yes" with the Yes/No prompts alone); unfair-clause and normalization
+    # prompts alone left the presence answers as they were (bench/RESULTS.md, 2026-11-30).
+    tasks: list[str] = field(default_factory=list)
     seed: int = 0
 
     def problems(self) -> list[Problem]:
         from lexalign.data.paths import resolve_data_path
+        from lexalign.evaluation.tasks import GENERATION_TASKS
 
         found = problem_if(not self.prompts, "prompts", self.prompts, "list at least one prompt file")
         found += [Problem(f"prompts[{i}]", "file not found; give a chat-records or preference-pair JSONL file", v)
@@ -82,6 +89,8 @@ class PromptSection:
         found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
         found += problem_if(self.max_prompt_tokens <= 0, "max_prompt_tokens", self.max_prompt_tokens, "must be positive")
         found += share_problems("max_not_present_share", self.max_not_present_share)
+        found += [Problem("tasks", f"unknown task; use some of {', '.join(GENERATION_TASKS)}", task)
+                  for task in self.tasks if task not in GENERATION_TASKS]
         return found
 
 
@@ -128,6 +137,8 @@ class OnlineStageConfig:
         found += problem_if(self.reward != "gold" and self.data.max_not_present_share is not None,
                             "data.max_not_present_share", self.data.max_not_present_share,
                             "only prompts with labels know whether their clause is absent; use it with reward: gold")
+        found += problem_if(self.reward != "gold" and bool(self.data.tasks), "data.tasks", self.data.tasks,
+                            "only prompts with labels have a task; use it with reward: gold")
         found += problem_if(not is_share(self.quote_credit, one_included=True),
                             "quote_credit", self.quote_credit, "a share in [0, 1]")
         found += problem_if(self.reward != "gold" and self.quote_credit, "quote_credit", self.quote_credit,
@@ -211,12 +222,14 @@ class GoldRewardFunction:
 
 
 def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = None, max_prompt_tokens: int = 0,
-                     max_not_present_share: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                     max_not_present_share: float | None = None,
+                     tasks: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows {prompt, task, gold} of the labelled chat records of ``files`` (a seeded draw of ``total`` among those
     that fit ``max_prompt_tokens``; ``too_long`` counts the drawn ones that did not) and the counts of what was
     left out and why. With ``max_not_present_share``, absent-clause extraction prompts make at most that share of
-    the draw's extraction prompts (``not_present_cap`` counts those passed over). A label that cannot be read is a
-    DataError naming file:line; test-split documents are never used."""
+    the draw's extraction prompts (``not_present_cap`` counts those passed over); with ``tasks``, only those tasks'
+    prompts are drawn (``other_task`` counts the rest). A label that cannot be read is a DataError naming file:line;
+    test-split documents are never used."""
     import random
 
     from lexalign.data.jsonl import DataError, read_jsonl, read_text_lines
@@ -226,7 +239,8 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
     from lexalign.rlhf.winrate import prompt_ids
 
     rows, seen = [], set()
-    skipped = {"no_label": 0, "held_out_document": 0, "too_long": 0, "duplicate": 0, "not_present_cap": 0}
+    skipped = {"no_label": 0, "held_out_document": 0, "other_task": 0, "too_long": 0, "duplicate": 0,
+               "not_present_cap": 0}
     problems = []
     for file in files:
         path = resolve_data_path(file)
@@ -242,6 +256,9 @@ def labelled_prompts(files: list[str], total: int, seed: int, tokenizer: Any = N
             task, _, gold, found = read_label(meta)
             if found:
                 problems += [f"{path}:{number}: {p}" for p in found]
+                continue
+            if tasks and task not in tasks:
+                skipped["other_task"] += 1
                 continue
             messages = [m.model_dump() for m in record.messages[:-1]]
             key = json.dumps(messages, sort_keys=True)
@@ -383,7 +400,8 @@ def train_online(config: OnlineStageConfig) -> Path:
     left_out: dict[str, int] = {}
     if config.reward == "gold":
         rows, left_out = labelled_prompts(config.data.prompts, config.data.max_prompts or 10**9, config.data.seed,
-                                          tokenizer, config.data.max_prompt_tokens, config.data.max_not_present_share)
+                                          tokenizer, config.data.max_prompt_tokens, config.data.max_not_present_share,
+                                          config.data.tasks)
         prompts = [row["prompt"] for row in rows]
         logger.info("labelled prompts: %d (left out: %s)", len(rows), left_out)
     else:
@@ -393,6 +411,9 @@ def train_online(config: OnlineStageConfig) -> Path:
     if not prompts:
         from lexalign.errors import LexalignError
 
+        if config.data.tasks and not left_out.get("too_long"):
+            raise LexalignError(f"no labelled prompt of data.tasks = {config.data.tasks} in {config.data.prompts}; "
+                                f"add one of those tasks' files or change data.tasks")
         raise LexalignError(f"no prompt in {config.data.prompts} fits data.max_prompt_tokens = "
                             f"{config.data.max_prompt_tokens}; raise it")
     logger.info("prompts: %d from %s (at most %d tokens)", len(prompts), ", ".join(config.data.prompts),

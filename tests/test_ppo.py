@@ -218,6 +218,8 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["algorithm=grpo", "reward=gold", "quote_credit=1.5"], "quote_credit"),
     (["algorithm=grpo", "reward=gold", "quote_credit=true"], "quote_credit"),        # a boolean is no share
     (["algorithm=grpo", "reward=gold", "data.max_not_present_share=true"], "data.max_not_present_share"),
+    (["data.tasks=[unfair]"], "data.tasks"),                              # needs reward: gold (labels)
+    (["algorithm=grpo", "reward=gold", "data.tasks=[unfair,summarize]"], "data.tasks"),     # no such task
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -237,7 +239,7 @@ def labelled_chat(path: Path, n: int, task: str = "extract") -> Path:
     from test_reward_support import chat_records
 
     rows = []
-    for i, record in enumerate(chat_records(n, seed=3)):
+    for i, record in enumerate(chat_records(n, seed=3 if task == "extract" else 5)):   # prompts of their own
         answer = record["messages"][-1]["content"]
         present = answer != "Not present."
         label = ({"present": present, "answers": [answer.strip('"')] if present else []} if task == "extract"
@@ -304,7 +306,8 @@ def test_not_present_cap_thins_only_absent_extraction_prompts(tmp_path: Path) ->
     assert absent(every) > present / 3                                    # the data's mix is above the cap
     assert absent(capped) == int(0.25 * present / 0.75)
     assert left_out["not_present_cap"] == absent(every) - absent(capped)
-    assert [r for r in capped if r["task"] == "normalize"] == [r for r in every if r["task"] == "normalize"]
+    normalize_rows = [r for r in every if r["task"] == "normalize"]
+    assert normalize_rows and [r for r in capped if r["task"] == "normalize"] == normalize_rows
     assert len(capped) == len(every) - left_out["not_present_cap"]
 
     # A small draw from a large pool holds the cap itself, and is still full: ten distinct copies of every record
@@ -321,6 +324,19 @@ def test_not_present_cap_thins_only_absent_extraction_prompts(tmp_path: Path) ->
     small, small_left_out = labelled_prompts([str(large)], 12, seed=0, max_not_present_share=0.25)
     assert absent(drawn) > 0.25 * len(drawn)                                # the uncapped draw is above the cap
     assert len(small) == 12 and 0 < absent(small) <= 0.25 * 12 and small_left_out["not_present_cap"] > 0
+
+
+def test_tasks_draw_only_the_named_tasks_prompts(tmp_path: Path) -> None:
+    from lexalign.rlhf.online import labelled_prompts
+
+    extract = str(labelled_chat(tmp_path / "extract.jsonl", 40))
+    normalize = str(labelled_chat(tmp_path / "normalize.jsonl", 10, task="normalize"))
+    # The same rows, in the same seeded order, as a file of that task's records alone
+    alone, _ = labelled_prompts([normalize], 10**9, seed=0)
+    chosen, left_out = labelled_prompts([extract, normalize], 10**9, seed=0, tasks=["normalize"])
+    assert chosen == alone and len(chosen) > 5 and left_out["other_task"] == 40
+    drawn, _ = labelled_prompts([extract, normalize], 4, seed=0, tasks=["normalize"])
+    assert len(drawn) == 4 and {r["task"] for r in drawn} == {"normalize"}
 
 
 def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
