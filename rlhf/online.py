@@ -37,9 +37,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from lexalign.config import Problem, is_share, load_config, problem_if, share_problems, trl_section
@@ -329,8 +329,13 @@ def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path | None, Path | No
         check_same_tokenizer(sft.tokenizer_dir, reward_dir)
     for file in config.data.prompts:
         load_prompts(file)  # every line valid (file:line errors) before any model loads
-    if config.reward == "gold":
-        labelled_prompts(config.data.prompts, 0, config.data.seed)  # every label readable, too
+    if config.reward == "gold":  # every label readable, too, and a prompt of the tasks asked for
+        if not labelled_prompts(config.data.prompts, 1, config.data.seed, tasks=config.data.tasks)[0]:
+            from lexalign.errors import LexalignError
+
+            of_tasks = f" of data.tasks = {config.data.tasks}" if config.data.tasks else ""
+            raise LexalignError(f"no labelled prompt{of_tasks} in data.prompts = {config.data.prompts}; reward: gold "
+                                f"needs chat records whose meta holds a label" + (" of those tasks" if of_tasks else ""))
     eval_dir = None
     if config.eval.num_prompts:
         eval_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run") if config.eval.reward_run else reward_dir
@@ -411,9 +416,6 @@ def train_online(config: OnlineStageConfig) -> Path:
     if not prompts:
         from lexalign.errors import LexalignError
 
-        if config.data.tasks and not left_out.get("too_long"):
-            raise LexalignError(f"no labelled prompt of data.tasks = {config.data.tasks} in {config.data.prompts}; "
-                                f"add one of those tasks' files or change data.tasks")
         raise LexalignError(f"no prompt in {config.data.prompts} fits data.max_prompt_tokens = "
                             f"{config.data.max_prompt_tokens}; raise it")
     logger.info("prompts: %d from %s (at most %d tokens)", len(prompts), ", ".join(config.data.prompts),

@@ -339,8 +339,9 @@ def test_tasks_draw_only_the_named_tasks_prompts(tmp_path: Path) -> None:
     assert len(drawn) == 4 and {r["task"] for r in drawn} == {"normalize"}
 
 
-def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
+def test_unreadable_label_and_tasks_without_prompts_fail_before_loading(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
     from lexalign.data.jsonl import DataError
+    from lexalign.errors import LexalignError
 
     prompts = labelled_chat(tmp_path / "labelled.jsonl", 4)
     lines = prompts.read_text().splitlines()
@@ -351,3 +352,8 @@ def test_unreadable_label_names_file_and_line(align_sft_run: Path, tmp_path: Pat
     with pytest.raises(DataError, match=r"labelled\.jsonl:3: meta\.present"):
         train_online(online_config(align_sft_run, Path(""), prompts, tmp_path, "algorithm=grpo", "reward=gold",
                                    "reward_run=", "eval.num_prompts=0"))
+    # Tasks without a prompt among the extraction records: named before a model loads
+    prompts.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
+    with pytest.raises(LexalignError, match=r"no labelled prompt of data\.tasks = \['unfair'\]"):
+        train_online(online_config(align_sft_run, Path(""), prompts, tmp_path, "algorithm=grpo", "reward=gold",
+                                   "reward_run=", "eval.num_prompts=0", "data.tasks=[unfair]"))
