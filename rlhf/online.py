@@ -89,8 +89,8 @@ class PromptSection:
         found += problem_if(self.max_prompts < 0, "max_prompts", self.max_prompts, "use 0 (all) or a positive count")
         found += problem_if(self.max_prompt_tokens <= 0, "max_prompt_tokens", self.max_prompt_tokens, "must be positive")
         found += share_problems("max_not_present_share", self.max_not_present_share)
-        found += [Problem("tasks", f"unknown task; use some of {', '.join(GENERATION_TASKS)}", task)
-                  for task in self.tasks if task not in GENERATION_TASKS]
+        found += [Problem(f"tasks[{i}]", f"unknown task; use some of {', '.join(GENERATION_TASKS)}", task)
+                  for i, task in enumerate(self.tasks) if task not in GENERATION_TASKS]
         return found
 
 
@@ -333,9 +333,9 @@ def check_inputs(config: OnlineStageConfig) -> tuple[Any, Path | None, Path | No
         if not labelled_prompts(config.data.prompts, 1, config.data.seed, tasks=config.data.tasks)[0]:
             from lexalign.errors import LexalignError
 
-            of_tasks = f" of data.tasks = {config.data.tasks}" if config.data.tasks else ""
-            raise LexalignError(f"no labelled prompt{of_tasks} in data.prompts = {config.data.prompts}; reward: gold "
-                                f"needs chat records whose meta holds a label" + (" of those tasks" if of_tasks else ""))
+            wanted = f"labelled prompt of data.tasks = {config.data.tasks}" if config.data.tasks else "labelled prompt"
+            raise LexalignError(f"no {wanted} in data.prompts = {config.data.prompts}; reward: gold needs chat records "
+                                f"whose meta holds such a label")
     eval_dir = None
     if config.eval.num_prompts:
         eval_dir = reward_model_dir(config.eval.reward_run, "eval.reward_run") if config.eval.reward_run else reward_dir

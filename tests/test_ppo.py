@@ -219,7 +219,7 @@ def test_malformed_prompt_line_names_file_and_line(align_sft_run: Path, align_re
     (["algorithm=grpo", "reward=gold", "quote_credit=true"], "quote_credit"),        # a boolean is no share
     (["algorithm=grpo", "reward=gold", "data.max_not_present_share=true"], "data.max_not_present_share"),
     (["data.tasks=[unfair]"], "data.tasks"),                              # needs reward: gold (labels)
-    (["algorithm=grpo", "reward=gold", "data.tasks=[unfair,summarize]"], "data.tasks"),     # no such task
+    (["algorithm=grpo", "reward=gold", "data.tasks=[unfair,summarize]"], "data.tasks[1]"),  # no such task
 ])
 def test_bad_online_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -339,7 +339,8 @@ def test_tasks_draw_only_the_named_tasks_prompts(tmp_path: Path) -> None:
     assert len(drawn) == 4 and {r["task"] for r in drawn} == {"normalize"}
 
 
-def test_unreadable_label_and_tasks_without_prompts_fail_before_loading(align_sft_run: Path, tmp_path: Path, no_model_loading) -> None:
+def test_unreadable_label_and_tasks_without_prompts_fail_before_loading(align_sft_run: Path, tmp_path: Path,
+                                                                        no_model_loading) -> None:
     from lexalign.data.jsonl import DataError
     from lexalign.errors import LexalignError
 
