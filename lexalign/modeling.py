@@ -63,10 +63,10 @@ class QuantizationSection:
     bits: int | None = 4
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU. bf16 on a CPU pays only with bf16
-    # instructions (configs/smollm2 set it: 1.3-2.5x faster training there, bench/RESULTS.md); elsewhere it is
-    # emulated, and choose_compute_dtype warns.
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU. native: the same, but bf16 also on a CPU
+    # with bf16 instructions (AVX-512 BF16 or AMX: 1.3-2.5x faster training there, bench/RESULTS.md); a CPU
+    # without them emulates bf16 ~100x slower than fp32, so an explicit bfloat16 there gets a warning.
+    compute_dtype: Literal["auto", "native", "float32", "bfloat16", "float16"] = "auto"
 
     def problems(self) -> list[Problem]:
         return problem_if(self.bits not in (None, 4, 8), "bits", self.bits, "use 4 (QLoRA, NF4), 8, or null (no quantization)")
@@ -123,11 +123,14 @@ def choose_device(requested: str = "auto") -> "torch.device":
 def choose_compute_dtype(device: "torch.device", requested: str = "auto") -> "torch.dtype":
     import torch
 
-    if requested != "auto":
+    if requested == "native" and device.type == "cpu":
+        dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    elif requested not in ("auto", "native"):
         dtype = getattr(torch, requested)
         if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning("model.quantization.compute_dtype=bfloat16 on a CPU without bf16 instructions: it is "
-                           "emulated there and slower than fp32; set model.quantization.compute_dtype=float32")
+                           "emulated there and far slower than fp32; set model.quantization.compute_dtype=native "
+                           "(bf16 only where the CPU has it) or float32")
     elif device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:

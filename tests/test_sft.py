@@ -431,20 +431,31 @@ def test_qlora_on_cpu_with_unpackable_layer_sizes_is_a_clear_error(tiny_corpus_t
         train_sft(sft_config(model_dir, chat_data, tmp_path / "runs"))
 
 
-def test_bf16_on_a_cpu_without_bf16_instructions_is_named_as_slow(monkeypatch: pytest.MonkeyPatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """The SmolLM2 configs train in bf16 (fast on CPUs with AVX-512 BF16 or AMX); elsewhere bf16 is emulated and
-    slower than fp32, and the log names the key that turns it off."""
+def test_native_dtype_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """compute_dtype: native (the SmolLM2 configs) trains in bf16 where the CPU computes it (AVX-512 BF16 or AMX) and
+    in fp32 elsewhere, where emulated bf16 is ~100x slower; an explicit bfloat16 there is named as slow, with the key
+    and the value that fix it."""
+    import yaml
+
     from lexalign import modeling
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="lexalign.modeling"):
+        assert modeling.choose_compute_dtype(cpu, "native") == torch.float32
+        assert "compute_dtype" not in caplog.text
         assert modeling.choose_compute_dtype(cpu, "bfloat16") == torch.bfloat16
-    assert "model.quantization.compute_dtype=float32" in caplog.text
+    assert "model.quantization.compute_dtype=native" in caplog.text
     caplog.clear()
     monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="lexalign.modeling"):
+        assert modeling.choose_compute_dtype(cpu, "native") == torch.bfloat16
         assert modeling.choose_compute_dtype(cpu, "bfloat16") == torch.bfloat16
         assert modeling.choose_compute_dtype(cpu, "auto") == torch.float32
     assert "compute_dtype" not in caplog.text
+    # Every training config of the default base follows the hardware: none forces bf16 on a CPU without it.
+    configs = Path(__file__).resolve().parent.parent / "configs" / "smollm2"
+    for name in ("sft", "reward", "dpo", "ppo", "grpo"):
+        model = yaml.safe_load((configs / f"{name}.yaml").read_text())["model"]
+        assert model["quantization"]["compute_dtype"] == "native", name
