@@ -65,7 +65,8 @@ class QuantizationSection:
     double_quant: bool = True
     # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU. native: the same, but bf16 also on a CPU
     # with bf16 instructions (AVX-512 BF16 or AMX: 1.3-2.5x faster training there, bench/RESULTS.md); a CPU
-    # without them emulates bf16 ~100x slower than fp32, so an explicit bfloat16 there gets a warning.
+    # without them emulates bf16 (a training step ~30x slower than fp32), so an explicit bfloat16 there gets a
+    # warning.
     compute_dtype: Literal["auto", "native", "float32", "bfloat16", "float16"] = "auto"
 
     def problems(self) -> list[Problem]:

@@ -434,8 +434,8 @@ def test_qlora_on_cpu_with_unpackable_layer_sizes_is_a_clear_error(tiny_corpus_t
 def test_native_dtype_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch: pytest.MonkeyPatch,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """compute_dtype: native (the SmolLM2 configs) trains in bf16 where the CPU computes it (AVX-512 BF16 or AMX) and
-    in fp32 elsewhere, where emulated bf16 is ~100x slower; an explicit bfloat16 there is named as slow, with the key
-    and the value that fix it."""
+    in fp32 elsewhere, where emulated bf16 makes a step ~30x slower; an explicit bfloat16 there is named as slow,
+    with the key and the value that fix it."""
     import yaml
 
     from lexalign import modeling
