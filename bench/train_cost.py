@@ -5,7 +5,7 @@
                                [--sft-run runs/smollm2/sft] [--set dpo:training.per_device_train_batch_size=2 ...]
 
 Each stage runs as lexalign runs it (``train_sft``, ``train_reward``, ``train_dpo`` with the SmolLM2 recipes of
-``configs/smollm2/``: LoRA r=16 on the upper 10 of 30 layers, fp32; ``sft-qlora`` = the same on the NF4 base)
+``configs/smollm2/``: LoRA r=16, the layers and compute dtype the configs set; ``sft-qlora`` = the same on the NF4 base)
 for ``--steps`` optimizer steps, each in its own process. Its throughput is the non-padding tokens of the
 batches its trainer trained on from the second step to the end of the last optimizer step / that time (the first
 step of either side pays for allocations and kernel choices). Then, in the same process, a bare loop

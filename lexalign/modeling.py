@@ -126,6 +126,8 @@ def choose_compute_dtype(device: "torch.device", requested: str = "auto") -> "to
 
     if requested == "native" and device.type == "cpu":
         dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        if dtype == torch.float32:
+            logger.info("compute_dtype native: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); fp32")
     elif requested not in ("auto", "native"):
         dtype = getattr(torch, requested)
         if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
