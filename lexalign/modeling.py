@@ -124,11 +124,13 @@ def choose_device(requested: str = "auto") -> "torch.device":
 def choose_compute_dtype(device: "torch.device", requested: str = "auto") -> "torch.dtype":
     import torch
 
-    if requested == "native" and device.type == "cpu":
+    if requested == "native" and device.type != "cpu":
+        requested = "auto"  # a GPU's own choice is already the native one
+    if requested == "native":
         dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         if dtype == torch.float32:
             logger.info("compute_dtype native: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); fp32")
-    elif requested not in ("auto", "native"):
+    elif requested != "auto":
         dtype = getattr(torch, requested)
         if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning("model.quantization.compute_dtype=bfloat16 on a CPU without bf16 instructions: it is "
