@@ -40,6 +40,7 @@ from lexalign.runs import file_sha256
 logger = logging.getLogger(__name__)
 
 SFT_TASKS = ("cuad_extract", "cuad_presence", "cuad_normalize", "claudette_unfair")
+EXTRA_TRAIN = "train_extra"  # sft_train_extra.jsonl: training records beyond the cap (sft.extra_train)
 LICENSE_FILES = {  # source file -> name under LICENSES/
     "cuad/CUAD_v1_README.txt": "cuad-CUAD_v1_README.txt",
     "claudette/LICENSE.txt": "claudette-LICENSE.txt",
@@ -165,9 +166,19 @@ class SftSection:
     # Records longer than this (all messages, in characters) are dropped so that records fit the tiny
     # model's 512-token context (~3.5 characters per token); 0 = no limit.
     max_chars: int = 1800
+    # Training records per task beyond the mix's cap, written to sft_train_extra.jsonl (task -> count): the next
+    # ones of the same seeded draw, so sft_train.jsonl is unchanged and the two files share no record. Why: the
+    # train split holds many more records of some tasks than the cap keeps, and a recipe that needs them (more
+    # clause-presence examples) adds the file instead of changing the one every other recipe trains on.
+    extra_train: dict[str, int] = field(default_factory=dict)
 
     def problems(self) -> list[Problem]:
-        return problem_if(self.max_chars < 0, "max_chars", self.max_chars, "0 (no limit) or a positive character count")
+        found = problem_if(self.max_chars < 0, "max_chars", self.max_chars, "0 (no limit) or a positive character count")
+        for task, count in (self.extra_train or {}).items():
+            found += problem_if(task not in SFT_TASKS, f"extra_train.{task}", task, f"one of {', '.join(SFT_TASKS)}")
+            found += problem_if(not isinstance(count, int) or isinstance(count, bool) or count < 0,
+                                f"extra_train.{task}", count, "a whole number of records, 0 or more")
+        return found
 
 
 @dataclass
@@ -330,15 +341,23 @@ def select_sft(candidates: dict[str, dict[str, list[ChatRecord]]], config: DataB
     def fits(record: ChatRecord) -> bool:
         return not limit or sum(len(m.content) for m in record.messages) <= limit
 
+    extra = config.sft.extra_train or {}
     for split in SPLITS:
         tasks = {t: dedupe([r for r in candidates.get(split, {}).get(t, []) if fits(r)], seen) for t in SFT_TASKS}
         alloc = allocate(getattr(config.sft.max_records, split), weights, {t: len(r) for t, r in tasks.items()})
-        records = []
+        records, extra_records = [], []
         for task in SFT_TASKS:
-            records += hash_order(tasks[task], config.seed, "select", split, task, key=record_key)[:alloc[task]]
+            drawn = hash_order(tasks[task], config.seed, "select", split, task, key=record_key)
+            records += drawn[:alloc[task]]
+            if split == "train":
+                extra_records += drawn[alloc[task]:alloc[task] + extra.get(task, 0)]
         selected[split] = hash_order(records, config.seed, "order", split, key=record_key)
         logger.info("SFT %s: %d records (%s)", split, len(records),
                     ", ".join(f"{t} {alloc[t]}/{len(tasks[t])}" for t in SFT_TASKS))
+        if split == "train" and extra:
+            selected[EXTRA_TRAIN] = hash_order(extra_records, config.seed, "order", EXTRA_TRAIN, key=record_key)
+            logger.info("SFT %s: %d records (%s)", EXTRA_TRAIN, len(extra_records),
+                        ", ".join(f"{t} {min(n, len(tasks[t]) - alloc[t])}/{n}" for t, n in extra.items()))
     return selected
 
 
@@ -402,6 +421,10 @@ def build(config: DataBuildConfig) -> Path:
         write_text_atomic(out / "redaction_report.json", json.dumps(redaction.as_dict(), indent=2, sort_keys=True) + "\n")
     else:
         (out / "redaction_report.json").unlink(missing_ok=True)
+    if EXTRA_TRAIN in sft:
+        write_jsonl(out / f"sft_{EXTRA_TRAIN}.jsonl", sft[EXTRA_TRAIN])
+    else:
+        (out / f"sft_{EXTRA_TRAIN}.jsonl").unlink(missing_ok=True)
     for split in SPLITS:
         write_jsonl(out / f"sft_{split}.jsonl", sft[split])
         write_jsonl(out / f"acord_rankings_{split}.jsonl", rankings.get(split, []))

@@ -107,6 +107,9 @@ def compute_stats(folder: str | Path) -> dict[str, Any]:
                 stats[section][split] = summarize([])
                 continue
             stats[section][split] = summarize(read_jsonl(path, schema))
+    extra = folder / "sft_train_extra.jsonl"  # more training records, when the build was asked for them
+    if extra.is_file():
+        stats["sft"]["train_extra"] = _sft_stats(read_jsonl(extra, ChatRecord))
     corpus = folder / "pretrain_corpus.txt"
     if corpus.is_file():
         text = corpus.read_text(encoding="utf-8")

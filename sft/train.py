@@ -31,6 +31,9 @@ class SFTDataSection:
     # "shipped:<file>" names a file of the datasets shipped with lexalign (data/shipped/).
     train: str = "shipped:sft_train.jsonl"
     valid: str = "shipped:sft_valid.jsonl"
+    # More training files, appended to train, e.g. [shipped:sft_train_extra.jsonl] (clause-presence records beyond
+    # those of sft_train.jsonl: configs/data.yaml, sft.extra_train).
+    train_extra: list[str] = field(default_factory=list)
     max_train_records: int = 0  # 0 = all
     max_valid_records: int = 0
     # Cap on the share of "Not present." answers among the extraction training records (a seeded downsample of
@@ -53,6 +56,10 @@ class SFTDataSection:
                 found.append(Problem(key, f"set the {key} file (chat records JSONL)", value))
             elif not resolve_data_path(value).is_file():
                 found.append(Problem(key, "file not found; give a chat-records JSONL file or shipped:<name>", value))
+        for index, value in enumerate(self.train_extra or []):
+            if not resolve_data_path(value).is_file():
+                found.append(Problem(f"train_extra[{index}]", "file not found; give a chat-records JSONL file or "
+                                     "shipped:<name>", value))
         for key in ("max_train_records", "max_valid_records"):
             found += problem_if(getattr(self, key) < 0, key, getattr(self, key), "use 0 (all) or a positive count")
         found += share_problems("max_not_present_share", self.max_not_present_share)
@@ -114,6 +121,29 @@ def load_split(path: str, limit: int) -> list[Any]:
     return records[:limit] if limit else records
 
 
+def run_inputs(config: SFTStageConfig, base_path: Path) -> dict[str, Path]:
+    """The files whose hashes the run's manifest records (a changed one makes it a new run)."""
+    from lexalign.data.paths import resolve_data_path
+
+    return {
+        "base_model": base_path,
+        "train_data": resolve_data_path(config.data.train),
+        **{f"train_extra_{i}": resolve_data_path(path) for i, path in enumerate(config.data.train_extra)},
+        "valid_data": resolve_data_path(config.data.valid),
+    }
+
+
+def training_records(data: SFTDataSection) -> list[Any]:
+    """The records one epoch trains on: train + train_extra, the "Not present." cap, the record cap, the repeats."""
+    records = load_split(data.train, 0)
+    for path in data.train_extra:
+        records += load_split(path, 0)
+    records = cap_not_present(records, data.max_not_present_share, data.seed)
+    if data.max_train_records:
+        records = records[:data.max_train_records]
+    return repeat_tasks(records, data.task_repeats)
+
+
 def cap_not_present(records: list[Any], share: float | None, seed: int) -> list[Any]:
     """Drop a seeded sample of the absent-clause extraction records so that they are at most ``share`` of the
     extraction records; every other record (and the file order) is kept."""
@@ -158,7 +188,6 @@ def train_sft(config: SFTStageConfig) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from lexalign.data.paths import resolve_data_path
     from lexalign.modeling import check_model_dir, load_model, load_tokenizer, lora_config
     from lexalign.training import (
         checkpoint_step,
@@ -172,11 +201,7 @@ def train_sft(config: SFTStageConfig) -> Path:
     )
 
     base_path = check_model_dir(config.model.path)
-    run = RunDir(config.run_dir, STAGE, config, inputs={
-        "base_model": base_path,
-        "train_data": resolve_data_path(config.data.train),
-        "valid_data": resolve_data_path(config.data.valid),
-    }, parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
+    run = RunDir(config.run_dir, STAGE, config, inputs=run_inputs(config, base_path), parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
     checkpoint = find_resume_checkpoint(run, config.resume)
     run.start()
     if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again
@@ -188,11 +213,7 @@ def train_sft(config: SFTStageConfig) -> Path:
     tokenizer = load_tokenizer(base_path)
 
     assistant_only = bool(config.training.get("assistant_only_loss", False))
-    train_records = cap_not_present(load_split(config.data.train, 0), config.data.max_not_present_share,
-                                    config.data.seed)
-    if config.data.max_train_records:
-        train_records = train_records[:config.data.max_train_records]
-    train_records = repeat_tasks(train_records, config.data.task_repeats)
+    train_records = training_records(config.data)
     valid_records = load_split(config.data.valid, config.data.max_valid_records)
     train_dataset = Dataset.from_list(to_trainer_records(train_records, assistant_only))
     valid_dataset = Dataset.from_list(to_trainer_records(valid_records, assistant_only))

@@ -102,6 +102,31 @@ def test_cli_build_reproduces_counts_and_hashes(built, source, tmp_path):
     assert json.loads((out / "stats.json").read_text()) == json.loads((built / "stats.json").read_text())
 
 
+def test_extra_train_records_come_after_the_cap_and_leave_sft_train_unchanged(built, source, tmp_path):
+    from lexalign.data.build import record_key
+
+    plain = run_build(CONFIG, SMALL + ["sft.extra_train={}"], source=source, out=tmp_path / "plain")
+    assert not (plain / "sft_train_extra.jsonl").exists() and "train_extra" not in json.loads(
+        (plain / "stats.json").read_text())["sft"]
+    for split in ("train", "valid", "test"):  # asking for extra records changes no other file
+        assert (plain / f"sft_{split}.jsonl").read_bytes() == (built / f"sft_{split}.jsonl").read_bytes()
+    extra = read_jsonl(built / "sft_train_extra.jsonl", ChatRecord)
+    assert extra and {r.meta["task"] for r in extra} == {"presence"}  # configs/data.yaml asks for presence only
+    assert not {record_key(r) for r in extra} & {record_key(r) for r in read_jsonl(built / "sft_train.jsonl", ChatRecord)}
+    held_out = {r.meta["doc_id"] for split in ("valid", "test") for r in read_jsonl(built / f"sft_{split}.jsonl", ChatRecord)
+                if r.meta["source"] == "cuad"}
+    assert not {r.meta["doc_id"] for r in extra} & held_out      # training documents only
+    stats = json.loads((built / "stats.json").read_text())
+    assert stats["sft"]["train_extra"]["records"] == len(extra)
+    assert "sft_train_extra.jsonl" in json.loads((built / "manifest.json").read_text())["outputs"]
+    few = read_jsonl(run_build(CONFIG, SMALL + ["sft.extra_train={cuad_presence: 3}"], source=source,
+                               out=tmp_path / "few") / "sft_train_extra.jsonl", ChatRecord)
+    assert len(few) == 3 and {record_key(r) for r in few} <= {record_key(r) for r in extra}  # the same draw
+    with pytest.raises(ConfigError) as caught:
+        load_config(DataBuildConfig, CONFIG, ["sft.extra_train={presence: 5}"])
+    assert "sft.extra_train.presence" in str(caught.value)
+
+
 # --------------------------------------------------------------------------- content rules
 
 

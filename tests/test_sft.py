@@ -238,6 +238,7 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
     (["data.task_repeats.presense=2"], "data.task_repeats.presense"),   # not a task
     (["data.task_repeats.presence=0"], "data.task_repeats.presence"),   # a record is seen at least once
     (["data.task_repeats.presence=1.5"], "data.task_repeats.presence"),
+    (["data.train_extra=[/no/such/extra.jsonl]"], "data.train_extra[0]"),
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -279,6 +280,24 @@ def test_task_repeats_add_copies_of_that_task_only() -> None:
     assert repeated[:4] == records                                   # the file's records first, in order
     assert [r.messages[0].content for r in repeated[4:]] == ["q0", "q0", "q2", "q2"]
     assert repeat_tasks(records, {}) is records
+
+
+def test_train_extra_files_are_appended_to_the_training_records_and_fingerprinted(
+        chat_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from lexalign.sft.train import run_inputs, training_records
+
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(r) + "\n" for r in chat_records(12, seed=7)))
+    overrides = [f"data.train={chat_data[0]}", f"data.valid={chat_data[1]}"]
+    plain = load_config(SFTStageConfig, SFT_YAML, overrides)
+    both = load_config(SFTStageConfig, SFT_YAML, [*overrides, f"data.train_extra=[{extra}]"])
+    records, more = training_records(plain.data), training_records(both.data)
+    assert len(more) == len(records) + 12
+    assert more[:len(records)] == records                            # the train file's records first, in order
+    assert [r.messages[-1].content for r in more[len(records):]] == [r["messages"][-1]["content"]
+                                                                     for r in chat_records(12, seed=7)]
+    # the run's manifest hashes the extra file: a changed extra file is a changed run, not a finished one
+    assert extra in run_inputs(both, tmp_path).values() and extra not in run_inputs(plain, tmp_path).values()
 
 
 def test_missing_model_folder_is_a_clear_cli_error(tmp_path: Path, chat_data: tuple[Path, Path]) -> None:
