@@ -170,7 +170,7 @@ class SftSection:
     # ones of the same seeded draw, so sft_train.jsonl is unchanged and the two files share no record. Why: the
     # train split holds many more records of some tasks than the cap keeps, and a recipe that needs them (more
     # clause-presence examples) adds the file instead of changing the one every other recipe trains on.
-    extra_train: dict[str, int] = field(default_factory=dict)
+    extra_train: dict[str, int] = field(default_factory=lambda: {"cuad_presence": 1800})
 
     def problems(self) -> list[Problem]:
         found = problem_if(self.max_chars < 0, "max_chars", self.max_chars, "0 (no limit) or a positive character count")
