@@ -56,7 +56,10 @@ class SFTDataSection:
                 found.append(Problem(key, f"set the {key} file (chat records JSONL)", value))
             elif not resolve_data_path(value).is_file():
                 found.append(Problem(key, "file not found; give a chat-records JSONL file or shipped:<name>", value))
-        for index, value in enumerate(self.train_extra or []):
+        if isinstance(self.train_extra, str):  # a bare string would be read as a list of one-letter paths
+            found.append(Problem("train_extra", "a list of chat-records files, e.g. [shipped:sft_train_extra.jsonl]",
+                                 self.train_extra))
+        for index, value in enumerate([] if isinstance(self.train_extra, str) else self.train_extra or []):
             if not resolve_data_path(value).is_file():
                 found.append(Problem(f"train_extra[{index}]", "file not found; give a chat-records JSONL file or "
                                      "shipped:<name>", value))
@@ -201,7 +204,8 @@ def train_sft(config: SFTStageConfig) -> Path:
     )
 
     base_path = check_model_dir(config.model.path)
-    run = RunDir(config.run_dir, STAGE, config, inputs=run_inputs(config, base_path), parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
+    run = RunDir(config.run_dir, STAGE, config, inputs=run_inputs(config, base_path),
+                 parent=base_path.parent if (base_path.parent / "manifest.json").is_file() else None)
     checkpoint = find_resume_checkpoint(run, config.resume)
     run.start()
     if is_main_process():  # metrics after the resumed step (or all, when starting over) are logged again

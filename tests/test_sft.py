@@ -239,6 +239,7 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
     (["data.task_repeats.presence=0"], "data.task_repeats.presence"),   # a record is seen at least once
     (["data.task_repeats.presence=1.5"], "data.task_repeats.presence"),
     (["data.train_extra=[/no/such/extra.jsonl]"], "data.train_extra[0]"),
+    (["data.train_extra=shipped:sft_train_extra.jsonl"], "data.train_extra"),   # a file, not a list of files
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
