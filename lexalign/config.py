@@ -328,10 +328,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     config = _build(cls, data, "", problems)
     if config is not None:
         typed_keys = {p.key for p in problems}
-        problems.extend(p for p in collect_problems(config) if p.key not in typed_keys)
+        problems.extend(p for p in collect_problems(config) if not _under_any(p.key, typed_keys))
     if problems:
         raise ConfigError(_locate(problems, lines, path, cli_keys), source=str(path) if path else "")
     return config
+
+
+def _under_any(key: str, typed_keys: set[str]) -> bool:
+    """``key`` is one of ``typed_keys`` or an item or field of one (``tags[0]``, ``inner.size``): a value of the
+    wrong type is reported once, not again by every cross-field rule that iterated over it."""
+    return any(key == typed or key.startswith((f"{typed}[", f"{typed}.")) for typed in typed_keys)
 
 
 def collect_problems(config: Any, prefix: str = "") -> list[Problem]:

@@ -56,10 +56,7 @@ class SFTDataSection:
                 found.append(Problem(key, f"set the {key} file (chat records JSONL)", value))
             elif not resolve_data_path(value).is_file():
                 found.append(Problem(key, "file not found; give a chat-records JSONL file or shipped:<name>", value))
-        if isinstance(self.train_extra, str):  # a bare string would be read as a list of one-letter paths
-            found.append(Problem("train_extra", "a list of chat-records files, e.g. [shipped:sft_train_extra.jsonl]",
-                                 self.train_extra))
-        for index, value in enumerate([] if isinstance(self.train_extra, str) else self.train_extra or []):
+        for index, value in enumerate(self.train_extra or []):
             if not resolve_data_path(value).is_file():
                 found.append(Problem(f"train_extra[{index}]", "file not found; give a chat-records JSONL file or "
                                      "shipped:<name>", value))

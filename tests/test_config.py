@@ -23,6 +23,15 @@ class Inner:
 
 
 @dataclass
+class Listed:
+    paths: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        return [Problem(f"paths[{i}]", "must end in .jsonl", p) for i, p in enumerate(self.paths)
+                if not p.endswith(".jsonl")]
+
+
+@dataclass
 class Demo:
     name: str = "demo"
     mode: Literal["a", "b"] = "a"
@@ -64,6 +73,17 @@ def test_cross_field_rules_run_after_types_are_right(tmp_path: Path) -> None:
         load_config(Demo, write(tmp_path, "inner:\n  size: 0\n"))
     assert [p.key for p in info.value.problems] == ["inner.size"]
     assert "must be positive" in str(info.value)
+
+
+def test_a_value_of_the_wrong_type_is_one_problem_not_one_per_item(tmp_path: Path) -> None:
+    # a bare string where a list belongs would otherwise also fail the item rule once per letter
+    with pytest.raises(ConfigError) as info:
+        load_config(Listed, None, ["paths=a.txt"])
+    assert [p.key for p in info.value.problems] == ["paths"]
+    assert "list" in str(info.value)
+    with pytest.raises(ConfigError) as info:  # the item rule itself still runs on a list
+        load_config(Listed, None, ["paths=[a.jsonl, b.txt]"])
+    assert [p.key for p in info.value.problems] == ["paths[1]"]
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:

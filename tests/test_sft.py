@@ -244,7 +244,9 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
 def test_bad_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(SFTStageConfig, SFT_YAML, overrides)
-    assert key in [p.key for p in info.value.problems]
+    keys = [p.key for p in info.value.problems]
+    assert key in keys
+    assert not [k for k in keys if k.startswith(f"{key}[")], keys   # a mistyped value is one problem
 
 
 def test_not_present_cap_downsamples_only_absent_extraction_records() -> None:
