@@ -228,6 +228,29 @@ def test_packing_config_is_accepted_and_trains(tiny_model_dir: Path, chat_data: 
     assert is_complete(run)
 
 
+def test_length_balanced_micro_batches_take_the_same_step_as_the_whole_batch(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """configs/smollm2/sft.yaml: each random batch of 8 is cut into micro-batches of similar length
+    (train_sampling_strategy: batch_rebalance) and their gradients accumulated. The loss is averaged over the answer
+    tokens of the whole batch, so one optimizer step equals the step on the 8 records padded together."""
+    records = chat_records(8, seed=3)
+    for i, record in enumerate(records):  # prompts of ~30 to ~300 tokens; answers of 4 to 20 tokens
+        record["messages"][1]["content"] += " See the recitals." * (4 * i * i)
+    data = tmp_path / "eight.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    one_step = ("model.quantization.bits=null", "training.max_steps=1", "training.optim=sgd",
+                "training.learning_rate=1.0", "training.max_length=512")   # SGD: the update is the gradient
+    whole = train_sft(sft_config(tiny_model_dir, (data, data), tmp_path / "whole", *one_step))
+    micro = train_sft(sft_config(tiny_model_dir, (data, data), tmp_path / "micro", *one_step,
+                                 "training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=2",
+                                 "training.train_sampling_strategy=batch_rebalance"))
+    whole_weights, micro_weights = lora_tensors(whole / "adapter"), lora_tensors(micro / "adapter")
+    trained = [name for name in whole_weights if "lora_B" in name]
+    assert trained and all(whole_weights[name].abs().sum() > 0 for name in trained)   # lora_B starts at zero
+    for name, tensor in whole_weights.items():
+        assert torch.allclose(micro_weights[name], tensor, rtol=1e-4, atol=1e-7), name
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["model.tuning=full"], "model.quantization.bits"),              # 4-bit with full fine-tuning
     (["data.train=/no/such/file.jsonl"], "data.train"),              # missing dataset
