@@ -279,7 +279,8 @@ def _check_trl_section(value: Any, class_path: str, key: str, problems: list[Pro
         return {}
     module_name, _, class_name = class_path.rpartition(".")
     trl_cls = getattr(importlib.import_module(module_name), class_name)
-    allowed = {f.name for f in dataclasses.fields(trl_cls)}
+    fields = {f.name: f for f in dataclasses.fields(trl_cls)}
+    allowed = set(fields)
     hints = typing.get_type_hints(trl_cls)
     checked = {}
     for name, item in value.items():
@@ -293,6 +294,11 @@ def _check_trl_section(value: Any, class_path: str, key: str, problems: list[Pro
             problems.append(Problem(f"{key}.{name}", f"not an argument of {class_path}{hint}", item))
             continue
         checked[name] = _coerce(item, hints.get(name, Any), f"{key}.{name}", problems)
+        # a value outside the argument's declared choices would otherwise pass, and some (the sampler's
+        # train_sampling_strategy) fall back silently to a default deep inside the trainer
+        choices = [getattr(c, "value", c) for c in fields[name].metadata.get("choices") or []]
+        if choices and isinstance(checked[name], str) and checked[name] not in choices:
+            problems.append(Problem(f"{key}.{name}", f"one of: {', '.join(map(str, choices))}", item))
     return checked
 
 

@@ -257,6 +257,7 @@ def test_length_balanced_micro_batches_take_the_same_step_as_the_whole_batch(tin
     (["model.lora.r=0"], "model.lora.r"),                            # rank <= 0
     (["training.packing=true", "training.packing_strategy=wrapped"], "training.packing_strategy"),
     (["training.max_stepz=3"], "training.max_stepz"),
+    (["training.train_sampling_strategy=by_length"], "training.train_sampling_strategy"),   # not a sampler
     (["data.max_not_present_share=1.0"], "data.max_not_present_share"),
     (["data.task_repeats.presense=2"], "data.task_repeats.presense"),   # not a task
     (["data.task_repeats.presence=0"], "data.task_repeats.presence"),   # a record is seen at least once
