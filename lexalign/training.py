@@ -65,6 +65,23 @@ def ready_for_distributed_training(trainer: Any) -> None:
     trainer.model_wrapped = model
 
 
+def seed_length_balanced_batches(trainer: Any) -> None:
+    """Seed transformers' ``BatchRebalanceSampler`` (``train_sampling_strategy: batch_rebalance``) with the run's
+    ``data_seed`` (else ``seed``), as the random sampler follows the run's seed. transformers 5.19 builds it with the
+    sampler's own default (42) whatever the run says, so runs of different seeds would train on one draw of batches."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    build_sampler = trainer._get_train_sampler
+
+    def seeded_sampler(*args: Any, **kwargs: Any) -> Any:
+        sampler = build_sampler(*args, **kwargs)
+        if isinstance(sampler, BatchRebalanceSampler):
+            sampler.seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+        return sampler
+
+    trainer._get_train_sampler = seeded_sampler
+
+
 def checkpoint_is_whole(path: Path) -> bool:
     """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG states), so a
     checkpoint whose state file is missing or cut short was interrupted mid-save (kill -9, disk full)."""

@@ -197,6 +197,7 @@ def train_sft(config: SFTStageConfig) -> Path:
         mixed_precision,
         plot_training,
         ready_for_distributed_training,
+        seed_length_balanced_batches,
         trim_metrics_after,
     )
 
@@ -245,6 +246,7 @@ def train_sft(config: SFTStageConfig) -> Path:
         peft_config=peft_config,
         callbacks=[metrics_callback(run)],
     )
+    seed_length_balanced_batches(trainer)
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 

@@ -251,6 +251,35 @@ def test_length_balanced_micro_batches_take_the_same_step_as_the_whole_batch(tin
         assert torch.allclose(micro_weights[name], tensor, rtol=1e-4, atol=1e-7), name
 
 
+def test_length_balanced_batches_are_drawn_with_the_run_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The batches of train_sampling_strategy: batch_rebalance follow training.data_seed (else training.seed), as
+    random batches do; transformers alone seeds them with 42 whatever the run says."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from lexalign.training import seed_length_balanced_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    records = [{"prompt": [{"role": "user", "content": f"Clause {i}." + " More text." * (i % 5)}],
+                "completion": [{"role": "assistant", "content": f"Answer {i}."}]} for i in range(24)]
+
+    def batches(**seeds: int) -> list[list[list[int]]]:
+        args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                         train_sampling_strategy="batch_rebalance", report_to=[], use_cpu=True, **seeds)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
+                             processing_class=tokenizer)
+        seed_length_balanced_batches(trainer)
+        return [batch["input_ids"].tolist() for batch in trainer.get_train_dataloader()]
+
+    first = batches(seed=0)
+    assert len(first) == 12 and first == batches(seed=0)                  # 24 records, micro-batches of ~2
+    assert first != batches(seed=1)                                       # another seed, another draw
+    assert batches(seed=0, data_seed=5) == batches(seed=1, data_seed=5)   # data_seed decides when given
+    assert batches(seed=0, data_seed=5) != first
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["model.tuning=full"], "model.quantization.bits"),              # 4-bit with full fine-tuning
     (["data.train=/no/such/file.jsonl"], "data.train"),              # missing dataset
