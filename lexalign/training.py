@@ -82,6 +82,14 @@ def seed_length_balanced_batches(trainer: Any) -> None:
     trainer._get_train_sampler = seeded_sampler
 
 
+def pair_sampler_problems(training: dict[str, Any]) -> list[Problem]:
+    """transformers' length-aware samplers read each record's length from an ``input_ids`` column, which tokenized
+    preference pairs (prompt, chosen and rejected ids) do not have: the trainer would fail after the model loads."""
+    strategy = training.get("train_sampling_strategy", "random")
+    return problem_if(strategy in ("group_by_length", "batch_rebalance"), "training.train_sampling_strategy", strategy,
+                      "random or sequential: preference pairs have no single length to group or balance by")
+
+
 def checkpoint_is_whole(path: Path) -> bool:
     """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG states), so a
     checkpoint whose state file is missing or cut short was interrupted mid-save (kill -9, disk full)."""

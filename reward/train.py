@@ -40,7 +40,7 @@ from typing import Any
 from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.runs import RunDir, is_main_process, writes_to
-from lexalign.training import PreferenceDataSection, pairs_by_origin, prompt_key
+from lexalign.training import PreferenceDataSection, pair_sampler_problems, pairs_by_origin, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class RewardStageConfig:
         found += problem_if(not isinstance(max_length, int) or max_length < 32, "training.max_length", max_length,
                             "a token count >= 32 (prompt + response are cut to fit)")
         found += problem_if(self.calibration_bins < 2, "calibration_bins", self.calibration_bins, "at least 2")
+        found += pair_sampler_problems(self.training)
         if self.model.tuning == "full" and self.sft_run and self.model.quantization.bits:
             found.append(Problem("model.quantization.bits", "full fine-tuning cannot update quantized weights; "
                                  "set quantization.bits: null", self.model.quantization.bits))

@@ -29,7 +29,7 @@ from lexalign.config import Problem, load_config, problem_if, trl_section
 from lexalign.modeling import RunModelSection
 from lexalign.rlhf.winrate import WinRateSection
 from lexalign.runs import RunDir, is_main_process, writes_to
-from lexalign.training import PreferenceDataSection, prompt_key
+from lexalign.training import PreferenceDataSection, pair_sampler_problems, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class DPOStageConfig:
                             "not supported with LoRA (the reference is the frozen SFT adapter); remove it")
         found += problem_if(self.model.tuning != "lora", "model.tuning", self.model.tuning,
                             "DPO trains a LoRA adapter (the reference shares the base); use lora")
-        return found
+        return found + pair_sampler_problems(self.training)
 
 
 # --------------------------------------------------------------------------- data

@@ -211,6 +211,7 @@ def test_missing_sft_run_and_bad_pairs_fail_before_loading(align_pairs, align_sf
     (["training.loss_type=[sigmod]"], "training.loss_type"),
     (["training.beta=0"], "training.beta"),
     (["training.sync_ref_model=true"], "training.sync_ref_model"),
+    (["training.train_sampling_strategy=batch_rebalance"], "training.train_sampling_strategy"),   # pairs: no input_ids
     (["data.train=[/no/such/pairs.jsonl]"], "data.train[0]"),
     (["model.tuning=full", "model.quantization.bits=null"], "model.tuning"),
     (["sft_run="], "sft_run"),

@@ -289,6 +289,7 @@ def test_missing_reward_run_is_a_clear_cli_error(tmp_path: Path) -> None:
     (["data.valid_fraction=1.5"], "data.valid_fraction"),
     (["sft_run=", "model.path="], "model.path"),
     (["data.margin_scale=-1"], "data.margin_scale"),
+    (["training.train_sampling_strategy=group_by_length"], "training.train_sampling_strategy"),   # pairs: no input_ids
     (["training.center_rewards_coefficent=0.1"], "training.center_rewards_coefficent"),
 ])
 def test_bad_reward_configs_fail_before_any_model_loads(overrides: list[str], key: str) -> None:
