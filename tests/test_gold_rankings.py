@@ -17,7 +17,8 @@ from lexalign.config import ConfigError, load_config
 from lexalign.data.jsonl import DataError, read_jsonl
 from lexalign.data.prompts import CLAUSE_MARKER, EXCERPT_MARKER, SYSTEM_PROMPT
 from lexalign.data.schemas import PreferencePair, RankingRecord
-from lexalign.data.store import SCHEMA_VERSION, DerivedRanking, StoreError, open_store
+from lexalign.data.store import DerivedRanking, StoreError, open_store
+from lexalign.data.store_schema import SCHEMA_VERSION
 from lexalign.evaluation.gold import GOLD_PREFIX, rank_by_label, rank_tasks_by_gold, read_label
 from lexalign.reward.prefs import export_preferences, import_ranking_file
 
@@ -463,10 +464,10 @@ def version_1_store(url: str) -> None:
     lawyer who ranked one labelled task. SQLAlchemy Core, so the same builder serves SQLite and PostgreSQL."""
     from datetime import datetime, timezone
 
-    from lexalign.data import store as store_module
+    from lexalign.data.store_schema import metadata
 
     v1 = MetaData()
-    for table in store_module.metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         if table.name != "annotators":
             table.to_metadata(v1)
     people = Table("annotators", v1,

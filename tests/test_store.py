@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lexalign.data.schemas import RankingRecord
-from lexalign.data.store import SCHEMA_VERSION, StoreError, SubmissionError, open_store
+from lexalign.data.store import StoreError, SubmissionError, open_store
+from lexalign.data.store_schema import SCHEMA_VERSION
 from lexalign.data.store_input import ANSWER_FLAGS, FLAGS, TASK_FLAGS, parse_day, submission_period
 from lexalign.errors import LexalignError
 
@@ -777,7 +778,7 @@ if __name__ == "__main__":  # pragma: no cover - the kill test runs _load_child 
 
 
 def test_fair_lock_serves_in_order_and_survives_an_interrupted_waiter() -> None:
-    from lexalign.data.store import FairLock
+    from lexalign.data.store_db import FairLock
 
     lock = FairLock()
     order: list[int] = []
