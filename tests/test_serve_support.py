@@ -7,7 +7,7 @@ test_chat.py and test_chat_browser.py. (It is named ``test_serve_*`` only to liv
 Fixtures:
     sft_run        Path: a real, completed SFT run directory (LoRA r=8 on the tiny model, 40 steps on short
                    Governing Law records), made with lexalign.sft.train.train_sft: what users serve
-    engine         lexalign.serve.launch.Engine: the vLLM engine environment, found the way `lexalign serve`
+    engine         lexalign.serve.engine.Engine: the vLLM engine environment, found the way `lexalign serve`
                    finds it ($LEXALIGN_ENGINE_PYTHON, .venv-serve, ...); the test fails with the fix if none
     served         ServerHandle: vLLM serving sft_run (base `tiny-base` + adapter `tiny-sft`) behind the
                    authenticating API front (serve/gateway.py), with a random key
@@ -65,7 +65,8 @@ def sft_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="session")
 def engine():
-    from lexalign.serve.launch import ServeError, find_engine
+    from lexalign.serve.engine import find_engine
+    from lexalign.serve.launch import ServeError
 
     try:
         return find_engine()
