@@ -421,6 +421,11 @@ def train_online(config: OnlineStageConfig) -> Path:
     logger.info("prompts: %d from %s (at most %d tokens)", len(prompts), ", ".join(config.data.prompts),
                 config.data.max_prompt_tokens)
 
+    from transformers import set_seed
+
+    # random, numpy and torch: TRL's PPO seeds only torch and draws its mini-batches with numpy's global generator,
+    # so without this the same config trained on other mini-batches (tests/test_ppo.py)
+    set_seed(args.seed)
     model, device, dtype, peft_config = load_policy(
         config.model, sft, bool(config.training.get("gradient_checkpointing")),
         ref_adapter=algorithm == "ppo" and sft.adapter is not None)

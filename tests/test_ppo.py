@@ -74,6 +74,22 @@ def test_ppo_run_is_complete_servable_and_evaluated(ppo_run: Path, align_sft_run
     assert win["prompts"] == 4 and 0 <= win["win_rate"] <= 1
 
 
+def test_ppo_run_again_trains_the_same_adapter(ppo_run: Path, align_sft_run: Path, align_reward_run: Path,
+                                                align_chat, tmp_path: Path) -> None:
+    """The same config trains the same policy: TRL's PPO draws its mini-batches with numpy's global generator,
+    which nothing else seeds (its own seeding is torch's only), so unseeded runs updated on other mini-batches."""
+    from safetensors.torch import load_file
+
+    again = train_online(online_config(align_sft_run, align_reward_run, align_chat[0], tmp_path, "eval.num_prompts=0"))
+    first = load_file(str(ppo_run / "adapter" / "adapter_model.safetensors"))
+    second = load_file(str(again / "adapter" / "adapter_model.safetensors"))
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"{len(different)} of {len(first)} tensors differ, e.g. {different[:3]}"
+    kl = [[m["objective/kl"] for m in read_metrics(run) if "objective/kl" in m] for run in (ppo_run, again)]
+    assert kl[0] == kl[1]
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_grpo_and_rloo_run_steps_with_kl_and_reward(algorithm: str, align_sft_run: Path, align_reward_run: Path,
                                                     align_chat, tmp_path: Path) -> None:
